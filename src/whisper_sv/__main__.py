@@ -1,0 +1,3 @@
+from whisper_sv.cli import main
+
+raise SystemExit(main())
