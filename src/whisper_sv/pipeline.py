@@ -1,0 +1,189 @@
+"""features -> train -> evaluate -> export as one idempotent, schedulable command.
+
+``whisper-sv pipeline --config pipeline.yaml`` runs each stage only when its output is missing
+or older than its input, so a cron job can call it every night: nothing happens until the source
+grows; then the store gains shards, a new run is trained on the new store content (one run
+folder per store content, named by its id), evaluated and exported. Re-running after a crash
+resumes the interrupted stage (the store skips finished shards; training resumes from its last
+checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from whisper_sv.models import DEFAULT_MODEL
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PipelineConfig", "StageReport", "run_pipeline"]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    source: str = "synthetic"  # source spec: synthetic | commonvoice:DIR | manifest:TSV | hf:NAME
+    source_options: dict = field(default_factory=dict)  # that source's options (e.g. train: 400)
+    store: str = "stores/sv"  # feature store folder (or shared path many machines write)
+    runs: str = "runs/sv"  # parent folder; each store content gets RUNS/<store id>/
+    model: str = DEFAULT_MODEL  # pretrained model reference
+    features: dict = field(default_factory=dict)  # BuildOptions fields (workers, limit, ...)
+    train: dict = field(default_factory=dict)  # TrainConfig fields (lr, max_steps, ...)
+    eval_split: str = "test"  # store split scored after training
+    push_to_hub: str = ""  # hub repo id to publish best/ + model card to ("" = don't)
+
+    def __post_init__(self) -> None:
+        if not self.store or not self.runs:
+            raise ValueError("store and runs must name folders")
+        if self.push_to_hub and "/" not in self.push_to_hub:
+            raise ValueError(f"push_to_hub must be OWNER/NAME, got {self.push_to_hub!r}")
+
+
+@dataclass(frozen=True)
+class StageReport:
+    stage: str  # features | train | evaluate | export | push
+    ran: bool  # False: output was up to date, skipped
+    seconds: float
+    detail: str  # one line for the summary
+
+
+def check_hub_reachable(repo: str) -> None:
+    """Fail before any work when publishing cannot succeed (offline, or no token)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise ValueError(
+            f"push_to_hub {repo}: HF_HUB_OFFLINE is set; unset it (and log in with "
+            "`hf auth login`) or drop push_to_hub"
+        )
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        HfApi().whoami()
+    except HfHubHTTPError as err:
+        raise ValueError(f"push_to_hub {repo}: not logged in ({err}); run `hf auth login`") from err
+    except Exception as err:  # connection errors come in many classes (requests, httpx, OSError)
+        raise ValueError(
+            f"push_to_hub {repo}: the Hugging Face Hub cannot be reached ({type(err).__name__}); "
+            "check the network or drop push_to_hub"
+        ) from err
+
+
+def _newer(a: Path, b: Path) -> bool:
+    return a.exists() and (not b.exists() or a.stat().st_mtime > b.stat().st_mtime)
+
+
+def run_pipeline(config: PipelineConfig) -> list[StageReport]:
+    """Run the stages that are out of date; return what each did."""
+    from whisper_sv.config import from_mapping
+    from whisper_sv.features import BuildOptions, build_store
+    from whisper_sv.sources import open_source
+    from whisper_sv.train import TrainConfig, export_run, open_store, store_id, train
+
+    # Every option is validated before the first stage, so a typo fails in a second.
+    build_opts = from_mapping(BuildOptions, {"model": config.model, **config.features})
+    train_cfg = from_mapping(TrainConfig, config.train)
+    source = open_source(config.source, **config.source_options)
+    if config.push_to_hub:
+        check_hub_reachable(config.push_to_hub)
+
+    reports: list[StageReport] = []
+
+    t = time.perf_counter()
+    summary = build_store(source, config.store, build_opts)
+    reports.append(
+        StageReport(
+            "features",
+            summary.shards_written > 0,
+            time.perf_counter() - t,
+            f"{summary.shards_written} shard(s) written, {summary.shards_skipped} up to date",
+        )
+    )
+
+    store = open_store(config.store)
+    run = Path(config.runs) / store_id(store)
+    t = time.perf_counter()
+    metrics = run / "metrics.csv"
+    finished = run / "DONE"
+    if finished.exists():
+        reports.append(StageReport("train", False, 0.0, f"{run} is up to date"))
+    else:
+        result = train(config.store, run, model=config.model, config=train_cfg)
+        finished.write_text(json.dumps({"step": result.step}) + "\n", encoding="utf-8")
+        reports.append(
+            StageReport(
+                "train",
+                True,
+                time.perf_counter() - t,
+                f"{run}: step {result.step}, best validation WER {result.best_wer}",
+            )
+        )
+
+    t = time.perf_counter()
+    eval_json = run / f"eval-{config.eval_split}.json"
+    if config.eval_split not in store.splits():
+        reports.append(StageReport("evaluate", False, 0.0, f"no {config.eval_split} split"))
+    elif not _newer(metrics, eval_json) and eval_json.exists():
+        reports.append(StageReport("evaluate", False, 0.0, f"{eval_json} is up to date"))
+    else:
+        res = evaluate_split(str(run), store, config.eval_split)
+        eval_json.write_text(json.dumps(res, indent=2), encoding="utf-8")
+        reports.append(
+            StageReport(
+                "evaluate",
+                True,
+                time.perf_counter() - t,
+                f"{config.eval_split}: WER {res['wer']:.1f}% CER {res['cer']:.1f}% (n={res['n']})",
+            )
+        )
+
+    t = time.perf_counter()
+    ct2 = run / "ct2" / "model.bin"
+    if ct2.exists() and not _newer(run / "best" / "model.safetensors", ct2):
+        reports.append(StageReport("export", False, 0.0, f"{ct2.parent} is up to date"))
+    else:
+        out = export_run(run)
+        reports.append(StageReport("export", True, time.perf_counter() - t, str(out)))
+
+    if config.push_to_hub:
+        t = time.perf_counter()
+        url = push_to_hub(run, config.push_to_hub)
+        reports.append(StageReport("push", True, time.perf_counter() - t, url))
+    return reports
+
+
+def evaluate_split(model_ref: str, store: Any, split: str, batch_size: int = 16) -> dict:
+    """WER/CER of a model on a store split (the store's own features and labels)."""
+    from whisper_sv import models
+    from whisper_sv.train import evaluate_dataset
+
+    model, processor = models.load_model(model_ref)
+    res = evaluate_dataset(model, processor, store.torch_dataset(split), batch_size=batch_size)
+    return {
+        "model": model_ref,
+        "split": split,
+        "wer": res.wer,
+        "cer": res.cer,
+        "val_loss": res.val_loss,
+        "n": res.n,
+        "seconds": res.seconds,
+    }
+
+
+def push_to_hub(run: Path, repo: str) -> str:
+    """Publish the run's best model (transformers), its CTranslate2 export and card."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo, exist_ok=True)
+    api.upload_folder(folder_path=str(run / "best"), repo_id=repo, commit_message="best model")
+    card = run / "model_card.md"
+    if card.exists():
+        api.upload_file(path_or_fileobj=str(card), path_in_repo="README.md", repo_id=repo)
+    if (run / "ct2").is_dir():
+        api.upload_folder(folder_path=str(run / "ct2"), path_in_repo="ct2", repo_id=repo)
+    return f"https://huggingface.co/{repo}"

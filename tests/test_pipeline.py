@@ -1,0 +1,107 @@
+"""The idempotent pipeline and the demo, end to end on the tiny model and real synthetic speech."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from whisper_sv.cli import main
+
+TINY_TRAIN = {
+    "lr": 1e-3,
+    "warmup_steps": 1,
+    "batch_size": 4,
+    "max_steps": 4,
+    "eval_steps": 2,
+    "save_steps": 2,
+    "eval_max_new_tokens": 8,
+    "freeze_encoder": True,
+}
+
+
+def _config(tmp_path: Path, model: Path, train: int = 8) -> Path:
+    config = {
+        "source": "synthetic",
+        "source_options": {"train": train, "validation": 3, "test": 3},
+        "store": str(tmp_path / "store"),
+        "runs": str(tmp_path / "runs"),
+        "model": str(model),
+        "features": {"workers": 1, "progress": False, "shard_size": 4},
+        "train": TINY_TRAIN,
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _stages(out: str) -> dict[str, str]:
+    return {line.split()[0]: line for line in out.splitlines() if line.strip()}
+
+
+def test_pipeline_runs_every_stage_then_skips_them(tmp_path, tiny_model_dir, capsys):
+    config = _config(tmp_path, tiny_model_dir)
+    assert main(["pipeline", "--config", str(config)]) == 0
+    first = _stages(capsys.readouterr().out)
+    assert all(" ran " in first[s] for s in ("features", "train", "evaluate"))
+    assert "export" in first  # training already exports best/, so this may be up to date
+
+    (run,) = (tmp_path / "runs").iterdir()
+    result = json.loads((run / "eval-test.json").read_text())
+    assert result["n"] == 3 and result["cer"] >= 0
+    assert (run / "ct2" / "model.bin").is_file() and (run / "metrics.csv").is_file()
+
+    assert main(["pipeline", "--config", str(config)]) == 0
+    second = _stages(capsys.readouterr().out)
+    assert all("up to date" in second[s] for s in ("features", "train", "evaluate", "export"))
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [run.name]
+
+
+def test_pipeline_trains_a_new_run_when_the_data_grows(tmp_path, tiny_model_dir, capsys):
+    main(["pipeline", "--config", str(_config(tmp_path, tiny_model_dir, train=8))])
+    main(["pipeline", "--config", str(_config(tmp_path, tiny_model_dir, train=12))])
+    out = _stages(capsys.readouterr().out)
+    assert " ran " in out["train"]
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
+def test_pipeline_rejects_bad_options_before_any_work(tmp_path, tiny_model_dir, capsys):
+    config = _config(tmp_path, tiny_model_dir)
+    assert main(["pipeline", "--config", str(config), "--set", "train={lrate: 1}"]) == 2
+    assert "lrate" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
+
+
+def test_push_to_hub_offline_fails_before_any_work(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = _config(tmp_path, tiny_model_dir)
+    assert main(["pipeline", "--config", str(config), "--push-to-hub", "me/whisper-sv"]) == 2
+    assert "HF_HUB_OFFLINE" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
+
+
+def test_demo_runs_end_to_end(tmp_path, tiny_model_dir):
+    from whisper_sv.demo import DemoOptions, run_demo
+
+    res = run_demo(
+        DemoOptions(
+            out=tmp_path / "demo",
+            model=str(tiny_model_dir),
+            train_clips=8,
+            validation_clips=2,
+            test_clips=3,
+            max_steps=2,
+            batch_size=4,
+            warmup_steps=1,
+            eval_steps=1,
+            workers=1,
+        )
+    )
+    assert res.n_test == 3
+    assert res.sample_reference
+    report = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert report["wer_before"] == pytest.approx(res.wer_before)
+    assert (res.run / "ct2" / "model.bin").is_file()
+    assert "relative WER reduction" in (tmp_path / "demo" / "demo.md").read_text()
