@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 log = logging.getLogger("whisper_sv")
 
@@ -22,72 +23,736 @@ class UserError(Exception):
 
 
 def _add_transcribe(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("transcribe", help="transcribe (or translate) audio files or links")
+    p = sub.add_parser(
+        "transcribe",
+        help="transcribe (or translate) audio files or links",
+        description="Transcribe audio or video files (any format) or YouTube links to Swedish "
+        "text, or translate them to English with --task translate. Short files are decoded "
+        "in batches; a file that cannot be read is reported and the rest go on.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_URL", help="audio/video files or links")
+    p.add_argument(
+        "--model", default="bundled:base", help="model reference (default: bundled:base)"
+    )
+    p.add_argument("--backend", choices=("ct2", "transformers"), default="ct2")
+    p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
+    p.add_argument("--language", default="sv", help="spoken language code (default: sv)")
+    p.add_argument(
+        "--format", choices=("txt", "srt", "vtt", "json"), default="txt", help="output format"
+    )
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        help="write NAME.FORMAT files here (default: print to standard output)",
+    )
+    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default), 5 = OpenAI's")
+    p.add_argument("--batch-size", type=int, default=16, help="short files decoded together")
+    p.add_argument("--no-vad", action="store_true", help="decode silences of long audio too")
+    p.add_argument("--word-timestamps", action="store_true", help="per-word times (json, ct2)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.set_defaults(func=_cmd_transcribe)
 
 
+def _quiet_decoders(args: argparse.Namespace) -> None:
+    """faster-whisper logs every file at INFO ("Processing audio with duration ..."), which
+    breaks up the progress bar; keep it for --verbose."""
+    if not getattr(args, "verbose", False):
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+
+
 def _cmd_transcribe(args: argparse.Namespace) -> int:
-    raise UserError("transcribe is not available yet")
+    from whisper_sv import links
+    from whisper_sv.infer import TranscribeOptions, Transcriber, Transcript, format_transcript
+
+    _quiet_decoders(args)
+
+    options = TranscribeOptions(
+        language=args.language,
+        task=args.task,
+        beam_size=args.beam_size,
+        batch_size=args.batch_size,
+        vad=not args.no_vad,
+        word_timestamps=args.word_timestamps,
+    )
+    # Links are downloaded first (into a temporary folder, deleted after decoding).
+    audios: list = []
+    names: list[str] = []
+    failed: list[str] = []
+    for item in args.inputs:
+        if links.looks_like_link(item) and not Path(item).exists():
+            try:
+                fetched = links.fetch_audio(item)
+            except ValueError as err:
+                print(f"error: {item}: {err}", file=sys.stderr)
+                failed.append(item)
+                continue
+            audios.append(fetched.audio)
+            names.append(fetched.title or item)
+        else:
+            audios.append(Path(item))
+            names.append(item)
+    if not audios:
+        return 1
+    transcriber = Transcriber(args.model, backend=args.backend, device=args.device)
+    results = transcriber.transcribe_many(audios, options, progress=len(audios) > 1)
+    if args.output_dir:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for name, result in zip(names, results, strict=True):
+        if not isinstance(result, Transcript):
+            print(f"error: {result}", file=sys.stderr)
+            failed.append(name)
+            continue
+        text = format_transcript(result, args.format)
+        if args.output_dir:
+            out = args.output_dir / f"{_unique_stem(name, used)}.{args.format}"
+            out.write_text(text, encoding="utf-8")
+            print(f"{name} -> {out}", file=sys.stderr)
+        elif len(audios) > 1 and args.format in ("txt", "srt", "vtt"):
+            print(f"==> {name} <==\n{text}")
+        else:
+            print(text, end="" if text.endswith("\n") else "\n")
+    if failed:
+        print(f"{len(failed)} of {len(args.inputs)} input(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _unique_stem(name: str, used: set[str]) -> str:
+    """A file name stem from an input name, unique among ``used``."""
+    stem = Path(name.rstrip("/")).stem or "transcript"
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:100] or "transcript"
+    candidate, n = stem, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}-{n}"
+    used.add(candidate)
+    return candidate
 
 
 # --------------------------------------------------------------------------- evaluate
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="WER/CER report of a model on a manifest")
+    p = sub.add_parser(
+        "evaluate",
+        help="WER/CER report of a model on a manifest",
+        description="Transcribe every file of a manifest (TSV with 'path' and 'sentence' "
+        "columns, paths relative to it) and write OUT/report.json and OUT/report.md: WER and "
+        "CER (normalised and orthographic), speed, and a per-utterance table. Files that "
+        "cannot be read are reported and skipped; the exit status is 1 if any failed.",
+    )
+    p.add_argument(
+        "--model", default="bundled:base", help="model reference (default: bundled:base)"
+    )
+    p.add_argument("--manifest", required=True, type=Path, help="TSV with path and sentence")
+    p.add_argument("--backend", choices=("ct2", "transformers"), default="ct2")
+    p.add_argument("--out", type=Path, default=Path("evaluation"), help="report folder")
+    p.add_argument("--limit", type=int, help="first N rows only")
+    p.add_argument("--language", default="sv", help="spoken language code (default: sv)")
+    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default), 5 = OpenAI's")
+    p.add_argument("--batch-size", type=int, default=16, help="files decoded together")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    raise UserError("evaluate is not available yet")
+    from whisper_sv.evaluate import evaluate, read_manifest, write_report
+    from whisper_sv.infer import TranscribeOptions, Transcriber
+
+    _quiet_decoders(args)
+
+    options = TranscribeOptions(
+        language=args.language, beam_size=args.beam_size, batch_size=args.batch_size
+    )
+    read_manifest(args.manifest, limit=args.limit)  # bad manifests fail before model loading
+    transcriber = Transcriber(args.model, backend=args.backend, device=args.device)
+    report = evaluate(
+        args.manifest, options=options, limit=args.limit, transcriber=transcriber, progress=True
+    )
+    json_path, md_path = write_report(report, args.out)
+    for u in report.utterances:
+        if u.error:
+            print(f"failed: {u.name}: {u.error}", file=sys.stderr)
+    print(report.summary())
+    print(f"wrote {json_path} and {md_path}")
+    return 1 if report.n_failed else 0
 
 
 # --------------------------------------------------------------------------- features
 
 
 def _add_features(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("features", help="feature pipeline: source -> feature store")
+    p = sub.add_parser(
+        "features",
+        help="feature pipeline: source -> feature store",
+        description="Decode, check, augment, log-mel and tokenize a source into a feature "
+        "store (Parquet shards + manifest.json + rejects.tsv). Re-runs skip finished shards.",
+    )
+    p.add_argument(
+        "--source",
+        default="synthetic",
+        help="synthetic | commonvoice:DIR | manifest:TSV | hf:NAME[:CONFIG] (default: synthetic)",
+    )
+    p.add_argument(
+        "--source-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="source option, e.g. train=100 (repeatable)",
+    )
+    p.add_argument("--out", help="store folder to write (created; an existing store is resumed)")
+    p.add_argument(
+        "--report",
+        metavar="STORE",
+        help="print STORE's per-split summary and write STORE/report.png",
+    )
+    p.add_argument(
+        "--split",
+        action="append",
+        default=[],
+        help="split(s) to process, repeatable or comma list (default: all)",
+    )
+    p.add_argument("--limit", type=int, help="first N inputs of each split")
+    p.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default 1: in this process)"
+    )
+    p.add_argument(
+        "--shard",
+        default="0/1",
+        metavar="I/N",
+        help="write only shards k with k %% N == I (one store, N machines)",
+    )
+    p.add_argument("--shard-size", type=int, default=256, help="inputs per shard (default 256)")
+    p.add_argument(
+        "--model",
+        default="bundled:base",
+        help="model whose processor defines mel bins and tokenizer",
+    )
+    p.add_argument(
+        "--normalize-text",
+        action="store_true",
+        help="train on normalised text (lowercase, no punctuation)",
+    )
+    p.add_argument(
+        "--noise-snr", type=float, metavar="DB", help="augment: add white noise at this SNR (dB)"
+    )
+    p.add_argument(
+        "--speed",
+        default="",
+        metavar="F,F,...",
+        help="augment: speed factors, one drawn per clip, e.g. 0.9,1.0,1.1",
+    )
+    p.add_argument(
+        "--augment-splits", default="train", help="splits to augment (comma list, default train)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the augmentation draws")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_features)
 
 
+def _comma_list(values: Sequence[str]) -> tuple[str, ...]:
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
 def _cmd_features(args: argparse.Namespace) -> int:
-    raise UserError("features is not available yet")
+    from whisper_sv import features
+
+    if args.report:
+        table, png = features.report(args.report)
+        print(table)
+        print(f"plots: {png}")
+        return 0
+    if not args.out:
+        raise UserError("give --out STORE (or --report STORE)")
+    from whisper_sv.config import parse_overrides
+    from whisper_sv.sources import open_source
+
+    index, sep, count = args.shard.partition("/")
+    if not (sep and index.strip().isdigit() and count.strip().isdigit()):
+        raise UserError(f"--shard takes I/N (e.g. 0/4), got {args.shard!r}")
+    try:
+        speed = tuple(float(s) for s in _comma_list([args.speed]))
+    except ValueError as err:
+        raise UserError(f"--speed takes numbers like 0.9,1.1 ({err})") from err
+    options = features.BuildOptions(
+        model=args.model,
+        splits=_comma_list(args.split),
+        limit=args.limit,
+        workers=args.workers,
+        shard=(int(index), int(count)),
+        shard_size=args.shard_size,
+        normalize_text=args.normalize_text,
+        noise_snr_db=args.noise_snr,
+        speed=speed,
+        augment_splits=_comma_list([args.augment_splits]),
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    source = open_source(args.source, **parse_overrides(args.source_opt))
+    summary = features.build_store(source, args.out, options)
+    print(summary.table())
+    print(
+        f"{summary.processed} inputs in {summary.seconds:.1f} s ({summary.clips_per_s:.0f} clips/s); "
+        f"shards written {summary.shards_written}, skipped (done before) {summary.shards_skipped}; "
+        f"store {summary.path} (config {summary.config.hash()})"
+    )
+    return 0
 
 
 # --------------------------------------------------------------------------- train
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="training pipeline: feature store -> run folder")
+    p = sub.add_parser(
+        "train",
+        help="training pipeline: feature store -> run folder",
+        description="Fine-tune Whisper on a feature store. Re-running on an existing run "
+        "folder continues it from its last checkpoint. Data-parallel: prefix with "
+        "`torchrun --nproc_per_node N -m whisper_sv`.",
+    )
+    p.add_argument("--features", required=True, metavar="STORE", help="feature store folder")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="REF",
+        help="model to start from (default: bundled:base, or the run's own when continuing)",
+    )
+    p.add_argument("--config", default=None, metavar="YAML", help="training options file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one option (repeatable), e.g. --set lr=1e-5 --set max_steps=200",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (an error if there is none)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    raise UserError("train is not available yet")
+    import os
+
+    from whisper_sv.config import load_options, parse_overrides
+    from whisper_sv.registry import metrics_markdown
+    from whisper_sv.train import TrainConfig, train
+
+    cfg = load_options(TrainConfig, args.config, parse_overrides(args.overrides))
+    result = train(
+        args.features,
+        args.out,
+        model=args.model,
+        config=cfg,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    if os.environ.get("RANK", "0") == "0":  # one report under torchrun
+        print(metrics_markdown(result.rows), end="")
+        best = (
+            f"best WER {result.best_wer:.2f} at step {result.best_step}"
+            if result.best_wer is not None
+            else "no validation split: best/ is the last step"
+        )
+        stop = " (early stop)" if result.stopped_early else ""
+        print(
+            f"{result.step}/{result.max_steps} steps{stop}, {result.samples_per_s:.2f} samples/s; "
+            f"{best}; run folder: {result.run}"
+        )
+    return 0
 
 
 # --------------------------------------------------------------------------- export
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a run or model to CTranslate2")
+    p = sub.add_parser(
+        "export",
+        help="export a run or model to CTranslate2",
+        description="Write the CTranslate2 folder faster-whisper loads offline (model.bin, "
+        "tokenizer.json, preprocessor_config.json) for a run's best checkpoint or any model.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder (its best/) or any model reference")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default RUN/ct2)")
+    p.add_argument(
+        "--quantization",
+        default="float16",
+        help="weight type (default float16; quantise at load time, e.g. compute_type=int8)",
+    )
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    raise UserError("export is not available yet")
+    from whisper_sv.train import export_run
+
+    out = export_run(args.run, args.out, quantization=args.quantization)
+    print(out)
+    return 0
 
 
 # --------------------------------------------------------------------------- demo
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the whole job on synthetic Swedish speech")
+    from whisper_sv.demo import DemoOptions
+
+    d = DemoOptions()
+    p = sub.add_parser(
+        "demo",
+        help="the whole job on synthetic Swedish speech",
+        description="synthetic Swedish speech -> feature store -> baseline WER on unseen voices "
+        "-> short fine-tune -> WER after -> CTranslate2 export -> one transcript.",
+    )
+    p.add_argument("--out", type=Path, default=d.out, help=f"output folder (default {d.out})")
+    p.add_argument("--model", default=d.model, help=f"model to fine-tune (default {d.model})")
+    p.add_argument("--train-clips", type=int, default=d.train_clips)
+    p.add_argument("--test-clips", type=int, default=d.test_clips)
+    p.add_argument("--max-steps", type=int, default=d.max_steps)
+    p.add_argument("--eval-steps", type=int, default=d.eval_steps)
+    p.add_argument("--workers", type=int, default=d.workers, help="feature-pipeline processes")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    raise UserError("demo is not available yet")
+    from whisper_sv.demo import DemoOptions, run_demo
+
+    run_demo(
+        DemoOptions(
+            out=args.out,
+            model=args.model,
+            train_clips=args.train_clips,
+            test_clips=args.test_clips,
+            max_steps=args.max_steps,
+            eval_steps=args.eval_steps,
+            workers=args.workers,
+        )
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _add_pipeline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pipeline",
+        help="features -> train -> evaluate -> export, skipping what is up to date",
+        description="Idempotent: schedule it (cron) to retrain when the data grows.",
+    )
+    p.add_argument("--config", type=Path, required=True, help="pipeline.yaml")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override options")
+    p.add_argument("--push-to-hub", metavar="REPO", help="publish best/ + card (online only)")
+    p.set_defaults(func=_cmd_pipeline)
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from whisper_sv.config import load_options, parse_overrides
+    from whisper_sv.pipeline import PipelineConfig, run_pipeline
+
+    overrides = parse_overrides(args.set)
+    if args.push_to_hub:
+        overrides["push_to_hub"] = args.push_to_hub
+    config = load_options(PipelineConfig, args.config, overrides)
+    for r in run_pipeline(config):
+        state = "ran" if r.ran else "up to date"
+        print(f"{r.stage:<9} {state:<11} {r.seconds:7.1f} s  {r.detail}")
+    return 0
+
+
+# --------------------------------------------------------------------------- app
+
+
+def _add_app(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "app",
+        help="Gradio chat app: recording, file or YouTube link -> Swedish text + English",
+        description="Serve the Gradio app (on 127.0.0.1 unless --host says otherwise), or "
+        "write a Hugging Face Space folder with --export-space.",
+    )
+    p.add_argument(
+        "--model", default="bundled:base", help="model selected at start (any model reference)"
+    )
+    p.add_argument(
+        "--runs", default="runs", metavar="DIR", help="run registry listed in the model picker"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (0.0.0.0: reachable from the network)",
+    )
+    p.add_argument("--port", type=int, default=7860, help="TCP port")
+    p.add_argument(
+        "--translator",
+        choices=("whisper", "google", "none"),
+        default="whisper",
+        help="translation preselected: Whisper (offline), Google (online) or none",
+    )
+    p.add_argument("--max-file-size", default="200mb", help="largest upload, e.g. 200mb")
+    p.add_argument(
+        "--max-duration",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="longest recording accepted, seconds",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        metavar="N",
+        help="requests decoded at once; the others wait in a queue",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="also accept links to HOST (or HOST:PORT); repeatable; default: YouTube only",
+    )
+    p.add_argument(
+        "--export-space",
+        metavar="DIR",
+        help="write a Hugging Face Space folder (app.py, requirements.txt, README.md, model/) and exit",
+    )
+    p.set_defaults(func=_cmd_app)
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    from whisper_sv import app, links, models
+
+    models.resolve(args.model)  # a bad reference fails here, before anything starts
+    options = app.AppOptions(
+        model=args.model,
+        runs_dir=args.runs,
+        host=args.host,
+        port=args.port,
+        translator=args.translator,
+        max_file_size=args.max_file_size,
+        max_duration_s=args.max_duration,
+        concurrency_limit=args.concurrency,
+        link_hosts=(*links.YOUTUBE_HOSTS, *args.allow_host),
+    )
+    if args.export_space:
+        out = app.export_space(args.export_space, options, progress=print)
+        print(f"Space written to {out}")
+        return 0
+    print(f"whisper-sv app on http://{args.host}:{args.port} (Ctrl+C stops it)")
+    app.serve(options)
+    return 0
+
+
+# --------------------------------------------------------------------------- tune
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="hyper-parameter search (grid / random / TPE) over training runs",
+        description="An Optuna study over `whisper-sv train`: each trial is a run folder in "
+        "STUDY/trials/NNNN scored by its best validation WER; the median pruner stops trials "
+        "that fall behind. The study lives in STUDY/study.db: re-running the same command "
+        "continues it. Writes STUDY/report.md and plots.",
+    )
+    p.add_argument("--features", required=True, metavar="STORE", help="feature store folder")
+    p.add_argument(
+        "--space", required=True, metavar="YAML", help="search space (see examples/space.yaml)"
+    )
+    p.add_argument("--out", required=True, metavar="STUDY", help="study folder")
+    p.add_argument("--sampler", choices=("grid", "random", "tpe"), default="tpe")
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=0,
+        help="finished trials wanted in the study (default: the grid size, or 10)",
+    )
+    p.add_argument("--model", default=None, metavar="REF", help="model to start from")
+    p.add_argument("--config", default=None, metavar="YAML", help="base training options")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one base training option (repeatable)",
+    )
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=0, help="optimizer steps per trial")
+    budget.add_argument(
+        "--equal-epochs",
+        type=float,
+        default=0.0,
+        metavar="E",
+        help="every trial sees E x the train clips (steps = E * clips / batch size)",
+    )
+    p.add_argument(
+        "--time-budget", type=float, default=0.0, metavar="S", help="stop a trial after S seconds"
+    )
+    p.add_argument(
+        "--evals",
+        type=int,
+        default=4,
+        metavar="N",
+        help="evaluations per trial, the pruning points (default 4; 0: base eval_steps)",
+    )
+    p.add_argument("--no-prune", action="store_true", help="run every trial to its end")
+    p.add_argument(
+        "--seeds",
+        default="",
+        metavar="S,S,...",
+        help="repeat over these seeds (trials use the first) and report mean and spread",
+    )
+    p.add_argument(
+        "--repeat",
+        choices=("best", "each"),
+        default="best",
+        help="what --seeds repeats: the best trial's settings or every configuration",
+    )
+    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument(
+        "--keep-models", action="store_true", help="keep best/ of every trial (default: best only)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_tune)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from whisper_sv.config import load_options, parse_overrides
+    from whisper_sv.train import TrainConfig
+    from whisper_sv.tune import TuneOptions, seeds_markdown, trials_markdown, tune
+
+    try:
+        seeds = tuple(int(s) for s in _comma_list([args.seeds]))
+    except ValueError as err:
+        raise UserError(f"--seeds takes integers like 0,1,2 ({err})") from err
+    base = load_options(TrainConfig, args.config, parse_overrides(args.overrides))
+    options = TuneOptions(
+        sampler=args.sampler,
+        trials=args.trials,
+        seed=args.seed,
+        model=args.model,
+        steps=args.steps,
+        equal_epochs=args.equal_epochs,
+        evals_per_trial=args.evals,
+        time_budget_s=args.time_budget,
+        prune=not args.no_prune,
+        seeds=seeds,
+        repeat=args.repeat,
+        keep_models=args.keep_models,
+    )
+    result = tune(
+        args.features, args.out, args.space, options, base=base, progress=not args.no_progress
+    )
+    names = result.space.names
+    print(trials_markdown(result.trials, names), end="")
+    if result.seeds:
+        print(seeds_markdown(result.seeds, names), end="")
+    if result.best is not None:
+        params = ", ".join(f"{k}={v}" for k, v in result.best.params.items())
+        print(f"best: trial {result.best.number}, WER {result.best.wer:.2f} ({params})")
+    else:
+        print("no trial completed")
+    print(f"report: {result.report}")
+    return 0
+
+
+# --------------------------------------------------------------------------- average
+
+
+def _add_average(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "average",
+        help="average a run's top-k checkpoints into a new model",
+        description="Average the weights of the K checkpoints of RUN with the lowest "
+        "validation WER (metrics.csv) into a transformers model folder, usable as --model. "
+        "Train with --set keep_checkpoints=0 so the checkpoints are kept.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("--top-k", type=int, default=3, metavar="K", help="checkpoints to average")
+    p.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
+    p.add_argument(
+        "--features",
+        default=None,
+        metavar="STORE",
+        help="evaluate the average on STORE's validation split (the run's evaluation settings)",
+    )
+    p.set_defaults(func=_cmd_average)
+
+
+def _cmd_average(args: argparse.Namespace) -> int:
+    from whisper_sv.averaging import average_checkpoints
+
+    result = average_checkpoints(args.run, args.out, top_k=args.top_k, features=args.features)
+    wers = ", ".join(f"{s}: {w:.2f}" for s, w in zip(result.steps, result.wers, strict=True))
+    print(f"averaged {len(result.steps)} checkpoints (step: WER {wers}) into {result.out}")
+    if result.evaluation is not None:
+        ev = result.evaluation
+        best = f"{result.best_wer:.2f} (step {result.best_step})" if result.best_wer else "-"
+        print(
+            f"average: WER {ev.wer:.2f}, CER {ev.cer:.2f} on {ev.n} validation clips; "
+            f"best single checkpoint: WER {best}"
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------- experiment
+
+
+def _add_experiment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "experiment",
+        help="data-centric experiments: voices | noise | speaker",
+        description="voices: 1 vs 8 synthetic voices at equal data, tested on unseen voices. "
+        "noise: noise augmentation at several SNRs, tested clean and noisy. speaker: "
+        "fine-tune on some of one real speaker's words (../shared/data/sv-words), test on the "
+        "held-out words. Re-runs reuse finished stores, runs and evaluations.",
+    )
+    p.add_argument("name", choices=("voices", "noise", "speaker"), help="which experiment")
+    p.add_argument("--out", default=None, metavar="DIR", help="folder (default experiments/NAME)")
+    p.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="experiment option, e.g. steps=60, train_clips=100, snrs=[20,10] (repeatable)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="training option on top of the experiment's recipe (repeatable)",
+    )
+    p.add_argument("--model", default=None, metavar="REF", help="model to start from")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_experiment)
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from whisper_sv.config import from_mapping, parse_overrides
+    from whisper_sv.experiments import ExperimentOptions, run_experiment
+
+    budget = parse_overrides(args.budget)
+    if args.model:
+        budget["model"] = args.model
+    options = from_mapping(ExperimentOptions, budget)
+    result = run_experiment(
+        args.name,
+        args.out,
+        options,
+        train_overrides=parse_overrides(args.overrides),
+        progress=not args.no_progress,
+    )
+    print(result.question)
+    print(result.table(), end="")
+    print(f"report: {result.report}")
+    return 0
 
 
 # --------------------------------------------------------------------------- main
@@ -99,6 +764,11 @@ _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_train,
     _add_export,
     _add_demo,
+    _add_pipeline,
+    _add_app,
+    _add_tune,
+    _add_average,
+    _add_experiment,
 )
 
 

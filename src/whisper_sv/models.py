@@ -135,6 +135,9 @@ def build_processor(tokenizer_json: str | os.PathLike, n_mels: int = 80) -> Whis
             f"{path}: timestamp tokens start at id {first}, expected right after the last "
             f"special token ({tokenizer.all_special_ids[-1]}); is this a Whisper tokenizer.json?"
         )
+    if tokenizer.pad_token is None:
+        # OpenAI's hub tokenizers pad with <|endoftext|>; batch encoding needs a pad token.
+        tokenizer.pad_token = "<|endoftext|>"
     feature_extractor = WhisperFeatureExtractor(feature_size=n_mels)
     return WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
 

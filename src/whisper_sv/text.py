@@ -1,0 +1,174 @@
+"""Swedish-safe text normalisation and word/character error rates.
+
+Whisper's own ``EnglishTextNormalizer`` spells out English numbers and rewrites English
+spellings, and its ``BasicTextNormalizer`` strips diacritics (``å`` -> ``a``), which merges
+Swedish words that differ only there (``får``/``far``, ``hög``/``hog``). This normaliser only
+does what is safe for Swedish:
+
+- Unicode NFC, so ``a`` + combining ring and the precomposed ``å`` compare equal;
+- lowercase (not ``casefold``, which would turn ``ß`` into ``ss``);
+- punctuation and symbols become spaces; letters of every script and their diacritics stay
+  (``å ä ö é ü``), so do digits. A hyphen splits words too (``e-post`` -> ``e post``) on
+  both sides alike, so a compound is one error whichever way it is written in the reference;
+- numbers stay as written: ``tre`` and ``3`` are different words. A ``.``, ``,`` or ``:``
+  between two digits is part of the number, so the Swedish decimal comma survives
+  (``3,5`` stays ``3,5``, ``10:30`` stays ``10:30``) while ``3, 5`` becomes ``3 5``.
+  ``3,5`` and ``3.5`` stay different: a dot may be a Swedish thousands separator (``1.000``)
+  and guessing would hide real errors;
+- whitespace collapsed to single spaces, none at either end.
+
+Error rates are corpus-level (total edits / total reference words or characters), in percent.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "ErrorRates",
+    "WordErrors",
+    "cer",
+    "error_rates",
+    "normalize",
+    "wer",
+    "word_errors",
+]
+
+# A separator with a digit on both sides belongs to the number ("3,5", "1.000", "10:30").
+_NUMBER_SEPARATOR = re.compile(r"(?<=\d)[.,:](?=\d)")
+_KEEP = "\x00"  # stands in for a protected separator while punctuation is removed
+_WHITESPACE = re.compile(r"\s+")
+
+
+def normalize(text: str) -> str:
+    """Lowercase, punctuation out, numbers as written, Swedish letters kept (see module doc)."""
+    text = unicodedata.normalize("NFC", text).lower().replace(_KEEP, " ")
+    protected: list[str] = []
+
+    def protect(match: re.Match[str]) -> str:
+        protected.append(match.group())
+        return _KEEP
+
+    text = _NUMBER_SEPARATOR.sub(protect, text)
+    # Keep letters (L), combining marks that NFC could not fold (M), numbers (N) and the
+    # placeholder; everything else (punctuation P, symbols S, controls C) becomes a space.
+    text = "".join(
+        ch if ch == _KEEP or unicodedata.category(ch)[0] in "LMN" else " " for ch in text
+    )
+    restored = iter(protected)
+    text = re.sub(_KEEP, lambda _: next(restored), text)
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def _orthographic(text: str) -> str:
+    """As written, only whitespace collapsed (case and punctuation count as errors)."""
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
+
+
+@dataclass(frozen=True)
+class ErrorRates:
+    """Corpus-level error rates of a set of hypotheses against their references."""
+
+    wer: float  # word error rate, percent, after normalize() on both sides
+    cer: float  # character error rate, percent, after normalize()
+    wer_orthographic: float  # word error rate, percent, text as written (case, punctuation)
+    cer_orthographic: float  # character error rate, percent, text as written
+    n: int  # number of reference/hypothesis pairs
+
+
+@dataclass(frozen=True)
+class WordErrors:
+    """Word edit counts of one hypothesis against its reference."""
+
+    substitutions: int  # reference words replaced by another word
+    deletions: int  # reference words missing from the hypothesis
+    insertions: int  # hypothesis words with no reference word
+    reference_words: int  # words in the reference
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+
+def _check(references: Sequence[str], hypotheses: Sequence[str]) -> tuple[list[str], list[str]]:
+    if isinstance(references, str) or isinstance(hypotheses, str):
+        raise ValueError("pass lists of strings (one per utterance), not a single string")
+    references, hypotheses = list(references), list(hypotheses)
+    if len(references) != len(hypotheses):
+        raise ValueError(
+            f"{len(references)} references but {len(hypotheses)} hypotheses: pass one "
+            "hypothesis per reference"
+        )
+    return references, hypotheses
+
+
+def _rate(edits: int, reference_units: int) -> float:
+    # With no reference words at all, any output is wholly wrong and none is wholly right.
+    if reference_units == 0:
+        return 0.0 if edits == 0 else 100.0
+    return 100.0 * edits / reference_units
+
+
+def _wer(references: list[str], hypotheses: list[str]) -> float:
+    import jiwer
+
+    if not references:
+        return 0.0
+    out = jiwer.process_words(references, hypotheses)
+    edits = out.substitutions + out.deletions + out.insertions
+    return _rate(edits, out.substitutions + out.deletions + out.hits)
+
+
+def _cer(references: list[str], hypotheses: list[str]) -> float:
+    import jiwer
+
+    if not references:
+        return 0.0
+    out = jiwer.process_characters(references, hypotheses)
+    edits = out.substitutions + out.deletions + out.insertions
+    return _rate(edits, out.substitutions + out.deletions + out.hits)
+
+
+def wer(references: Sequence[str], hypotheses: Sequence[str], *, normalized: bool = True) -> float:
+    """Word error rate in percent; ``normalized`` applies normalize() to both sides first."""
+    refs, hyps = _check(references, hypotheses)
+    clean = normalize if normalized else _orthographic
+    return _wer([clean(r) for r in refs], [clean(h) for h in hyps])
+
+
+def cer(references: Sequence[str], hypotheses: Sequence[str], *, normalized: bool = True) -> float:
+    """Character error rate in percent (spaces count); ``normalized`` as in wer()."""
+    refs, hyps = _check(references, hypotheses)
+    clean = normalize if normalized else _orthographic
+    return _cer([clean(r) for r in refs], [clean(h) for h in hyps])
+
+
+def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorRates:
+    """All four rates (normalised and orthographic WER and CER) in one pass."""
+    refs, hyps = _check(references, hypotheses)
+    norm_refs, norm_hyps = [normalize(r) for r in refs], [normalize(h) for h in hyps]
+    orth_refs, orth_hyps = [_orthographic(r) for r in refs], [_orthographic(h) for h in hyps]
+    return ErrorRates(
+        wer=_wer(norm_refs, norm_hyps),
+        cer=_cer(norm_refs, norm_hyps),
+        wer_orthographic=_wer(orth_refs, orth_hyps),
+        cer_orthographic=_cer(orth_refs, orth_hyps),
+        n=len(refs),
+    )
+
+
+def word_errors(reference: str, hypothesis: str, *, normalized: bool = True) -> WordErrors:
+    """Substitutions, deletions and insertions of one utterance (for per-utterance tables)."""
+    import jiwer
+
+    clean = normalize if normalized else _orthographic
+    out = jiwer.process_words([clean(reference)], [clean(hypothesis)])
+    return WordErrors(
+        substitutions=out.substitutions,
+        deletions=out.deletions,
+        insertions=out.insertions,
+        reference_words=out.substitutions + out.deletions + out.hits,
+    )

@@ -1,0 +1,455 @@
+"""The app without a browser: the request stream, its messages, the API, the queue, the Space.
+
+Fast tests run the tiny random Whisper (``tiny_ct2_dir``): its words are noise, so they check
+the plumbing (states, files, messages, concurrency), not the transcript. Tests marked slow run
+the bundled Whisper base and check the words.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from whisper_sv import app as app_mod
+from whisper_sv import cli, links
+from whisper_sv.app import AppOptions, ChatApp, Reply, render_markdown
+
+SENTENCE = "Stockholm är Sveriges huvudstad och ligger vid Mälaren."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def speak(path: Path, text: str = SENTENCE, voice: str = "sv+m3") -> Path:
+    """Swedish speech from espeak-ng written to ``path`` (a wav at espeak's 22,050 Hz)."""
+    from whisper_sv.sources import espeak
+
+    pcm, rate = espeak.synthesize(text, voice=voice, rate=150)
+    sf.write(path, pcm, rate, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    """A spoken Swedish sentence, a second one, a corrupt wav and a text file."""
+    root = tmp_path_factory.mktemp("clips")
+    out = {
+        "speech": speak(root / "stockholm.wav"),
+        "speech2": speak(root / "morgon.wav", "God morgon, hur mår du i dag?", "sv+f3"),
+        "corrupt": root / "broken.wav",
+        "text": root / "notes.txt",
+    }
+    # A wav's magic, then bytes no decoder can parse (a fixed pattern: the test is repeatable).
+    out["corrupt"].write_bytes(b"RIFF" + bytes(range(256)) * 8)
+    out["text"].write_text("Det här är ingen ljudfil.\n", encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_app(tiny_ct2_dir) -> ChatApp:
+    chat = ChatApp(AppOptions(model=str(tiny_ct2_dir), runs_dir=None))
+    yield chat
+    chat.close()
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_options_are_validated():
+    assert AppOptions().host == "127.0.0.1"  # never the network unless asked
+    with pytest.raises(ValueError, match="whisper, google, none"):
+        AppOptions(translator="deepl")
+    with pytest.raises(ValueError, match="port"):
+        AppOptions(port=0)
+    with pytest.raises(ValueError, match="concurrency_limit"):
+        AppOptions(concurrency_limit=0)
+
+
+def test_model_picker_lists_bundled_and_runs(tmp_path):
+    runs = tmp_path / "runs"
+    for name in ("b-run", "a-run"):
+        (runs / name / "best").mkdir(parents=True)
+        (runs / name / "config.yaml").write_text("model: bundled:base\n")
+    (runs / "half-written").mkdir()  # no config.yaml, no best/: not a run
+    (runs / "notes.txt").write_text("x")
+    chat = ChatApp(AppOptions(runs_dir=str(runs)))
+    choices = chat.model_choices()
+    assert choices[0] == ("bundled:base", "bundled:base")
+    assert [label for label, _ in choices[1:]] == ["run: a-run", "run: b-run"]
+    assert Path(choices[1][1]) == runs / "a-run"
+    assert ChatApp(AppOptions(runs_dir=str(tmp_path / "none"))).model_choices() == choices[:1]
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def test_a_clip_streams_into_a_transcript_translation_and_files(tiny_ct2_dir, clips):
+    chat = ChatApp(AppOptions(model=str(tiny_ct2_dir), runs_dir=None))
+    states = list(chat.run(str(clips["speech"]), None, None, "whisper"))
+    shown = [render_markdown(s) for s in states]
+    assert "Reading the file" in shown[0]
+    assert any("Loading the model" in s for s in shown)
+    assert any("Transcribing… 0% (0:00 of 0:03)" in s for s in shown)
+    again = [r.status for r in chat.run(str(clips["speech"]), None, None, "none")]
+    assert "Loading the model…" not in again  # loaded once, then shared
+    last = states[-1]
+    assert not last.error and last.status == ""
+    assert last.duration == pytest.approx(3.6, abs=0.4)
+    assert "⏳" not in shown[-1] and "**English** · Whisper (offline)" in shown[-1]
+    assert last.translator == "whisper"
+    # The seeded tiny model always says something (noise words) for this clip.
+    assert last.swedish, "the tiny model wrote nothing: the file checks below need text"
+    assert [Path(f).suffix for f in last.files] == [".srt", ".vtt", ".txt"]
+    assert Path(last.files[2]).read_text(encoding="utf-8").strip() == last.text
+    assert Path(last.files[1]).read_text(encoding="utf-8").startswith("WEBVTT\n\n")
+    chat.close()
+    assert not any(Path(f).exists() for f in last.files)  # the download folder is gone
+
+
+@pytest.mark.parametrize(
+    "clip, reason",
+    [
+        ("corrupt", r"Could not read \*\*broken.wav\*\*: corrupt"),
+        ("text", r"Could not read \*\*notes.txt\*\*: not audio"),
+    ],
+)
+def test_bad_uploads_give_a_sentence_not_a_traceback(tiny_app, clips, clip, reason):
+    states = list(tiny_app.run(str(clips[clip]), None, None, "whisper"))
+    last = states[-1]
+    assert re.search(reason, last.error)
+    text = render_markdown(last)
+    assert text.startswith("⚠️") and "Traceback" not in text
+    assert tiny_app.transcribe_api(str(clips[clip]))[0] == ""
+
+
+def test_too_long_audio_is_refused(tiny_ct2_dir, clips):
+    chat = ChatApp(AppOptions(model=str(tiny_ct2_dir), runs_dir=None, max_duration_s=2))
+    last = list(chat.run(str(clips["speech"]), None, None, "none"))[-1]
+    assert "long; the limit is 2.0 s" in last.error
+    assert not last.swedish  # refused before any decoding
+    # The header is read first, so a huge file is refused without decoding it all.
+    assert app_mod._declared_duration(str(clips["speech"])) == pytest.approx(3.6, abs=0.4)
+    assert app_mod._declared_duration(str(clips["corrupt"])) == 0.0
+
+
+def test_unknown_model_and_empty_message_are_answered(tiny_app, clips):
+    last = list(tiny_app.run(str(clips["speech"]), None, "/nowhere/model", "none"))[-1]
+    assert "Unknown model" in last.error
+    last = list(tiny_app.run(None, None, None, "none"))[-1]
+    assert "YouTube link" in last.error
+
+
+def test_chat_handler_answers_plain_text_with_help(tiny_app):
+    (history, box, files), *_ = list(tiny_app.chat({"text": "hej!", "files": []}, [], None, "none"))
+    assert history[-1]["role"] == "assistant" and "YouTube link" in history[-1]["content"]
+    assert box is None and files is None
+
+
+def test_chat_handler_keeps_history_and_clears_the_box(tiny_app, clips):
+    old = [{"role": "user", "content": "tidigare"}, {"role": "assistant", "content": "svar"}]
+    message = {"text": "", "files": [{"path": str(clips["speech"])}]}
+    outputs = list(tiny_app.chat(message, old, str(tiny_app.options.model), "none"))
+    history, box, _ = outputs[-1]
+    assert history[:2] == old
+    assert history[2] == {"role": "user", "content": {"path": str(clips["speech"])}}
+    assert history[3]["role"] == "assistant" and "**Svenska**" in history[3]["content"]
+    assert box is None  # the input box is emptied from the first update on
+    assert len(outputs) >= 3  # streamed: reading, loading, ..., done
+
+
+def test_unreachable_online_translator_is_explained_in_the_chat(tiny_ct2_dir, clips, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{free_port()}")
+    chat = ChatApp(AppOptions(model=str(tiny_ct2_dir), runs_dir=None, translate_timeout_s=3))
+    last = list(chat.run(str(clips["speech"]), None, None, "google"))[-1]
+    if not last.swedish:
+        pytest.skip("the random model heard nothing, so there was nothing to translate")
+    text = render_markdown(last)
+    assert "**English** · Google Translate (online)" in text
+    assert "cannot reach Google Translate" in text and "offline Whisper" in text
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def media_server(clips):
+    """http.server over the clips' folder; yields "127.0.0.1:PORT"."""
+    handler = functools.partial(_Quiet, directory=str(clips["speech"].parent))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_link_on_the_allow_list_is_downloaded_and_transcribed(tiny_ct2_dir, media_server):
+    options = AppOptions(
+        model=str(tiny_ct2_dir), runs_dir=None, link_hosts=(*links.YOUTUBE_HOSTS, media_server)
+    )
+    chat = ChatApp(options)
+    states = list(chat.run(None, f"http://{media_server}/stockholm.wav", None, "none"))
+    assert any("Downloading the audio" in s.status for s in states)
+    last = states[-1]
+    assert not last.error and last.source == "stockholm"
+    assert last.duration == pytest.approx(3.6, abs=0.4)
+    # The same server is refused when it is not on the list.
+    refused = list(
+        ChatApp(AppOptions(runs_dir=None)).run(None, f"http://{media_server}/x.wav", None, "none")
+    )
+    assert "not accepted" in refused[-1].error
+
+
+def test_subtitle_files():
+    from whisper_sv.infer import Segment
+
+    segments = [
+        Segment(0.0, 2.5, " Hej "),
+        Segment(2.5, 3661.042, "på dig"),
+        Segment(4.0, 4.0, " "),
+    ]
+    assert app_mod.to_srt(segments) == (
+        "1\n00:00:00,000 --> 00:00:02,500\nHej\n\n2\n00:00:02,500 --> 01:01:01,042\npå dig\n"
+    )
+    assert app_mod.to_vtt(segments) == (
+        "WEBVTT\n\n00:00:00.000 --> 00:00:02.500\nHej\n\n00:00:02.500 --> 01:01:01.042\npå dig\n"
+    )
+    assert app_mod.to_txt(segments) == "Hej\npå dig\n"
+
+
+def test_markdown_is_escaped_and_long_audio_gets_timestamps():
+    from whisper_sv.infer import Segment
+
+    reply = Reply(source="a_b.wav", duration=95, timestamps=True, translator="none")
+    reply.swedish = [Segment(0, 4.2, "*inte fet* <b>"), Segment(61, 65, "sen")]
+    text = render_markdown(reply)
+    assert r"\*inte fet\* \<b\>" in text
+    assert "`0:00–0:04`" in text and "`1:01–1:05` sen" in text
+    assert "a\\_b.wav · 1:35" in text
+
+
+# --------------------------------------------------------------------------- served
+
+
+class CountingChatApp(ChatApp):
+    """The real app, counting how many requests are inside ``run`` at once."""
+
+    def __init__(self, options: AppOptions) -> None:
+        super().__init__(options)
+        self.active = self.most = 0
+        self._count_lock = threading.Lock()
+
+    def run(self, *args):
+        with self._count_lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        try:
+            yield from super().run(*args)
+        finally:
+            with self._count_lock:
+                self.active -= 1
+
+
+@pytest.fixture(scope="module")
+def served(tiny_ct2_dir):
+    """The app launched in-process on a free port; yields (URL, app, Blocks)."""
+    chat = CountingChatApp(AppOptions(model=str(tiny_ct2_dir), runs_dir=None, port=free_port()))
+    demo = chat.launch(prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{chat.options.port}/", chat, demo
+    demo.close()
+    chat.close()
+
+
+def test_api_endpoint_transcribe(served, clips):
+    from gradio_client import Client, handle_file
+
+    url, chat, _ = served
+    client = Client(url, verbose=False)
+    assert (
+        "/transcribe" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    )
+    text, translation = client.predict(handle_file(str(clips["speech"])), api_name="/transcribe")
+    assert (text, translation) == chat.transcribe_api(str(clips["speech"]))
+    text, reason = client.predict(handle_file(str(clips["corrupt"])), api_name="/transcribe")
+    assert text == "" and "Could not read broken.wav: corrupt" in reason
+
+
+def test_five_concurrent_requests_all_complete_correctly(served, clips):
+    from gradio_client import Client, handle_file
+
+    url, chat, _ = served
+    order = ["speech", "speech2", "corrupt", "speech", "speech2"]
+    expected = {name: chat.transcribe_api(str(clips[name])) for name in set(order)}
+    client = Client(url, verbose=False)
+    start = time.monotonic()
+    jobs = [client.submit(handle_file(str(clips[n])), api_name="/transcribe") for n in order]
+    results = [job.result(timeout=120) for job in jobs]
+    assert [tuple(r) for r in results] == [expected[n] for n in order]
+    assert time.monotonic() - start < 120
+    chat.most = 0
+    # And from five separate clients (five users) at once.
+    with ThreadPoolExecutor(5) as pool:
+        futures = [
+            pool.submit(
+                lambda n: Client(url, verbose=False).predict(
+                    handle_file(str(clips[n])), api_name="/transcribe"
+                ),
+                n,
+            )
+            for n in order
+        ]
+        assert [tuple(f.result(timeout=120)) for f in futures] == [expected[n] for n in order]
+    # Queued, not all at once: never more than the concurrency limit in flight.
+    assert 1 <= chat.most <= chat.options.concurrency_limit
+
+
+def test_queue_and_upload_limits_are_set(served):
+    import httpx
+
+    url, chat, demo = served
+    config = httpx.get(url + "config", timeout=10).json()
+    assert config["max_file_size"] == 200 * 1024 * 1024  # "200mb", enforced by Gradio
+    decoding = {f.api_name: f for f in demo.fns.values() if f.concurrency_id == "decode"}
+    assert "transcribe" in decoding and len(decoding) == 2  # the chat and the API share one limit
+    assert {f.concurrency_limit for f in decoding.values()} == {chat.options.concurrency_limit}
+    assert demo._queue.max_size == chat.options.max_queue
+
+
+def test_uploads_over_the_size_limit_are_refused(tiny_ct2_dir, clips):
+    from gradio_client import Client, handle_file
+
+    chat = ChatApp(
+        AppOptions(model=str(tiny_ct2_dir), runs_dir=None, port=free_port(), max_file_size="20kb")
+    )
+    demo = chat.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{chat.options.port}/", verbose=False)
+        assert clips["speech"].stat().st_size > 20 * 1024
+        with pytest.raises(ValueError, match="exceeds the maximum file size of 20480 bytes"):
+            client.predict(handle_file(str(clips["speech"])), api_name="/transcribe")
+    finally:
+        demo.close()
+        chat.close()
+
+
+# --------------------------------------------------------------------------- CLI and Space
+
+
+def test_cli_app_parses_and_refuses_a_bad_model(capsys):
+    args = cli.build_parser().parse_args(
+        ["app", "--port", "7999", "--allow-host", "127.0.0.1:8000", "--translator", "none"]
+    )
+    assert (args.host, args.port, args.allow_host, args.translator) == (
+        "127.0.0.1",
+        7999,
+        ["127.0.0.1:8000"],
+        "none",
+    )
+    assert cli.main(["app", "--model", "/no/such/model"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def space(tiny_ct2_dir, tmp_path_factory) -> Path:
+    """A Space folder exported through the CLI for the tiny model."""
+    out = tmp_path_factory.mktemp("export") / "space"
+    assert cli.main(["app", "--model", str(tiny_ct2_dir), "--export-space", str(out)]) == 0
+    return out
+
+
+def test_export_space_writes_a_complete_folder(space, tiny_ct2_dir):
+    out = space
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    front = readme.split("---")[1]
+    assert "sdk: gradio" in front and "app_file: app.py" in front
+    assert re.search(r"sdk_version: \d+\.\d+\.\d+", front)
+    reqs = (out / "requirements.txt").read_text().split()
+    assert any(r.startswith("gradio==") for r in reqs) and any("faster-whisper" in r for r in reqs)
+    assert (out / "model" / "model.bin").is_file() and (out / "model" / "tokenizer.json").is_file()
+    assert (out / "whisper_sv" / "app.py").is_file()
+    with pytest.raises(ValueError, match="not empty"):
+        app_mod.export_space(out, AppOptions(model=str(tiny_ct2_dir)))
+    app_py = (out / "app.py").read_text(encoding="utf-8")
+    assert "max_duration_s=3600.0" in app_py and "runs_dir=None" in app_py
+    compile(app_py, "app.py", "exec")
+
+
+@pytest.mark.slow  # starts a second Python with gradio: ~10 s on an idle machine
+def test_exported_space_serves_with_python_app_py(space, tiny_ct2_dir, clips):
+    from gradio_client import Client, handle_file
+
+    out = space
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "PYTHONPATH": ""}
+    # `python app.py`, with torch and transformers made unimportable: the Space's
+    # requirements.txt leaves them out, so serving must not need them.
+    run_app = (
+        "import runpy, sys; sys.modules.update(torch=None, transformers=None); "
+        "runpy.run_path('app.py', run_name='__main__')"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", run_app],
+        cwd=out,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                client = Client(url, verbose=False)
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(proc.stdout.read().decode(errors="replace")) from None
+                time.sleep(1)
+        got = client.predict(handle_file(str(clips["speech"])), api_name="/transcribe")
+        # The exported copy gives what the installed package gives for the same model.
+        expected = ChatApp(AppOptions(model=str(tiny_ct2_dir), runs_dir=None)).transcribe_api(
+            str(clips["speech"])
+        )
+        assert tuple(got) == expected
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- real model
+
+
+@pytest.mark.slow
+def test_bundled_model_transcribes_and_translates_swedish(tmp_path):
+    clip = speak(tmp_path / "imorgon.wav", "Vi ses i morgon på jobbet.", "sv+m3")
+    chat = ChatApp(AppOptions(runs_dir=None))
+    text, translation = chat.transcribe_api(str(clip))
+    assert text == "Vi ses i morgon på jobbet."
+    assert translation and translation != text
+    assert not set("åäöÅÄÖ") & set(translation)  # English, not the Swedish again
+
+
+@pytest.mark.slow
+def test_bundled_model_on_a_real_recording(sv_words_dir):
+    chat = ChatApp(AppOptions(runs_dir=None, translator="none"))
+    last = list(chat.run(str(sv_words_dir / "food__apple.mp3"), None, None, "none"))[-1]
+    assert not last.error and last.text.strip()
+    assert np.isclose(last.duration, 1.9, atol=1.5)

@@ -1,0 +1,233 @@
+"""The app in a real headless Chromium: upload, bad upload, link, and the screenshot.
+
+Needs Debian's ``chromium`` (``apt-get install chromium``); skipped without it. Never run
+``playwright install``: the tests drive the system browser through ``executable_path``.
+The app runs in-process on a free port on 127.0.0.1; the fast tests use the tiny random
+model (its words are noise), the slow one the bundled Whisper base and saves docs/app.png.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import socket
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from whisper_sv import links
+from whisper_sv.app import AppOptions, ChatApp
+
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+TIMEOUT_MS = 120_000  # one request on 2 shared cores, first model load included
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)"
+    ),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _speak(path: Path, text: str, voice: str = "sv+m3") -> Path:
+    from whisper_sv.sources import espeak
+
+    pcm, rate = espeak.synthesize(text, voice=voice, rate=150)
+    sf.write(path, pcm, rate, subtype="PCM_16")
+    return path
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """A folder with a spoken Swedish clip and a corrupt one, served over local HTTP."""
+    root = tmp_path_factory.mktemp("media")
+    _speak(root / "stockholm.wav", "Stockholm är Sveriges huvudstad och ligger vid Mälaren.")
+    (root / "trasig.mp3").write_bytes(b"ID3" + bytes(range(256)) * 16)  # mp3 tag, no frames
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:  # one per thread: a second one would refuse to start
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield chromium
+    chromium.close()
+
+
+def _serve(options: AppOptions):
+    chat = ChatApp(options)
+    demo = chat.launch(prevent_thread_lock=True, quiet=True)
+    return chat, demo, f"http://127.0.0.1:{options.port}/"
+
+
+@pytest.fixture(scope="module")
+def tiny_url(tiny_ct2_dir, media):
+    _, host = media
+    options = AppOptions(
+        model=str(tiny_ct2_dir),
+        runs_dir=None,
+        port=_free_port(),
+        link_hosts=(*links.YOUTUBE_HOSTS, host),  # the widened allow-list
+    )
+    chat, demo, url = _serve(options)
+    yield url
+    demo.close()
+    chat.close()
+
+
+@pytest.fixture
+def page(browser, tiny_url):
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    page.goto(tiny_url)
+    page.wait_for_selector("#input textarea")
+    yield page
+    context.close()
+
+
+def send_file(page, path: Path) -> None:
+    """Attach ``path`` in the input box and send it."""
+    page.locator("#input input[type=file]").set_input_files(str(path))
+    page.locator('#input [aria-label="File thumbnail"]').wait_for(timeout=30_000)
+    page.locator("#input [data-testid=submit-button]").click()
+
+
+def send_text(page, text: str) -> None:
+    page.locator("#input textarea").fill(text)
+    page.locator("#input textarea").press("Enter")
+
+
+def reply_text(page, n: int = 1) -> str:
+    """The text of the ``n``-th bot reply once it is complete (no progress line left)."""
+    bot = page.locator("#chat [data-testid=bot]").nth(n - 1)
+    bot.wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_function(
+        """([n]) => {
+            const bots = document.querySelectorAll('#chat [data-testid=bot]');
+            const t = bots.length >= n ? bots[n - 1].innerText : '';
+            return t && !t.includes('⏳') && (t.includes('Svenska') || t.includes('⚠️'));
+        }""",
+        arg=[n],
+        timeout=TIMEOUT_MS,
+    )
+    return bot.inner_text()
+
+
+def test_upload_shows_transcript_translation_and_downloads(page, media):
+    root, _ = media
+    send_file(page, root / "stockholm.wav")
+    text = reply_text(page)
+    assert "Svenska · stockholm.wav · 3.6 s" in text
+    assert "English · Whisper (offline)" in text
+    assert "⚠️" not in text
+    downloads = page.locator("#downloads").inner_text()
+    if "No speech found" not in text:  # the random model may hear nothing
+        assert "stockholm.srt" in downloads.replace("\n", "")
+
+
+def test_corrupt_upload_shows_a_readable_message(page, media):
+    root, _ = media
+    send_file(page, root / "trasig.mp3")
+    text = reply_text(page)
+    assert "⚠️" in text and "Could not read trasig.mp3" in text and "corrupt" in text
+    assert "Traceback" not in page.content()
+    # The app is still usable afterwards.
+    send_file(page, root / "stockholm.wav")
+    assert "Svenska" in reply_text(page, 2)
+
+
+def test_link_on_the_allow_list(page, media):
+    _, host = media
+    send_text(page, f"http://{host}/stockholm.wav")
+    text = reply_text(page)
+    assert "Svenska · stockholm · 3.6 s" in text
+    send_text(page, "https://example.com/talk.mp3")
+    text = reply_text(page, 2)
+    assert "Could not use the link: links to example.com are not accepted" in text
+
+
+def test_microphone_recording(playwright, tiny_url, tmp_path):
+    """Chromium's fake microphone plays Swedish speech; the recording is sent like a file."""
+    speech = _speak(tmp_path / "mic.wav", "Vi ses i morgon på jobbet.")
+    fake_mic = [
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={speech}",
+    ]
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + fake_mic)
+    try:
+        page = chromium.new_context(permissions=["microphone"]).new_page()
+        page.goto(tiny_url)
+        page.locator("#input [data-testid=microphone-button]").click()
+        page.locator("#input .record-button").click()
+        page.wait_for_timeout(2500)
+        page.locator("#input .stop-button").click()
+        page.locator('#input [aria-label="Attach audio"]').click()
+        page.locator('#input [aria-label="File thumbnail"]').wait_for(timeout=30_000)
+        page.locator("#input [data-testid=submit-button]").click()
+        text = reply_text(page)
+    finally:
+        chromium.close()
+    assert re.search(r"Svenska · audio\.wav · [2-4]\.\d s", text)
+    assert "⚠️" not in text
+
+
+@pytest.mark.slow
+def test_bundled_model_real_transcript_screenshot(browser, sv_words_dir, tmp_path):
+    """Whisper base in the browser on a real recording and a spoken sentence -> docs/app.png."""
+    sentence = _speak(tmp_path / "imorgon.wav", "Vi ses i morgon på jobbet.", "sv+m3")
+    options = AppOptions(runs_dir=None, port=_free_port())
+    chat, demo, url = _serve(options)
+    context = browser.new_context(viewport={"width": 1100, "height": 1150})
+    try:
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("#input textarea")
+        send_file(page, sv_words_dir / "clothes__knitted_sweater.mp3")  # "stickad tröja"
+        first = reply_text(page)
+        assert "Stickad tröja" in first
+        send_file(page, sentence)
+        second = reply_text(page, 2)
+        assert "Vi ses i morgon på jobbet" in second
+        assert second.count("English · Whisper (offline)") == 1
+        DOCS.mkdir(exist_ok=True)
+        page.screenshot(path=str(DOCS / "app.png"), full_page=True)
+    finally:
+        context.close()
+        demo.close()
+        chat.close()
