@@ -53,7 +53,10 @@ def _study_trials(study: Path):
     import optuna
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{study / 'study.db'}")
-    return optuna.load_study(study_name="whisper-sv", storage=storage).get_trials()
+    try:
+        return optuna.load_study(study_name="whisper-sv", storage=storage).get_trials()
+    except KeyError:  # the database file exists before the study is created in it
+        return []
 
 
 # --------------------------------------------------------------------------- search space
