@@ -219,20 +219,20 @@ def test_a_link_on_the_allow_list_is_downloaded_and_transcribed(tiny_ct2_dir, me
 
 
 def test_subtitle_files():
-    from whisper_sv.infer import Segment
+    from whisper_sv.infer import Segment, subtitles
 
     segments = [
         Segment(0.0, 2.5, " Hej "),
         Segment(2.5, 3661.042, "på dig"),
         Segment(4.0, 4.0, " "),
     ]
-    assert app_mod.to_srt(segments) == (
+    assert subtitles(segments, "srt") == (
         "1\n00:00:00,000 --> 00:00:02,500\nHej\n\n2\n00:00:02,500 --> 01:01:01,042\npå dig\n"
     )
-    assert app_mod.to_vtt(segments) == (
+    assert subtitles(segments, "vtt") == (
         "WEBVTT\n\n00:00:00.000 --> 00:00:02.500\nHej\n\n00:00:02.500 --> 01:01:01.042\npå dig\n"
     )
-    assert app_mod.to_txt(segments) == "Hej\npå dig\n"
+    assert subtitles(segments, "txt") == "Hej\npå dig\n"
 
 
 def test_markdown_is_escaped_and_long_audio_gets_timestamps():

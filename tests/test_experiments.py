@@ -66,6 +66,17 @@ def test_recipe_is_the_cpu_fast_path():
         run_experiment("accents")
 
 
+def test_stores_of_the_same_shape_never_share_encoder_outputs(tmp_path):
+    from whisper_sv.experiments import _Lab
+
+    o = ExperimentOptions()
+    lab = _Lab(tmp_path, o, o.train_config(), progress=False)
+    one, many = lab.cache_dir(tmp_path / "voices-1"), lab.cache_dir(tmp_path / "voices-8")
+    assert one != many and Path(one).parent == Path(many).parent == tmp_path / "cache"
+    shared = _Lab(tmp_path, o, o.train_config({"cache_dir": "/data/cache"}), progress=False)
+    assert shared.cache_dir(tmp_path / "clean") == "/data/cache/clean"
+
+
 def test_speaker_experiment_needs_the_recordings(tmp_path):
     with pytest.raises(FileNotFoundError, match="sv-words"):
         speaker(tmp_path / "out", words=tmp_path / "nowhere")

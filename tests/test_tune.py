@@ -49,6 +49,21 @@ def tiny_store(tmp_path_factory, processor, tiny_model_dir) -> Path:
     return out
 
 
+def _trial_states(study: Path) -> list[str]:
+    """Trial states read from the database without writing to it: opening it through optuna
+    while the study process is still creating its schema races that process."""
+    import sqlite3
+
+    db = study / "study.db"
+    if not db.is_file():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            return [row[0] for row in con.execute("SELECT state FROM trials")]
+    except sqlite3.Error:  # tables not created yet, or the file is locked for a moment
+        return []
+
+
 def _study_trials(study: Path):
     import optuna
 
@@ -274,9 +289,8 @@ def test_killed_study_resumes(tiny_store, tiny_model_dir, tmp_path):
         while True:
             assert proc.poll() is None, "the study ended before it could be killed"
             assert time.monotonic() < deadline, "no trial completed in 10 minutes"
-            trials = _study_trials(study) if (study / "study.db").is_file() else []
-            states = [t.state for t in trials]
-            if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+            states = _trial_states(study)
+            if "COMPLETE" in states and "RUNNING" in states:
                 break
             time.sleep(0.5)
         proc.send_signal(signal.SIGKILL)

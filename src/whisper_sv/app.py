@@ -338,9 +338,11 @@ class ChatApp:
         folder.mkdir()
         stem = _safe_stem(reply.source)
         out = []
-        for ext, render in (("srt", to_srt), ("vtt", to_vtt), ("txt", to_txt)):
+        from whisper_sv.infer import subtitles
+
+        for ext in ("srt", "vtt", "txt"):
             path = folder / f"{stem}.{ext}"
-            path.write_text(render(reply.swedish), encoding="utf-8")
+            path.write_text(subtitles(reply.swedish, ext), encoding="utf-8")
             out.append(str(path))
         return out
 
@@ -601,40 +603,6 @@ def _clock(seconds: float) -> str:
     return (
         f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
     )
-
-
-# --------------------------------------------------------------------------- subtitle files
-
-
-def _stamp(seconds: float, sep: str) -> str:
-    ms = round(seconds * 1000)
-    return (
-        f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
-    )
-
-
-def to_srt(segments: list[Segment]) -> str:
-    """SubRip subtitles: numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``."""
-    cues = [
-        f"{i}\n{_stamp(s.start, ',')} --> {_stamp(s.end, ',')}\n{s.text.strip()}\n"
-        for i, s in enumerate((s for s in segments if s.text.strip()), start=1)
-    ]
-    return "\n".join(cues)
-
-
-def to_vtt(segments: list[Segment]) -> str:
-    """WebVTT subtitles: a ``WEBVTT`` header and ``HH:MM:SS.mmm --> HH:MM:SS.mmm`` cues."""
-    cues = [
-        f"{_stamp(s.start, '.')} --> {_stamp(s.end, '.')}\n{s.text.strip()}\n"
-        for s in segments
-        if s.text.strip()
-    ]
-    return "WEBVTT\n\n" + "\n".join(cues)
-
-
-def to_txt(segments: list[Segment]) -> str:
-    """Plain text, one segment per line."""
-    return "".join(f"{s.text.strip()}\n" for s in segments if s.text.strip())
 
 
 # --------------------------------------------------------------------------- entry points

@@ -176,15 +176,23 @@ class _Lab:
     def __init__(
         self, out: Path, options: ExperimentOptions, train_cfg: TrainConfig, progress: bool
     ) -> None:
-        from whisper_sv.config import from_mapping, to_dict
 
         self.out = out
         self.options = options
         self.progress = progress
         out.mkdir(parents=True, exist_ok=True)
-        # One encoder cache for the whole experiment: kept between runs and re-runs.
-        cache = train_cfg.cache_dir or str(out / "cache")
-        self.train_cfg = from_mapping(TrainConfig, {**to_dict(train_cfg), "cache_dir": cache})
+        self.train_cfg = train_cfg
+
+    def cache_dir(self, store: Path) -> str:
+        """Encoder outputs kept between runs and re-runs, one folder per store.
+
+        train.py keys its cache by the store's config and shard list (names and row counts),
+        which two stores of the same shape share (1 vs 8 voices, clean vs noisy): one folder
+        each keeps their encoder outputs apart.
+        """
+        if self.train_cfg.cache_dir:
+            return str(Path(self.train_cfg.cache_dir) / store.name)
+        return str(self.out / "cache" / store.name)
 
     def store(self, name: str, source: Any, **build: Any) -> Path:
         from whisper_sv.features import BuildOptions, build_store
@@ -202,12 +210,14 @@ class _Lab:
         return path
 
     def train(self, name: str, store: Path) -> tuple[Path, Any]:
+        from whisper_sv.config import from_mapping, to_dict
         from whisper_sv.train import train
 
         run = self.out / "runs" / name
-        result = train(
-            store, run, model=self.options.model, config=self.train_cfg, progress=self.progress
+        cfg = from_mapping(
+            TrainConfig, {**to_dict(self.train_cfg), "cache_dir": self.cache_dir(store)}
         )
+        result = train(store, run, model=self.options.model, config=cfg, progress=self.progress)
         return run, result
 
     def evaluate(self, model: str, store: Path, split: str, key: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "Transcript",
     "Word",
     "format_transcript",
+    "speech_windows",
 ]
 
 log = logging.getLogger(__name__)
@@ -351,12 +353,12 @@ def _monotonic(segments, duration: float) -> Iterator[Segment]:
     nothing else), and faster-whisper passes them on unchecked.
     """
     last_start = 0.0
+    limit = math.floor(duration * 1000) / 1000  # times are given in ms: round the end down
     for s in segments:
         if not s.text:
             continue
-        start = min(max(s.start, last_start), duration)
-        end = min(max(s.end, start), duration)
-        start, end = round(start, 3), round(end, 3)
+        start = min(max(round(s.start, 3), last_start), limit)
+        end = min(max(round(s.end, 3), start), limit)
         if (start, end) != (s.start, s.end):
             s = dataclasses.replace(s, start=start, end=end)
         last_start = start
@@ -836,22 +838,29 @@ FORMATS = ("txt", "srt", "vtt", "json")
 
 def format_transcript(transcript: Transcript, fmt: str = "txt") -> str:
     """``transcript`` as plain text (one segment a line), SubRip, WebVTT or JSON."""
-    segments = [s for s in transcript.segments if s.text]
-    if fmt == "txt":
-        return "".join(f"{s.text}\n" for s in segments)
-    if fmt == "srt":
-        return "\n".join(
-            f"{i}\n{_stamp(s.start, ',')} --> {_stamp(s.end, ',')}\n{s.text}\n"
-            for i, s in enumerate(segments, start=1)
-        )
-    if fmt == "vtt":
-        cues = [f"{_stamp(s.start, '.')} --> {_stamp(s.end, '.')}\n{s.text}\n" for s in segments]
-        return "WEBVTT\n\n" + "\n".join(cues)
     if fmt == "json":
         import json
 
         return json.dumps(dataclasses.asdict(transcript), ensure_ascii=False, indent=2) + "\n"
-    raise ValueError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    return subtitles(transcript.segments, fmt)
+
+
+def subtitles(segments: Sequence[Segment], fmt: str = "srt") -> str:
+    """Segments as plain text (one a line), SubRip or WebVTT; empty segments are left out."""
+    texts = [(s, s.text.strip()) for s in segments if s.text.strip()]
+    if fmt == "txt":
+        return "".join(f"{text}\n" for _, text in texts)
+    if fmt == "srt":
+        return "\n".join(
+            f"{i}\n{_stamp(s.start, ',')} --> {_stamp(s.end, ',')}\n{text}\n"
+            for i, (s, text) in enumerate(texts, start=1)
+        )
+    if fmt == "vtt":
+        cues = [f"{_stamp(s.start, '.')} --> {_stamp(s.end, '.')}\n{text}\n" for s, text in texts]
+        return "WEBVTT\n\n" + "\n".join(cues)
+    raise ValueError(f"unknown subtitle format {fmt!r}; use txt, srt or vtt")
 
 
 def _stamp(seconds: float, sep: str) -> str:
