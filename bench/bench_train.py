@@ -9,6 +9,7 @@ Ours: :func:`whisper_sv.train.train` on the same store, batch and learning rate:
 - full fine-tuning (the blog's setting);
 - frozen encoder with cached encoder outputs (decoder-only training; the one-time encoder pass
   is reported separately, it is paid once per clip, not per epoch);
+- the same with clips packed into 30 s windows (``pack_clips``; samples/s counts clips);
 - optional extras (``--extras``): frozen encoder run live, and frozen token embeddings.
 
 Each path runs ``--steps`` optimizer steps; the first is a warm-up and left out; the figure is
@@ -39,6 +40,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -208,34 +211,45 @@ def run_ours(
         validate=False,
         export_ct2=False,
         keep_checkpoints=1,
+        precision=args.precision,
         **options,
     )
     with tempfile.TemporaryDirectory() as out:
         result = train(store, Path(out) / "run", model=model_ref, config=cfg, progress=False)
+        info = yaml.safe_load((result.run / "config.yaml").read_text(encoding="utf-8"))
     gc.collect()
+    name = f"{name} [{info.get('precision', '?')}]"  # what precision auto chose here
     times = result.step_seconds[1:] or result.step_seconds
     step = statistics.median(times)
     note = ""
     if result.encode_seconds > 0.05:  # the cache covers the whole train split, once
         note = f"one-time encoder pass: {result.encode_seconds:.1f} s for the train split"
-    return PathResult(name, step, args.batch / step, list(result.losses), note)
+    clips_per_item = 1.0
+    if cfg.pack_clips > 1:  # a batch item is a window of several clips: count clips
+        from whisper_sv.store import FeatureStore
+        from whisper_sv.train import _train_windows
+
+        windows = _train_windows(FeatureStore(store), cfg) or []
+        clips_per_item = sum(len(w) for w in windows) / max(1, len(windows))
+        note += f"; {clips_per_item:.1f} clips per window (loss is per window, not comparable)"
+    return PathResult(name, step, args.batch * clips_per_item / step, list(result.losses), note)
 
 
-def run_ours_eval(model_ref: str, val_ds: Any, n: int) -> tuple[float, float]:
+def run_ours_eval(model_ref: str, val_ds: Any, n: int, precision: str) -> tuple[float, float]:
     import contextlib
 
     import torch
 
     from whisper_sv import models
-    from whisper_sv.train import evaluate_dataset
+    from whisper_sv.train import _resolve_precision, evaluate_dataset
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, processor = models.load_model(model_ref, device=device)
-    ctx = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device == "cuda"
-        else contextlib.nullcontext()
-    )
+    # The precision train() evaluates in (its evaluations run under the same autocast).
+    chosen = _resolve_precision(precision, device == "cuda")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(chosen)
+    ctx = torch.autocast(device, dtype=dtype) if dtype else contextlib.nullcontext()
+    print(f"# our evaluation runs in {chosen}")
     with ctx:
         res = evaluate_dataset(model, processor, val_ds, indices=range(n), batch_size=16)
     del model
@@ -256,7 +270,11 @@ def main() -> None:
     ap.add_argument("--train-clips", type=int, default=32, help="size of the synthetic store")
     ap.add_argument("--eval-clips", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    ap.add_argument("--skip", default="", help="comma list of: blog,full,cached,eval")
+    ap.add_argument("--skip", default="", help="comma list of: blog,full,cached,packed,eval")
+    ap.add_argument("--pack", type=int, default=8, help="pack_clips of the packed path")
+    ap.add_argument(
+        "--precision", default="auto", help="our paths' precision (auto, fp32, bf16, fp16)"
+    )
     ap.add_argument("--extras", action="store_true", help="also frozen-live, frozen embeddings")
     args = ap.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -295,6 +313,17 @@ def main() -> None:
                 freeze_encoder=True,
             )
         )
+    if "packed" not in skip:
+        results.append(
+            run_ours(
+                f"whisper-sv, frozen encoder, cached, packed (up to {args.pack} clips a window)",
+                store,
+                args.model,
+                args,
+                freeze_encoder=True,
+                pack_clips=args.pack,
+            )
+        )
     if args.extras:
         results.append(
             run_ours(
@@ -318,7 +347,7 @@ def main() -> None:
     base = results[0].samples_per_s if results and "blog" not in skip else None
     samples = args.batch * args.steps
     print()
-    print(f"| path | s/step | samples/s | vs blog | loss at step {args.steps} ({samples} clips) |")
+    print(f"| path | s/step | clips/s | vs blog | loss at step {args.steps} ({samples} items) |")
     print("|---|---:|---:|---:|---:|")
     for r in results:
         ratio = f"{r.samples_per_s / base:.2f}x" if base else "-"
@@ -330,7 +359,7 @@ def main() -> None:
 
     if "eval" not in skip:
         print()
-        ours_s, ours_wer = run_ours_eval(args.model, val_ds, n_eval)
+        ours_s, ours_wer = run_ours_eval(args.model, val_ds, n_eval, args.precision)
         blog_s, blog_wer = run_blog_eval(args.model, _Subset(val_ds, n_eval), args)
         print(f"| evaluation of {n_eval} clips | seconds | s per 32 clips | vs blog | WER |")
         print("|---|---:|---:|---:|---:|")

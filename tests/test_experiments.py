@@ -82,9 +82,6 @@ def test_speaker_experiment_needs_the_recordings(tmp_path):
         speaker(tmp_path / "out", words=tmp_path / "nowhere")
 
 
-# Slow: in a clean-clone CI run (fresh model cache) the re-run re-evaluated one model instead
-# of reusing its evaluation (the mtime check below); it passes in a warm checkout.
-@pytest.mark.slow
 def test_speaker_adaptation_end_to_end(sv_words_dir, tiny_model_dir, tmp_path):
     # 16 of the real recordings, by absolute path: a small copy of the word list.
     lines = (sv_words_dir / "manifest.tsv").read_text(encoding="utf-8").splitlines()

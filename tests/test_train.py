@@ -265,7 +265,7 @@ def test_config_yaml_records_model_store_and_options(finished_run, store, tiny_m
     assert info["features"] == str(Path(store).resolve())
     assert info["store_config_hash"] == FeatureStore(store).config.hash()
     assert info["train"]["lr"] == FAST["lr"] and info["train"]["freeze_encoder"] is True
-    assert info["precision"] == "fp32" and info["world_size"] == 1
+    assert info["precision"] in ("fp32", "bf16") and info["world_size"] == 1
 
 
 def test_run_folder_is_a_model_reference_and_ct2_loads(finished_run, store):
@@ -403,6 +403,23 @@ def test_lora_run_saves_a_plain_best_model(tmp_path, store, tiny_model_dir):
     assert result.rows[-1].train_loss < result.rows[0].train_loss
     model, _ = models.load_model(str(tmp_path / "run"))
     assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_runs_of_different_precision_in_one_process(tmp_path, store, tiny_model_dir):
+    # Accelerate keeps one process-wide state: a second run with another precision used to
+    # fail with "AcceleratorState has already been initialized".
+    from whisper_sv.train import train
+
+    for precision in ("fp32", "bf16", "fp32"):
+        result = train(
+            store,
+            tmp_path / precision / str(len(list(tmp_path.iterdir()))),
+            model=str(tiny_model_dir),
+            config=config(precision=precision, max_steps=2, eval_steps=2, save_steps=2),
+            progress=False,
+        )
+        info = (result.run / "config.yaml").read_text(encoding="utf-8")
+        assert f"precision: {precision}" in info and result.step == 2
 
 
 def test_frozen_embeddings_and_spec_augment_run(tmp_path, store, tiny_model_dir):

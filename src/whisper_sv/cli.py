@@ -411,11 +411,25 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=d.out, help=f"output folder (default {d.out})")
     p.add_argument("--model", default=d.model, help=f"model to fine-tune (default {d.model})")
-    p.add_argument("--train-clips", type=int, default=d.train_clips)
-    p.add_argument("--test-clips", type=int, default=d.test_clips)
+    p.add_argument("--train-clips", type=int, default=d.train_clips, help="training sentences")
+    p.add_argument("--test-clips", type=int, default=d.test_clips, help="test sentences")
+    p.add_argument(
+        "--pack-clips",
+        type=int,
+        default=d.pack_clips,
+        help=f"training clips per 30 s window (default {d.pack_clips}; 1: off)",
+    )
     p.add_argument("--max-steps", type=int, default=d.max_steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per step")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     p.add_argument("--eval-steps", type=int, default=d.eval_steps)
     p.add_argument("--workers", type=int, default=d.workers, help="feature-pipeline processes")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default=d.precision,
+        help="training precision (default auto: bf16 where the CPU or GPU has it)",
+    )
     p.set_defaults(func=_cmd_demo)
 
 
@@ -428,9 +442,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             model=args.model,
             train_clips=args.train_clips,
             test_clips=args.test_clips,
+            pack_clips=args.pack_clips,
             max_steps=args.max_steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
             eval_steps=args.eval_steps,
             workers=args.workers,
+            precision=args.precision,
         )
     )
     return 0

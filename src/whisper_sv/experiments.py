@@ -15,10 +15,12 @@ extend or to resume after an interruption.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -257,8 +259,10 @@ def _stamp(model: str, store: Path) -> str:
     best = p / "best" if (p / "best").is_dir() else p
     weights = best / "model.safetensors"
     if weights.is_file():
-        st = weights.stat()
-        parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+        # The weights' content, not their file date: a re-run that writes the same best/
+        # again must not void the evaluations made of it (~0.3 s for Whisper base).
+        with weights.open("rb") as f:
+            parts.append(hashlib.file_digest(f, "sha256").hexdigest()[:16])
     from whisper_sv.store import FeatureStore
     from whisper_sv.train import store_id
 
@@ -400,7 +404,8 @@ def _plot(rows: Sequence[ResultRow], path: Path, title: str) -> Path | None:
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
     ax.set_xticks(x, conditions, fontsize=9)
     ax.set_ylabel("WER % (lower is better)")
-    ax.set_title(title, fontsize=10)
+    # The question is a sentence: wrap it so it is not cut at the figure's edge.
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
     if len(tests) > 1:
         ax.legend()
     ax.grid(axis="y", alpha=0.3)

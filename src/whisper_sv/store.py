@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from whisper_sv.audio import N_FRAMES
+from whisper_sv.audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -492,7 +492,7 @@ class FeatureRows:
             return self._cache[k]
         import pyarrow.parquet as pq
 
-        cols = ["features", "n_frames", "pad_value", "labels"]
+        cols = ["features", "n_frames", "pad_value", "labels", "duration"]
         data = pq.read_table(self.shards[k], columns=cols).to_pydict()
         self._cache[k] = data
         while len(self._cache) > self.cache_shards:
@@ -511,6 +511,22 @@ class FeatureRows:
             "input_features": torch.from_numpy(feats),
             "labels": torch.tensor(data["labels"][i], dtype=torch.long),
         }
+
+    def audio_frames(self, index: int) -> tuple[np.ndarray, float, list[int]]:
+        """Row ``index`` as the log-mel of its audio alone: float32 (n_mels, F) with one frame
+        per 10 ms hop of the clip (F = duration x 100), so clips placed one after another line
+        up as their joined audio would; then the row's pad value and its label ids."""
+        k, i = self.locate(int(index))
+        data = self._shard(k)
+        n = int(data["n_frames"][i])
+        hops = max(1, round(float(data["duration"][i]) * SAMPLE_RATE / HOP_LENGTH))
+        pad = float(data["pad_value"][i])
+        out = np.full((self.n_mels, hops), pad, dtype=np.float32)
+        feats = np.frombuffer(data["features"][i], dtype=np.float16).reshape(self.n_mels, n)
+        # Stored frames run past the last hop (the STFT window's half) or stop early (silent
+        # tail trimmed, restored here as the pad value).
+        out[:, : min(n, hops)] = feats[:, :hops]
+        return out, pad, list(data["labels"][i])
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

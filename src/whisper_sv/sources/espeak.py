@@ -16,6 +16,7 @@ import ctypes
 import logging
 import os
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,12 @@ class _Engine:
                     raise EspeakError(f"espeak-ng has no voice {voice!r}")
                 for param, value in ((_RATE, rate), (_PITCH, pitch), (_VOLUME, volume)):
                     lib.espeak_SetParameter(param, int(value), 0)
+                # espeak_Initialize seeds espeak's random generator with the clock, and
+                # voices with breath noise (f5 and others) draw from it: seed it from the
+                # inputs so the same inputs give the same samples at any time.
+                lib.espeak_ng_SetRandSeed(
+                    zlib.crc32(f"{voice}|{rate}|{pitch}|{volume}|{text}".encode())
+                )
                 self.chunks = []
                 rc = lib.espeak_Synth(data, len(data) + 1, 0, 0, 0, _CHARS_UTF8, None, None)
                 chunks, self.chunks = self.chunks, []
@@ -180,6 +187,8 @@ def _open(path: Path) -> ctypes.CDLL:
         ctypes.c_void_p,  # user data
     ]
     lib.espeak_Synth.restype = ctypes.c_int
+    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+    lib.espeak_ng_SetRandSeed.restype = None
     return lib
 
 

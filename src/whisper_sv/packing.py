@@ -1,0 +1,136 @@
+"""Packing short training clips into full 30 s windows.
+
+Whisper's encoder always reads a 30 s window (3000 log-mel frames) and the decoder's
+cross-attention always reads its 1500 outputs, however short the clip. For clips of a few
+seconds most of that work is spent on padding: on a CPU one encoder pass costs ~0.7 s and the
+cross-attention projections are most of a decoder training step. Joining consecutive clips
+into one window (as Whisper's own training data was cut: 30 s of speech holding several
+sentences) spends that work on speech: ~6 clips of 4 s for the price of one.
+
+A window's log-mel is what Whisper's extractor gives for the joined audio: clips are placed
+one after another, values are clamped to the window's floor (its loudest frame minus 8 log
+units, i.e. the largest per-clip floor), and the rest is padded with that floor. Its label
+is the prompt, the clips' texts joined by spaces and tokenised again (BPE tokens carry their
+leading space), then ``<|endoftext|>``.
+
+Only training data is packed: validation and test clips are scored one by one, as they come.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from whisper_sv.audio import N_FRAMES
+
+__all__ = ["plan_windows", "PackedRows"]
+
+PROMPT_LENGTH = 4  # <|startoftranscript|> <|sv|> <|transcribe|> <|notimestamps|>
+
+
+def plan_windows(
+    n_frames: Sequence[int],  # per clip: its audio's 10 ms hops (duration x 100)
+    n_labels: Sequence[int],
+    *,
+    max_clips: int,
+    seed: int,
+    shard_offsets: Sequence[int] | None = None,
+    max_frames: int = N_FRAMES,
+    max_labels: int = 440,
+) -> list[list[int]]:
+    """Group clip indices into windows of at most ``max_clips`` clips, ``max_frames`` frames
+    and ``max_labels`` label tokens, filling greedily in a seeded random order.
+
+    With ``shard_offsets`` (the store's row offsets per shard) a window never spans two
+    shards, so reading a window touches one shard. The plan is a pure function of its
+    inputs: a resumed run, and its encoder cache, see the same windows. A clip too long to
+    share a window gets one of its own.
+    """
+    if max_clips < 1:
+        raise ValueError(f"max_clips must be >= 1 (got {max_clips})")
+    if len(n_frames) != len(n_labels):
+        raise ValueError("n_frames and n_labels must have one entry per clip")
+    bounds = [int(b) for b in shard_offsets] if shard_offsets is not None else [0, len(n_frames)]
+    if bounds[0] != 0 or bounds[-1] != len(n_frames):
+        raise ValueError("shard_offsets must run from 0 to the number of clips")
+    rng = np.random.default_rng([seed, 7])
+    windows: list[list[int]] = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        current: list[int] = []
+        frames = labels = 0
+        for i in (lo + int(x) for x in rng.permutation(hi - lo)):
+            f = int(n_frames[i])
+            # Text tokens only: a window has one prompt and one end token.
+            t = max(0, int(n_labels[i]) - PROMPT_LENGTH - 1)
+            fits = (
+                len(current) < max_clips
+                and frames + f <= max_frames
+                and labels + t + PROMPT_LENGTH + 1 <= max_labels
+            )
+            if current and not fits:
+                windows.append(current)
+                current, frames, labels = [], 0, 0
+            current.append(i)
+            frames += f
+            labels += t
+        if current:
+            windows.append(current)
+    return windows
+
+
+class PackedRows:
+    """A dataset of packed windows over a clip dataset (``FeatureRows``).
+
+    Item ``w``: ``{"input_features": float32 (n_mels, 3000), "labels": int64 (T,)}`` like a
+    clip's; ``offsets`` gives the windows of each shard, like ``FeatureRows.offsets``.
+    """
+
+    def __init__(
+        self,
+        clips: Any,
+        windows: Sequence[Sequence[int]],
+        texts: Sequence[str],
+        tokenizer: Any,
+    ) -> None:
+        self.clips = clips
+        self.windows = [list(w) for w in windows]
+        self.texts = list(texts)
+        self.tokenizer = tokenizer
+        self.eot = int(tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+        # Windows of one shard are consecutive (plan_windows): the training order can
+        # shuffle shard by shard, as it does for clips.
+        shard_of = [clips.locate(w[0])[0] for w in self.windows]
+        n_shards = len(clips.offsets) - 1
+        counts = np.bincount(shard_of, minlength=n_shards) if shard_of else np.zeros(n_shards)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def window_text(self, index: int) -> str:
+        """The transcript of window ``index``: its clips' texts joined by spaces."""
+        return " ".join(self.texts[i].strip() for i in self.windows[index])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import torch
+
+        parts, floors = [], []
+        prompt: list[int] = []
+        for i in self.windows[index]:
+            feats, pad_value, labels = self.clips.audio_frames(i)
+            parts.append(feats)
+            floors.append(pad_value)
+            prompt = prompt or [int(t) for t in labels[:PROMPT_LENGTH]]
+        # A clip's pad value is its floor (its loudest frame - 8, normalised); the joined
+        # audio's loudest frame is the loudest clip's, so its floor is the largest.
+        floor = max(floors)
+        body = np.concatenate(parts, axis=1)[:, :N_FRAMES]
+        out = np.full((body.shape[0], N_FRAMES), floor, dtype=np.float32)
+        out[:, : body.shape[1]] = np.maximum(body, floor)
+        text_ids = self.tokenizer.encode(self.window_text(index), add_special_tokens=False)
+        return {
+            "input_features": torch.from_numpy(out),
+            "labels": torch.tensor(prompt + list(text_ids) + [self.eot], dtype=torch.long),
+        }

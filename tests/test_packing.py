@@ -1,0 +1,169 @@
+"""Packing short clips into 30 s windows: the plan, the window's log-mel against Whisper's
+extractor on the joined audio, its label, and a packed training run on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SENTENCES = ("hej på dig", "god morgon", "det regnar i dag", "tack så mycket", "vi ses")
+
+
+@dataclass
+class ChirpSource:
+    """Clips of 0.6-2.2 s: a rising tone plus noise, different loudness per clip (so the
+    clips' log-mel floors differ, as real recordings' do)."""
+
+    name: str = "chirps"
+    n_train: int = 24
+    n_val: int = 4
+
+    def splits(self) -> list[str]:
+        return ["train", "validation"]
+
+    def items(self, split: str):
+        from whisper_sv.sources import Item
+
+        n = self.n_train if split == "train" else self.n_val
+        for i in range(n):
+            yield Item(id=f"{split}-{i}", split=split, sentence=SENTENCES[i % 5], audio=None)
+
+    def load(self, item) -> np.ndarray:
+        k = int(item.id.split("-")[1]) + (100 if item.id.startswith("validation") else 0)
+        rng = np.random.default_rng(k)
+        n = int(16000 * (0.6 + 0.4 * (k % 5)))
+        t = np.arange(n) / 16000
+        f = 150.0 + 80.0 * (k % 5) + 200.0 * t
+        gain = 0.05 + 0.1 * (k % 3)
+        clip = gain * np.sin(2 * np.pi * f * t) + 0.005 * rng.standard_normal(n)
+        return clip.astype(np.float32)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "n_train": self.n_train, "n_val": self.n_val}
+
+
+@pytest.fixture(scope="module")
+def chirp_store(tmp_path_factory, processor) -> Path:
+    from whisper_sv.features import BuildOptions, build_store
+
+    out = tmp_path_factory.mktemp("packing") / "store"
+    build_store(
+        ChirpSource(), out, BuildOptions(progress=False, shard_size=10), processor=processor
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def test_plan_keeps_every_clip_once_within_the_limits():
+    from whisper_sv.packing import plan_windows
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(100, 1400, size=200)
+    labels = rng.integers(8, 60, size=200)
+    windows = plan_windows(frames, labels, max_clips=6, seed=3, max_labels=200)
+    flat = [i for w in windows for i in w]
+    assert sorted(flat) == list(range(200))
+    for w in windows:
+        assert 1 <= len(w) <= 6
+        assert len(w) == 1 or sum(frames[i] for i in w) <= 3000
+        assert len(w) == 1 or sum(labels[i] - 5 for i in w) + 5 <= 200
+    # Mostly full: far fewer windows than clips, and none of two that would fit in one.
+    assert len(windows) < 200 / 2
+    assert windows == plan_windows(frames, labels, max_clips=6, seed=3, max_labels=200)
+    assert windows != plan_windows(frames, labels, max_clips=6, seed=4, max_labels=200)
+
+
+def test_plan_never_spans_two_shards_and_one_clip_is_off():
+    from whisper_sv.packing import plan_windows
+
+    frames, labels = [300] * 25, [20] * 25
+    windows = plan_windows(frames, labels, max_clips=4, seed=0, shard_offsets=[0, 10, 20, 25])
+    for w in windows:
+        assert len({i // 10 for i in w}) == 1
+    assert [len(w) for w in plan_windows(frames, labels, max_clips=1, seed=0)] == [1] * 25
+    with pytest.raises(ValueError, match="max_clips must be >= 1"):
+        plan_windows(frames, labels, max_clips=0, seed=0)
+    with pytest.raises(ValueError, match="shard_offsets"):
+        plan_windows(frames, labels, max_clips=2, seed=0, shard_offsets=[0, 10])
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def test_window_matches_whisper_extractor_on_the_joined_audio(chirp_store, processor):
+    from whisper_sv.packing import PackedRows
+    from whisper_sv.store import FeatureStore
+
+    store = FeatureStore(chirp_store)
+    clips = store.torch_dataset("train")
+    meta = store.metadata("train")
+    window = [0, 1, 2, 4]  # clips of different loudness: the loudest sets the floor
+    rows = PackedRows(clips, [window], [m["text"] for m in meta], processor.tokenizer)
+    item = rows[0]
+
+    source = ChirpSource()
+    items = {it.id: it for it in source.items("train")}
+    audio = np.concatenate([source.load(items[meta[i]["id"]]) for i in window])
+    expected = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="np")[
+        "input_features"
+    ][0]
+    got = item["input_features"].numpy()
+    assert got.shape == expected.shape == (80, 3000)
+    # Away from the joins (each clip's STFT frames are framed on their own) and the stored
+    # float16 rounding, the window is the extractor's log-mel of the joined audio.
+    joins = np.cumsum([round(meta[i]["duration"] * 100) for i in window])
+    near = np.zeros(3000, dtype=bool)
+    for j in [0, *joins]:
+        near[max(0, j - 3) : j + 3] = True
+    diff = np.abs(got - expected)
+    assert diff[:, ~near].max() < 0.02, diff[:, ~near].max()
+    # The padding is the joined audio's floor, not one clip's.
+    assert got[0, 2999] == pytest.approx(expected[0, 2999], abs=1e-2)
+
+    labels = item["labels"].tolist()
+    tok = processor.tokenizer
+    assert labels[:4] == clips[0]["labels"][:4].tolist()  # the prompt, once
+    assert labels[-1] == tok.convert_tokens_to_ids("<|endoftext|>")
+    text = tok.decode(labels, skip_special_tokens=True)
+    assert text == " ".join(meta[i]["text"] for i in window)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_packed_training_uses_windows_and_learns(chirp_store, tiny_model_dir, tmp_path):
+    from whisper_sv.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        lr=1e-3,
+        warmup_steps=1,
+        batch_size=2,
+        epochs=3,
+        max_steps=0,
+        eval_steps=100,
+        save_steps=100,
+        eval_limit=2,
+        eval_max_new_tokens=8,
+        freeze_encoder=True,
+        export_ct2=False,
+        pack_clips=4,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    run = tmp_path / "run"
+    result = train(chirp_store, run, model=str(tiny_model_dir), config=cfg, progress=False)
+    # The encoder cache holds one entry per window, and the plan is recorded with it.
+    keys = [json.loads(p.read_text())["key"] for p in (tmp_path / "cache").glob("*/done.json")]
+    windows = next(k["windows"] for k in keys if k["split"] == "train")
+    assert sorted(i for w in windows for i in w) == list(range(24))
+    assert all(1 <= len(w) <= 4 for w in windows) and len(windows) < 12
+    # Epochs count windows: 3 passes over them at batch 2.
+    assert result.max_steps == -(-3 * len(windows) // 2)
+    assert result.losses[-1] < result.losses[0]
+    with pytest.raises(ValueError, match="pack_clips must be >= 1"):
+        TrainConfig(pack_clips=0)
