@@ -226,3 +226,49 @@ def test_video_without_audio(tmp_path):
 def test_audio_error_is_a_value_error():
     # The CLI prints ValueError as one line: AudioError must be one.
     assert issubclass(AudioError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype", "channels"),
+    [
+        ("WAV", "PCM_16", 1),
+        ("WAV", "PCM_24", 2),
+        ("WAV", "FLOAT", 1),
+        ("FLAC", "PCM_16", 2),
+    ],
+)
+def test_16k_files_read_by_libsndfile_equal_pyav(tmp_path, monkeypatch, fmt, subtype, channels):
+    # The libsndfile fast path must give exactly what the PyAV path gives.
+    import soundfile as sf
+
+    from whisper_sv import audio
+
+    rng = np.random.default_rng(channels)
+    samples = np.clip(rng.standard_normal((16000, channels)) * 0.2, -1, 1)
+    path = tmp_path / f"clip.{fmt.lower()}"
+    sf.write(path, samples, 16000, format=fmt, subtype=subtype)
+    assert audio._decode_16k_with_soundfile(str(path)) is not None  # the fast path is taken
+    fast = audio.load_audio(path)
+    fast_bytes = audio.load_audio(path.read_bytes())
+    monkeypatch.setattr(audio, "_decode_16k_with_soundfile", lambda file: None)
+    slow = audio.load_audio(path)
+    assert fast.dtype == slow.dtype == np.float32
+    assert np.array_equal(fast, slow) and np.array_equal(fast_bytes, slow)
+
+
+def test_other_rates_and_damaged_wavs_go_through_pyav(tmp_path):
+    import soundfile as sf
+
+    from whisper_sv import audio
+
+    path = tmp_path / "44k.wav"
+    sf.write(path, np.zeros(4410, dtype=np.float32), 44100)
+    assert audio._decode_16k_with_soundfile(str(path)) is None
+    assert len(audio.load_audio(path)) == 1600
+    good = tmp_path / "good.wav"
+    sf.write(good, np.full(16000, 0.1, dtype=np.float32), 16000)
+    damaged = tmp_path / "damaged.wav"
+    damaged.write_bytes(good.read_bytes()[:30])  # header cut inside the fmt chunk
+    assert audio._decode_16k_with_soundfile(str(damaged)) is None
+    with pytest.raises(audio.AudioError, match="damaged.wav"):
+        audio.load_audio(damaged)

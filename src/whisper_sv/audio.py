@@ -72,6 +72,9 @@ def duration_s(audio: np.ndarray) -> float:
 
 
 def _decode(file: str | io.BytesIO, label: str) -> np.ndarray:
+    fast = _decode_16k_with_soundfile(file)
+    if fast is not None:
+        return fast
     import av
 
     try:
@@ -164,6 +167,40 @@ def _declared_seconds(container, stream) -> float:
     if container.duration:
         return container.duration / 1_000_000  # AV_TIME_BASE: microseconds
     return 0.0
+
+
+def _decode_16k_with_soundfile(file: str | io.BytesIO) -> np.ndarray | None:
+    """The samples of a WAV/FLAC/Ogg file already at 16 kHz, read by libsndfile; else None.
+
+    Opening a file with PyAV probes the container (~5.5 ms of the ~6.6 ms a short clip took);
+    libsndfile reads the same WAV in ~0.5 ms, and for 16 kHz audio no resampling is needed, so
+    the result is the same samples PyAV gives. Anything else (another rate, another format,
+    a damaged or empty file) goes through PyAV, which resamples and names what is wrong.
+    """
+    import soundfile as sf
+
+    try:
+        if isinstance(file, io.BytesIO):
+            head = file.getvalue()[:4]
+        else:
+            with open(file, "rb") as fh:
+                head = fh.read(4)
+        if head not in (b"RIFF", b"fLaC", b"OggS"):
+            return None
+        with sf.SoundFile(file) as f:
+            if f.samplerate != SAMPLE_RATE or f.frames <= 0:
+                return None
+            data = f.read(dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError):
+        return None
+    finally:
+        if isinstance(file, io.BytesIO):
+            file.seek(0)
+    if len(data) == 0:
+        return None
+    audio = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    return np.clip(audio, -1.0, 1.0, out=audio)
 
 
 def _mono(frame) -> np.ndarray:
