@@ -3,8 +3,8 @@
 Whisper's encoder always reads a 30 s window (3000 log-mel frames) and the decoder's
 cross-attention always reads its 1500 outputs, however short the clip. For clips of a few
 seconds most of that work is spent on padding: on a CPU one encoder pass costs ~0.7 s and the
-cross-attention projections are most of a decoder training step. Joining consecutive clips
-into one window (as Whisper's own training data was cut: 30 s of speech holding several
+cross-attention projections are most of a decoder training step. Joining clips one after
+another into one window (as Whisper's own training data was cut: 30 s of speech holding several
 sentences) spends that work on speech: ~6 clips of 4 s for the price of one.
 
 A window's log-mel is what Whisper's extractor gives for the joined audio: clips are placed
@@ -38,7 +38,10 @@ def plan_windows(
     seed: int,
     shard_offsets: Sequence[int] | None = None,
     max_frames: int = N_FRAMES,
-    max_labels: int = 440,
+    # Whisper's decoder has 448 positions. Tokenising the joined text again can differ from
+    # the sum of the clips' counts by about a token per join (a first word gains its leading
+    # space): 16 spare positions cover 8 clips and more.
+    max_labels: int = 432,
 ) -> list[list[int]]:
     """Group clip indices into windows of at most ``max_clips`` clips, ``max_frames`` frames
     and ``max_labels`` label tokens, filling greedily in a seeded random order.
