@@ -181,7 +181,7 @@ def _decode_16k_with_soundfile(file: str | io.BytesIO) -> np.ndarray | None:
 
     try:
         if isinstance(file, io.BytesIO):
-            head = file.getvalue()[:4]
+            head = file.read(4)  # rewound in ``finally``
         else:
             with open(file, "rb") as fh:
                 head = fh.read(4)

@@ -343,12 +343,19 @@ def read_rejects(root: str | os.PathLike) -> list[Reject]:
 
 
 def _expand(
-    features: bytes, n_mels: int, n_frames: int, pad_value: float, dtype: Any
+    features: bytes,
+    n_mels: int,
+    n_frames: int,
+    pad_value: float,
+    dtype: Any,
+    width: int = N_FRAMES,
 ) -> np.ndarray:
-    """Stored bytes -> (n_mels, 3000) array of ``dtype``, as Whisper's extractor pads it."""
-    out = np.full((n_mels, N_FRAMES), pad_value, dtype=dtype)
+    """Stored bytes -> (n_mels, width) array of ``dtype``: the stored frames (cut at
+    ``width``), then ``pad_value``; with the default width, as Whisper's extractor pads it."""
+    out = np.full((n_mels, width), pad_value, dtype=dtype)
     if n_frames:
-        out[:, :n_frames] = np.frombuffer(features, dtype=np.float16).reshape(n_mels, n_frames)
+        stored = np.frombuffer(features, dtype=np.float16).reshape(n_mels, n_frames)
+        out[:, : min(n_frames, width)] = stored[:, :width]
     return out
 
 
@@ -518,15 +525,14 @@ class FeatureRows:
         up as their joined audio would; then the row's pad value and its label ids."""
         k, i = self.locate(int(index))
         data = self._shard(k)
-        n = int(data["n_frames"][i])
         hops = max(1, round(float(data["duration"][i]) * SAMPLE_RATE / HOP_LENGTH))
         pad = float(data["pad_value"][i])
-        out = np.full((self.n_mels, hops), pad, dtype=np.float32)
-        feats = np.frombuffer(data["features"][i], dtype=np.float16).reshape(self.n_mels, n)
         # Stored frames run past the last hop (the STFT window's half) or stop early (silent
-        # tail trimmed, restored here as the pad value).
-        out[:, : min(n, hops)] = feats[:, :hops]
-        return out, pad, list(data["labels"][i])
+        # tail trimmed, restored as the pad value): cut or pad them to the hops.
+        feats = _expand(
+            data["features"][i], self.n_mels, data["n_frames"][i], pad, np.float32, width=hops
+        )
+        return feats, pad, list(data["labels"][i])
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
