@@ -167,3 +167,38 @@ def test_packed_training_uses_windows_and_learns(chirp_store, tiny_model_dir, tm
     assert result.losses[-1] < result.losses[0]
     with pytest.raises(ValueError, match="pack_clips must be >= 1"):
         TrainConfig(pack_clips=0)
+
+
+def test_timestamped_windows_place_each_clip_between_its_start_and_end(chirp_store, processor):
+    from whisper_sv.packing import PackedRows
+    from whisper_sv.store import FeatureStore
+
+    store = FeatureStore(chirp_store)
+    clips = store.torch_dataset("train")
+    meta = store.metadata("train")
+    texts = [m["text"] for m in meta]
+    windows = [[0, 1, 2], [3, 4], [5, 6, 7]]
+    plain = PackedRows(clips, windows, texts, processor.tokenizer)
+    stamped = PackedRows(clips, windows, texts, processor.tokenizer, timestamp_share=1.0)
+    half = PackedRows(clips, windows * 20, texts, processor.tokenizer, timestamp_share=0.5)
+    assert not plain.timestamped.any() and stamped.timestamped.all()
+    assert 0.25 < half.timestamped.mean() < 0.75  # a seeded draw per window
+
+    tok = processor.tokenizer
+    begin = tok.convert_tokens_to_ids("<|0.00|>")
+    nots = tok.convert_tokens_to_ids("<|notimestamps|>")
+    labels = stamped[0]["labels"].tolist()
+    assert nots not in labels and nots in plain[0]["labels"].tolist()
+    assert labels[:3] == plain[0]["labels"].tolist()[:3]  # <|sot|><|sv|><|transcribe|>
+    stamps = [t for t in labels if begin <= t <= begin + 1500]
+    assert len(stamps) == 2 * len(windows[0])  # a start and an end per clip
+    times = [(t - begin) * 0.02 for t in stamps]
+    assert times[0] == 0.0 and times == sorted(times)  # they only move forward
+    # Each clip spans its duration (to the 0.02 s step), and the next starts where it ended.
+    for k, i in enumerate(windows[0]):
+        assert times[2 * k + 1] - times[2 * k] == pytest.approx(meta[i]["duration"], abs=0.03)
+    # The text between the timestamps is the clips' texts, in order.
+    assert (
+        tok.decode(labels, skip_special_tokens=True).split()
+        == " ".join(texts[i] for i in windows[0]).split()
+    )

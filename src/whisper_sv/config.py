@@ -108,6 +108,16 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         return value
     if tp is Path:
         return Path(value)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        # A nested options dataclass: its own `coerce` (which may also read a short text
+        # form, e.g. GuardSpec's NAME=PATH), else a mapping of its fields.
+        if isinstance(value, tp):
+            return value
+        if hasattr(tp, "coerce"):
+            return tp.coerce(value)
+        if isinstance(value, Mapping):
+            return from_mapping(tp, value)
+        raise ValueError(f"option {name!r}: expected a mapping of {tp.__name__} fields")
     return value
 
 

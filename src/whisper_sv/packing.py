@@ -13,6 +13,13 @@ units, i.e. the largest per-clip floor), and the rest is padded with that floor.
 is the prompt, the clips' texts joined by spaces and tokenised again (BPE tokens carry their
 leading space), then ``<|endoftext|>``.
 
+A share of windows (``timestamp_share``) is labelled in Whisper's timestamped form instead,
+each clip between the timestamps of its start and end in the window. Trained on transcripts
+without timestamps only, Whisper's decoder forgets them, and long-form transcription (which
+moves its 30 s window by the last timestamp) and subtitles (one cue per segment) decay to one
+segment per window; the shared labels keep both (KB-Whisper trains with timestamps on most
+samples for the same reason).
+
 Only training data is packed: validation and test clips are scored one by one, as they come.
 """
 
@@ -28,6 +35,7 @@ from whisper_sv.audio import N_FRAMES
 __all__ = ["plan_windows", "PackedRows"]
 
 PROMPT_LENGTH = 4  # <|startoftranscript|> <|sv|> <|transcribe|> <|notimestamps|>
+TIMESTAMP_TOKENS_PER_CLIP = 2  # a timestamped window spends a start and an end token per clip
 
 
 def plan_windows(
@@ -96,12 +104,19 @@ class PackedRows:
         windows: Sequence[Sequence[int]],
         texts: Sequence[str],
         tokenizer: Any,
+        *,
+        timestamp_share: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self.clips = clips
         self.windows = [list(w) for w in windows]
         self.texts = list(texts)
         self.tokenizer = tokenizer
         self.eot = int(tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+        # Windows that get timestamp labels: a seeded draw per window, fixed for the run.
+        draws = np.random.default_rng([seed, 11]).random(len(self.windows))
+        self.timestamped = draws < timestamp_share
+        self.timestamp_begin = int(tokenizer.convert_tokens_to_ids("<|0.00|>"))
         # Windows of one shard are consecutive (plan_windows): the training order can
         # shuffle shard by shard, as it does for clips.
         shard_of = [clips.locate(w[0])[0] for w in self.windows]
@@ -132,8 +147,30 @@ class PackedRows:
         body = np.concatenate(parts, axis=1)[:, :N_FRAMES]
         out = np.full((body.shape[0], N_FRAMES), floor, dtype=np.float32)
         out[:, : body.shape[1]] = np.maximum(body, floor)
-        text_ids = self.tokenizer.encode(self.window_text(index), add_special_tokens=False)
+        if self.timestamped[index]:
+            ids = self._timestamped_ids(index, [p.shape[1] for p in parts])
+            labels = prompt[: PROMPT_LENGTH - 1] + ids
+        else:
+            ids = self.tokenizer.encode(self.window_text(index), add_special_tokens=False)
+            labels = prompt + list(ids)
         return {
             "input_features": torch.from_numpy(out),
-            "labels": torch.tensor(prompt + list(text_ids) + [self.eot], dtype=torch.long),
+            "labels": torch.tensor(labels + [self.eot], dtype=torch.long),
         }
+
+    def _timestamped_ids(self, index: int, frames: Sequence[int]) -> list[int]:
+        """Whisper's timestamped form of window ``index``, without <|notimestamps|>:
+        ``<|0.00|> text one<|2.40|><|2.40|> text two<|5.10|>`` (0.02 s steps, as Whisper's
+        training data; each clip's span is its place in the window, silences included)."""
+        ids: list[int] = []
+        start = 0
+        for i, n in zip(self.windows[index], frames, strict=True):
+            end = min(start + int(n), N_FRAMES)
+            text = self.tokenizer.encode(" " + self.texts[i].strip(), add_special_tokens=False)
+            ids += [self._timestamp(start), *text, self._timestamp(end)]
+            start = end
+        return ids
+
+    def _timestamp(self, frame: int) -> int:
+        # 100 log-mel frames a second, 50 timestamp steps a second.
+        return self.timestamp_begin + min(round(frame / 2), N_FRAMES // 2)

@@ -28,7 +28,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,9 @@ class MetricsRow:
     val_loss: float | None  # validation loss (None when the store has no validation split)
     wer: float | None  # validation WER, percent, normalised text
     cer: float | None  # validation CER, percent, normalised text
+    # Further columns after CER, by name: the real-speech guards ("lexin WER", "lexin CER",
+    # "lexin translate chrF"; guards.py). Same names in every row of one run.
+    extra: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +70,7 @@ class MetricsRow:
             "val_loss": self.val_loss,
             "wer": self.wer,
             "cer": self.cer,
+            "extra": dict(self.extra),
         }
 
     @classmethod
@@ -77,6 +81,7 @@ class MetricsRow:
             val_loss=d.get("val_loss"),
             wer=d.get("wer"),
             cer=d.get("cer"),
+            extra={str(k): float(v) for k, v in (d.get("extra") or {}).items()},
         )
 
 
@@ -105,39 +110,38 @@ def _num(text: str) -> float | None:
     return float(text) if text.strip() else None
 
 
+def extra_columns(rows: Sequence[MetricsRow]) -> list[str]:
+    """The extra (guard) column names of ``rows``, in order of first appearance."""
+    names: dict[str, None] = {}
+    for r in rows:
+        names.update(dict.fromkeys(r.extra))
+    return list(names)
+
+
+def _cells(r: MetricsRow, extra: Sequence[str]) -> list[str]:
+    cells = [_fmt(r.train_loss, 4), _fmt(r.val_loss, 4), _fmt(r.wer, 2), _fmt(r.cer, 2)]
+    return [str(r.step), *cells, *(_fmt(r.extra.get(c), 2) for c in extra)]
+
+
 def metrics_csv(rows: Sequence[MetricsRow]) -> str:
-    """The metrics table as CSV text (header ``Step,Training Loss,Validation Loss,WER,CER``)."""
+    """The metrics table as CSV text (header ``Step,Training Loss,Validation Loss,WER,CER``
+    and then one column per guard value)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS)
+    extra = extra_columns(rows)
+    w.writerow([*COLUMNS, *extra])
     for r in rows:
-        w.writerow(
-            [
-                r.step,
-                _fmt(r.train_loss, 4),
-                _fmt(r.val_loss, 4),
-                _fmt(r.wer, 2),
-                _fmt(r.cer, 2),
-            ]
-        )
+        w.writerow(_cells(r, extra))
     return buf.getvalue()
 
 
 def metrics_markdown(rows: Sequence[MetricsRow]) -> str:
     """The metrics table in Markdown, the layout of the Hugging Face Trainer's model cards."""
-    lines = [
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("-----:" for _ in COLUMNS) + "|",
-    ]
+    extra = extra_columns(rows)
+    header = [*COLUMNS, *extra]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("-----:" for _ in header) + "|"]
     for r in rows:
-        cells = [
-            str(r.step),
-            _fmt(r.train_loss, 4) or "-",
-            _fmt(r.val_loss, 4) or "-",
-            _fmt(r.wer, 2) or "-",
-            _fmt(r.cer, 2) or "-",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(c or "-" for c in _cells(r, extra)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -147,8 +151,10 @@ def read_metrics_csv(path: Path) -> list[MetricsRow]:
         return []
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
-            raise ValueError(f"{path}: columns {reader.fieldnames}, expected {list(COLUMNS)}")
+        names = tuple(reader.fieldnames or ())
+        if names[: len(COLUMNS)] != COLUMNS:
+            raise ValueError(f"{path}: columns {list(names)}, expected {list(COLUMNS)} first")
+        extra = names[len(COLUMNS) :]
         return [
             MetricsRow(
                 step=int(row["Step"]),
@@ -156,6 +162,7 @@ def read_metrics_csv(path: Path) -> list[MetricsRow]:
                 val_loss=_num(row["Validation Loss"]),
                 wer=_num(row["WER"]),
                 cer=_num(row["CER"]),
+                extra={c: v for c in extra if (v := _num(row[c] or "")) is not None},
             )
             for row in reader
         ]
@@ -177,7 +184,10 @@ def plot_curves(rows: Sequence[MetricsRow], path: Path, title: str = "") -> Path
         pts = [(r.step, getattr(r, attr)) for r in rows if getattr(r, attr) is not None]
         return [p[0] for p in pts], [p[1] for p in pts]
 
-    fig, (ax_loss, ax_wer) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    guard_cols = [c for c in extra_columns(rows) if not c.endswith(" CER")]
+    panels = 3 if guard_cols else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
+    ax_loss, ax_wer = axes[0], axes[1]
     for attr, label in (("train_loss", "training loss"), ("val_loss", "validation loss")):
         xs, ys = series(attr)
         if xs:
@@ -194,6 +204,16 @@ def plot_curves(rows: Sequence[MetricsRow], path: Path, title: str = "") -> Path
     ax_wer.set_ylabel("percent (validation)")
     ax_wer.legend()
     ax_wer.grid(alpha=0.3)
+    if guard_cols:
+        # Real-speech guards: WER (lower is better) and translate chrF (higher is better).
+        ax = axes[2]
+        for col in guard_cols:
+            pts = [(r.step, r.extra[col]) for r in rows if col in r.extra]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=col)
+        ax.set_xlabel("step")
+        ax.set_ylabel("real-speech guards (WER %, chrF)")
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}.png")

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from whisper_sv import registry
+from whisper_sv.guards import GuardSpec
 from whisper_sv.registry import MetricsRow, RunFolder
 
 if TYPE_CHECKING:
@@ -145,6 +146,22 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
     num_workers: int = -1  # DataLoader processes reading the store; -1: 0 on CPU, 4 on CUDA
     cache_dir: str = ""  # where cached encoder outputs go; "": RUN/cache (removed at the end)
+    # Real-speech guards (guards.py): real sets scored at every evaluation; best/ is the best
+    # validation model among those whose guards stay within the tolerances of step 0.
+    guards: tuple[GuardSpec, ...] = ()  # NAME=PATH[,translate][,split=S][,limit=N] or mappings
+    guard_tolerance: float = 0.5  # WER points a guard may lose against step 0 (see guards.py)
+    guard_chrf_tolerance: float = 10.0  # translate chrF points a guard may lose against step 0
+    guard_patience: int = 0  # stop after N evaluations in a row with a regressed guard; 0: never
+    # Weight-space interpolation with the start model (WiSE-FT, Wortsman et al. 2022): after
+    # training, w = a * fine-tuned + (1 - a) * start for each a here, scored on validation and
+    # guards; the best one within the guards' tolerances becomes best/ if it beats the rest.
+    interpolate: tuple[float, ...] = ()  # e.g. [0.25, 0.5, 0.75]; () turns it off
+    # Anti-forgetting in the labels (packing.py): this share of training windows is labelled
+    # with Whisper's timestamps (keeps segment timestamps and long-form decoding) ...
+    timestamp_share: float = 0.0
+    # ... and this share with the start model's own English translation under the translate
+    # task (keeps translation); needs the cached-encoder path (freeze_encoder + cache_encoder).
+    translate_share: float = 0.0
     # outputs
     export_ct2: bool = True  # write RUN/ct2 (CTranslate2 export of best/) at the end
     ct2_quantization: str = "float16"  # export type; quantise at load time (facts.md)
@@ -208,6 +225,28 @@ def _validate(c: TrainConfig) -> None:
         "outputs: set cache_encoder: false (or spec_augment: false)",
     )
     need(c.num_workers >= -1, f"num_workers must be >= -1 (got {c.num_workers}); -1 is auto")
+    names = [g.name for g in c.guards]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    need(not twice, f"two guards named {', '.join(map(repr, twice))}: give each guard its own name")
+    need(
+        c.guard_tolerance >= 0, f"guard_tolerance must be >= 0 WER points (got {c.guard_tolerance})"
+    )
+    need(
+        c.guard_chrf_tolerance >= 0,
+        f"guard_chrf_tolerance must be >= 0 chrF points (got {c.guard_chrf_tolerance})",
+    )
+    need(c.guard_patience >= 0, f"guard_patience must be >= 0 (got {c.guard_patience}); 0 is off")
+    need(
+        all(0 < a < 1 for a in c.interpolate),
+        f"interpolate weights must be between 0 and 1 (got {list(c.interpolate)}), e.g. [0.25, 0.5]",
+    )
+    for name in ("timestamp_share", "translate_share"):
+        need(0 <= getattr(c, name) <= 1, f"{name} must be in [0, 1] (got {getattr(c, name)})")
+    need(
+        c.translate_share == 0 or c.uses_encoder_cache,
+        "translate_share labels windows from cached encoder outputs: set freeze_encoder: true "
+        "and cache_encoder: true (or translate_share: 0)",
+    )
     allowed = ("float16", "float32", "bfloat16", "int8_float16", "int8", "int8_float32")
     need(
         c.ct2_quantization in allowed,

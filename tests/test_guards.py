@@ -1,0 +1,165 @@
+"""Real-speech guards: spec parsing, the regression rule, chrF agreement, guard stores made
+from manifests, and splitting real sets by group so guard and test never share a phrase."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from whisper_sv.guards import GuardSpec, chrf, regressions
+
+
+def test_spec_parses_text_and_yaml_forms_and_names_the_fix():
+    spec = GuardSpec.parse("lexin=data/lexin.tsv,translate,limit=40")
+    assert (spec.name, spec.path, spec.translate, spec.limit) == (
+        "lexin",
+        "data/lexin.tsv",
+        True,
+        40,
+    )
+    assert spec.columns() == ["lexin WER", "lexin CER", "lexin translate chrF"]
+    assert GuardSpec.coerce({"name": "w", "path": "s", "split": "test"}).split == "test"
+    with pytest.raises(ValueError, match="NAME=PATH"):
+        GuardSpec.parse("just-a-path.tsv")
+    with pytest.raises(ValueError, match="unknown flag 'beam'.*translate, split=S, limit=N"):
+        GuardSpec.parse("a=b.tsv,beam")
+    with pytest.raises(ValueError, match="unknown option"):
+        GuardSpec.coerce({"name": "a", "path": "b", "tolerance": 1})
+
+
+def test_train_config_reads_guards_from_yaml_and_overrides(tmp_path):
+    from whisper_sv.config import load_options, parse_overrides
+    from whisper_sv.train import TrainConfig
+
+    yaml_file = tmp_path / "train.yaml"
+    yaml_file.write_text("guards:\n  - {name: words, path: w.tsv, translate: true}\n")
+    cfg = load_options(TrainConfig, yaml_file)
+    assert cfg.guards == (GuardSpec("words", "w.tsv", translate=True),)
+    cfg = load_options(TrainConfig, None, parse_overrides(["guards=[a=x.tsv, b=y.tsv]"]))
+    assert [g.name for g in cfg.guards] == ["a", "b"]
+    with pytest.raises(ValueError, match="two guards named 'a'"):
+        load_options(TrainConfig, None, parse_overrides(["guards=[a=x.tsv, a=y.tsv]"]))
+
+
+def test_regression_rule_uses_wer_and_chrf_tolerances_not_cer():
+    start = {"w WER": 40.0, "w CER": 20.0, "w translate chrF": 100.0}
+    same = {"w WER": 40.5, "w CER": 29.0, "w translate chrF": 91.0}
+    assert regressions(same, start, wer_tolerance=0.5, chrf_tolerance=10) == []
+    worse = {"w WER": 40.6, "w CER": 20.0, "w translate chrF": 89.0}
+    bad = regressions(worse, start, wer_tolerance=0.5, chrf_tolerance=10)
+    assert [c.column for c in bad] == ["w WER", "w translate chrF"]
+    assert bad[0].worse_by == pytest.approx(0.6) and bad[1].worse_by == pytest.approx(11.0)
+    assert "40.00 -> 40.60" in bad[0].describe()
+    better = {"w WER": 30.0, "w translate chrF": 100.0}
+    assert regressions(better, start, wer_tolerance=0.0, chrf_tolerance=0.0) == []
+
+
+def test_chrf_agreement_is_100_for_identical_and_low_for_another_language():
+    english = ["washes his hair", "takes the bus", "", "signs up for a course"]
+    assert chrf(english, english) == pytest.approx(100.0)
+    swedish = ["tvättar håret", "åker buss", "", "anmäler sig till en kurs"]
+    assert chrf(swedish[:2] + swedish[3:], english[:2] + english[3:]) < 20
+    assert chrf(swedish, english) < 40  # the empty pair agrees, the rest does not
+    assert chrf(["washes her hair", "takes a bus", "", "signs up for the course"], english) > 50
+    with pytest.raises(ValueError):
+        chrf(["a"], ["a", "b"])
+
+
+def _write_manifest(folder: Path, rows: list[tuple[str, str, str]]) -> Path:
+    with open(folder / "manifest.tsv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["path", "sentence", "theme"])
+        w.writerows(rows)
+    return folder / "manifest.tsv"
+
+
+def test_split_by_group_keeps_every_group_in_one_part(tmp_path):
+    from whisper_sv.realsets import split_by_group
+
+    folder = tmp_path / "phrases"
+    folder.mkdir()
+    rows = [(f"{t}-{i}.mp3", f"fras {t} {i}", f"tema {t}") for t in range(12) for i in range(t + 1)]
+    _write_manifest(folder, rows)
+    split = split_by_group(
+        folder, tmp_path / "out", shares={"guard": 0.5, "test": 0.5}, group_column="theme"
+    )
+    guard, test = set(split.groups["guard"]), set(split.groups["test"])
+    assert guard and test and not guard & test
+    assert guard | test == {f"tema {t}" for t in range(12)}
+    assert split.counts["guard"] + split.counts["test"] == len(rows)
+    assert abs(split.counts["guard"] - split.counts["test"]) <= 12  # at most one group apart
+    with open(split.parts["test"], encoding="utf-8") as f:
+        written = list(csv.DictReader(f, delimiter="\t"))
+    assert {r["group"] for r in written} == test
+    assert all(Path(r["path"]).is_absolute() for r in written)
+    again = split_by_group(
+        folder, tmp_path / "again", shares={"guard": 0.5, "test": 0.5}, group_column="theme"
+    )
+    assert again.groups == split.groups  # deterministic
+    other = split_by_group(
+        folder, tmp_path / "o", shares={"guard": 0.5, "test": 0.5}, group_column="theme", seed=3
+    )
+    assert other.groups != split.groups
+
+
+def test_split_of_the_real_sets_holds_out_new_words(sv_words_dir, tmp_path):
+    from whisper_sv.realsets import split_by_group
+
+    lexin = sv_words_dir.parent / "lexin-phrases"
+    if not (lexin / "manifest.tsv").is_file():
+        pytest.skip(f"{lexin} not found (shared data absent)")
+    split = split_by_group(lexin, tmp_path, shares={"guard": 1, "test": 1}, group_column="theme")
+    assert sum(split.counts.values()) == 368
+    words = split_by_group(sv_words_dir, tmp_path, shares={"guard": 1, "test": 1})
+    assert sum(words.counts.values()) == 164
+    assert not set(words.groups["guard"]) & set(words.groups["test"])
+
+
+def test_guard_store_is_built_once_from_a_manifest(sv_words_dir, tmp_path, processor):
+    from whisper_sv.guards import prepare_guard_store
+
+    with open(sv_words_dir / "manifest.tsv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))[:6]
+    tsv = tmp_path / "six.tsv"
+    lines = ["path\tsentence"] + [f"{sv_words_dir / r['path']}\t{r['sentence']}" for r in rows]
+    lines.append(f"{tmp_path / 'missing.mp3'}\tsaknas")  # reported in rejects, not fatal
+    tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    spec = GuardSpec("six", str(tsv))
+    store, split = prepare_guard_store(
+        spec, model="bundled:base", cache_root=tmp_path, processor=processor
+    )
+    assert split == "guard" and store.num_rows("guard") == 6
+    assert [r.reason for r in store.rejects()] and "missing.mp3" in store.rejects()[0].audio
+    mtime = (store.path / "manifest.json").stat().st_mtime_ns
+    again, _ = prepare_guard_store(
+        spec, model="bundled:base", cache_root=tmp_path, processor=processor
+    )
+    assert again.path == store.path
+    assert (again.path / "manifest.json").stat().st_mtime_ns == mtime  # reused, not rebuilt
+    with pytest.raises(FileNotFoundError, match="neither a manifest TSV nor a feature store"):
+        prepare_guard_store(
+            GuardSpec("x", str(tmp_path / "nope.tsv")), model="m", cache_root=tmp_path
+        )
+
+
+def test_translation_uses_the_start_model_unless_the_run_guarded_it(tmp_path):
+    import yaml
+
+    from whisper_sv.tasks import translation_model
+
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "ct2").mkdir()
+    config = {"model": "bundled:base", "train": {"guards": [{"name": "w", "path": "w.tsv"}]}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    for ref in (run, run / "best", run / "ct2"):
+        choice = translation_model(str(ref))
+        assert choice.model == "bundled:base"
+        assert "not checked on translation" in choice.note and "translate: true" in choice.note
+    config["train"]["guards"][0]["translate"] = True
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert translation_model(str(run)).model == str(run)
+    assert translation_model(str(run)).note == ""
+    assert translation_model("bundled:base").model == "bundled:base"  # not a run: as it is
