@@ -4,7 +4,7 @@ Baseline: the blog's ``prepare_dataset`` (WhisperFeatureExtractor on 30 s padded
 tokenizer with the Swedish/transcribe prefix) through ``datasets.Dataset.map`` in the main
 process, then ``save_to_disk``. The one change: audio is decoded with soundfile inside
 ``prepare_dataset``, because ``datasets.Audio`` decoding needs torchcodec, which does not work
-here (facts.md). Ours: ``features.build_store`` over a ``manifest:`` source of the same files.
+here (docs/facts.md). Ours: ``features.build_store`` over a ``manifest:`` source of the same files.
 
 Both are timed from the wav files to features on disk; sizes are the folders on disk per hour of
 audio. The clips are rendered once by the synthetic source and cached as 16-bit wav.
@@ -25,8 +25,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-BLOG_CLIPS_PER_S = 69.0  # facts.md: blog recipe measured by hand on this kind of machine
-BLOG_MB_PER_HOUR = 686.0  # facts.md: its saved dataset
+BLOG_CLIPS_PER_S = 69.0  # docs/facts.md: blog recipe measured by hand on this kind of machine
+BLOG_MB_PER_HOUR = 686.0  # docs/facts.md: its saved dataset
 
 
 def make_clips(n: int, cache: Path) -> Path:

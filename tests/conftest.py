@@ -7,8 +7,10 @@ code path (features, training, generate, export, faster-whisper) runs on it in s
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # Tests never reach the hub: everything they load is local.
@@ -116,3 +118,121 @@ def sv_words_dir() -> Path:
     if not SV_WORDS.is_dir():
         pytest.skip(f"{SV_WORDS} not found (shared data absent)")
     return SV_WORDS
+
+
+# --------------------------------------------------------------------------- shared helpers
+# Sources and stores several test modules build; import them with ``from conftest import ...``.
+
+
+def speechlike(seconds: float, seed: int = 0, *, tail_silence: float = 0.0) -> np.ndarray:
+    """Harmonics under a syllable-rate envelope, plus a little noise; float32 at 16 kHz."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 16_000)
+    t = np.arange(n) / 16_000
+    f0 = 110 + 60 * rng.random() + 20 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / 16_000
+    voice = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t + rng.random() * 6)
+    audio = 0.2 * voice * envelope + 0.003 * rng.standard_normal(n)
+    if tail_silence:
+        audio = np.concatenate([audio, np.zeros(int(tail_silence * 16_000))])
+    return audio.astype(np.float32)
+
+
+class ArraySource:
+    """A Source over in-memory clips: {split: [(id, sentence, audio)]}. Picklable."""
+
+    def __init__(self, clips: dict[str, list[tuple[str, str, np.ndarray]]], name: str = "arrays"):
+        self.clips = clips
+        self.name = name
+
+    def splits(self) -> list[str]:
+        return list(self.clips)
+
+    def items(self, split: str):
+        for i, (cid, sentence, _) in enumerate(self.clips[split]):
+            from whisper_sv.sources import Item
+
+            yield Item(
+                id=cid,
+                split=split,
+                sentence=sentence,
+                audio=None,
+                speaker=f"spk{i % 3}",
+                meta={"index": i, "voice": "v", "gender": "female" if i % 2 else "male"},
+            )
+
+    def load(self, item) -> np.ndarray:
+        return next(a for cid, _, a in self.clips[item.split] if cid == item.id)
+
+    def describe(self) -> dict:
+        return {"source": self.name, "clips": {s: len(v) for s, v in self.clips.items()}}
+
+
+SENTENCES = (
+    "hej på dig",
+    "god morgon",
+    "det regnar i dag",
+    "jag heter anna",
+    "tack så mycket",
+    "vi ses i morgon",
+    "kaffe eller te",
+    "en två tre fyra",
+)
+
+
+@dataclass
+class ToySource:
+    """A tiny in-memory Source: tone + noise clips of 0.5-0.9 s, one tone per sentence."""
+
+    name: str = "toy"
+    n_train: int = 16
+    n_val: int = 6
+    seed: int = 0
+
+    def splits(self) -> list[str]:
+        return ["train", "validation"]
+
+    def items(self, split: str):
+        from whisper_sv.sources import Item
+
+        n = self.n_train if split == "train" else self.n_val
+        for i in range(n):
+            sentence = SENTENCES[(i + self.seed) % len(SENTENCES)]
+            yield Item(id=f"{split}-{i}", split=split, sentence=sentence, audio=None)
+
+    def load(self, item) -> np.ndarray:
+        k = int(item.id.split("-")[1])
+        rng = np.random.default_rng(k + 1000 * self.seed)
+        t = np.arange(int(16000 * (0.5 + 0.1 * (k % 5)))) / 16000
+        f = 200.0 + 60.0 * SENTENCES.index(item.sentence)
+        tone = 0.3 * np.sin(2 * np.pi * f * t) + 0.01 * rng.standard_normal(len(t))
+        return tone.astype(np.float32)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "n_train": self.n_train, "n_val": self.n_val, "seed": self.seed}
+
+
+def make_store(out: Path, processor, **source_options) -> Path:
+    """A feature store built by the real pipeline from ToySource."""
+    from whisper_sv.features import BuildOptions, build_store
+
+    build_store(
+        ToySource(**source_options),
+        out,
+        BuildOptions(progress=False, shard_size=8),
+        processor=processor,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: test runs share a few cores with other work, and there a 2-thread
+    step of the tiny model ran 5-10x slower than a 1-thread one (threads wait on each other)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

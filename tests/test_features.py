@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_store import ArraySource, speechlike
+from conftest import ArraySource, speechlike
 
 from whisper_sv.audio import SAMPLE_RATE
 from whisper_sv.features import REASONS, BuildOptions, FeatureStore, build_store, report

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import soundfile as sf
-from test_store import speechlike
+from conftest import speechlike
 
 from whisper_sv.audio import SAMPLE_RATE
 from whisper_sv.store import FeatureStore, read_rejects

@@ -8,58 +8,15 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import ArraySource, speechlike
 
 from whisper_sv.audio import N_FRAMES, SAMPLE_RATE
 from whisper_sv.features import BuildOptions, build_store
 from whisper_sv.logmel import log_mel_batch, n_audio_frames, pad_log_mel
-from whisper_sv.sources import Item
 from whisper_sv.store import FeatureStore, ShardSampler, StoreError, collate
 
 # float16 keeps 11 significant bits: log-mel values (about -1.5..2) round by <= 2**-10.
 F16_TOL = 1.1e-3
-
-
-def speechlike(seconds: float, seed: int = 0, *, tail_silence: float = 0.0) -> np.ndarray:
-    """Harmonics under a syllable-rate envelope, plus a little noise; float32 at 16 kHz."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
-    f0 = 110 + 60 * rng.random() + 20 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
-    voice = sum(np.sin(k * phase) / k for k in range(1, 8))
-    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t + rng.random() * 6)
-    audio = 0.2 * voice * envelope + 0.003 * rng.standard_normal(n)
-    if tail_silence:
-        audio = np.concatenate([audio, np.zeros(int(tail_silence * SAMPLE_RATE))])
-    return audio.astype(np.float32)
-
-
-class ArraySource:
-    """A Source over in-memory clips: {split: [(id, sentence, audio)]}. Picklable."""
-
-    def __init__(self, clips: dict[str, list[tuple[str, str, np.ndarray]]], name: str = "arrays"):
-        self.clips = clips
-        self.name = name
-
-    def splits(self) -> list[str]:
-        return list(self.clips)
-
-    def items(self, split: str):
-        for i, (cid, sentence, _) in enumerate(self.clips[split]):
-            yield Item(
-                id=cid,
-                split=split,
-                sentence=sentence,
-                audio=None,
-                speaker=f"spk{i % 3}",
-                meta={"index": i, "voice": "v", "gender": "female" if i % 2 else "male"},
-            )
-
-    def load(self, item: Item) -> np.ndarray:
-        return next(a for cid, _, a in self.clips[item.split] if cid == item.id)
-
-    def describe(self) -> dict:
-        return {"source": self.name, "clips": {s: len(v) for s, v in self.clips.items()}}
 
 
 def test_logmel_matches_whisper_feature_extractor(processor):

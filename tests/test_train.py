@@ -9,22 +9,13 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import SENTENCES, ToySource, make_store
 
-SENTENCES = (
-    "hej på dig",
-    "god morgon",
-    "det regnar i dag",
-    "jag heter anna",
-    "tack så mycket",
-    "vi ses i morgon",
-    "kaffe eller te",
-    "en två tre fyra",
-)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # Fast settings: decoder-only training on cached encoder outputs, evaluation on a few clips.
 FAST = dict(
@@ -42,67 +33,10 @@ FAST = dict(
 )
 
 
-@dataclass
-class ToySource:
-    """A tiny in-memory Source: tone + noise clips of 0.5-0.9 s, one tone per sentence."""
-
-    name: str = "toy"
-    n_train: int = 16
-    n_val: int = 6
-    seed: int = 0
-
-    def splits(self) -> list[str]:
-        return ["train", "validation"]
-
-    def items(self, split: str):
-        from whisper_sv.sources import Item
-
-        n = self.n_train if split == "train" else self.n_val
-        for i in range(n):
-            sentence = SENTENCES[(i + self.seed) % len(SENTENCES)]
-            yield Item(id=f"{split}-{i}", split=split, sentence=sentence, audio=None)
-
-    def load(self, item) -> np.ndarray:
-        k = int(item.id.split("-")[1])
-        rng = np.random.default_rng(k + 1000 * self.seed)
-        t = np.arange(int(16000 * (0.5 + 0.1 * (k % 5)))) / 16000
-        f = 200.0 + 60.0 * SENTENCES.index(item.sentence)
-        tone = 0.3 * np.sin(2 * np.pi * f * t) + 0.01 * rng.standard_normal(len(t))
-        return tone.astype(np.float32)
-
-    def describe(self) -> dict:
-        return {"name": self.name, "n_train": self.n_train, "n_val": self.n_val, "seed": self.seed}
-
-
-def make_store(out: Path, processor, **source_options) -> Path:
-    """A feature store built by the real pipeline from ToySource."""
-    from whisper_sv.features import BuildOptions, build_store
-
-    build_store(
-        ToySource(**source_options),
-        out,
-        BuildOptions(progress=False, shard_size=8),
-        processor=processor,
-    )
-    return out
-
-
 def config(**changes):
     from whisper_sv.train import TrainConfig
 
     return TrainConfig(**{**FAST, **changes})
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: test runs share a few cores with other work, and there a 2-thread
-    step of the tiny model ran 5-10x slower than a 1-thread one (threads wait on each other)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -452,20 +386,20 @@ def test_greedy_decode_matches_generate(tiny_model, store):
     """The fast evaluation decoder gives exactly what transformers' generate gives."""
     import torch
 
+    from whisper_sv.evaluation import greedy_decode, prompt_ids, suppress_lists
     from whisper_sv.store import FeatureStore, collate
-    from whisper_sv.train import _prompt_ids, _suppress_lists, greedy_decode
 
     model, processor = tiny_model
     ds = FeatureStore(store).torch_dataset("validation")
     feats = collate([ds[i] for i in range(3)])["input_features"]
     eot = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    suppress, begin = _suppress_lists(model, eot, model.config.vocab_size)
+    suppress, begin = suppress_lists(model, eot, model.config.vocab_size)
     with torch.no_grad():
         hidden = model.get_encoder()(feats).last_hidden_state
         ours = greedy_decode(
             model,
             hidden,
-            _prompt_ids(processor, "sv", "transcribe"),
+            prompt_ids(processor, "sv", "transcribe"),
             max_new_tokens=12,
             eot_id=eot,
             suppress_ids=suppress,

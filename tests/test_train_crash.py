@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import _one_torch_thread, make_store  # noqa: F401
+from conftest import make_store
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CKPT_FILES = {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"}
 SETTINGS = {
@@ -42,7 +44,7 @@ def _command(store: Path, run: Path, model: Path, *extra: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    # One thread per process, as in the in-process runs (see _one_torch_thread).
+    # One thread per process, as in the in-process runs (see the one_torch_thread fixture).
     return {
         **os.environ,
         "HF_HUB_OFFLINE": "1",

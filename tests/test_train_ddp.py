@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_train import _one_torch_thread, make_store  # noqa: F401
+from conftest import make_store
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -158,6 +158,29 @@ def test_equal_epochs_gives_every_batch_size_the_same_samples(tmp_path):
         TuneOptions(steps=10, equal_epochs=1.0)
 
 
+def test_packed_trials_plan_the_steps_train_plans(tiny_store, tiny_model_dir, tmp_path):
+    """With pack_clips > 1 an epoch walks packed windows, not clips: a trial's step plan (and
+    so its eval_steps and warm-up check) must be the one train() makes."""
+    from whisper_sv.store import open_store
+    from whisper_sv.train import train
+    from whisper_sv.train_data import train_windows
+
+    store = open_store(tiny_store)
+    base = TrainConfig(**{**TINY_TRAIN, "batch_size": 1})
+    opts = TuneOptions(equal_epochs=1.0, evals_per_trial=1)
+    cfg, steps = trial_config(base, {"pack_clips": 4}, opts, store, tmp_path / "cache")
+    windows = train_windows(store, cfg)
+    assert cfg.pack_clips == 4 and len(windows) < store.num_rows("train") == 4
+    assert steps == len(windows)  # batch 1, one epoch: one step per window
+    assert cfg.eval_steps == steps
+    _, clip_steps = trial_config(base, {"pack_clips": 1}, opts, store, tmp_path / "cache")
+    assert clip_steps == 4  # unpacked, one step per clip
+    result = train(
+        tiny_store, tmp_path / "run", model=str(tiny_model_dir), config=cfg, progress=False
+    )
+    assert result.max_steps == steps
+
+
 def test_study_refuses_unusable_settings_before_training(tiny_store, tiny_model_dir, tmp_path):
     grid_of_ranges = SearchSpace.parse({"lr": {"type": "float", "low": 1e-5, "high": 1e-3}})
     with pytest.raises(ValueError, match="explicit values"):
@@ -339,7 +362,7 @@ def test_cli_reports_space_errors(tiny_store, tmp_path, capsys):
 
 def test_trial_process_is_stopped_when_pruned_or_out_of_time(tiny_store, tiny_model_dir, tmp_path):
     from whisper_sv.config import dump_options
-    from whisper_sv.tune import _run_training
+    from whisper_sv.tune_runner import run_training as _run_training
 
     # 40 steps, an evaluation after each: far more than the watcher lets it do.
     cfg = TrainConfig(**{**TINY_TRAIN, "max_steps": 40, "eval_steps": 1, "export_ct2": False})

@@ -23,17 +23,17 @@ import logging
 import os
 import re
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from whisper_sv.fsutil import temp_name
 from whisper_sv.registry import Checkpoint, MetricsRow, RunFolder
 
 if TYPE_CHECKING:
     import torch
 
-    from whisper_sv.train import EvalResult
+    from whisper_sv.evaluation import EvalResult
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,6 @@ def average_checkpoints(
     With ``features``, the result is evaluated on that store's validation split with the
     run's evaluation settings (the same clips its metrics.csv scored).
     """
-    import torch
     from transformers import WhisperForConditionalGeneration
 
     from whisper_sv import models
@@ -136,62 +135,16 @@ def average_checkpoints(
     model = WhisperForConditionalGeneration.from_pretrained(
         str(folder.best_dir), local_files_only=True, dtype="float32"
     )
-    params = dict(model.named_parameters())
-    total: dict[str, torch.Tensor] = {}
-    names: set[str] | None = None
     scale = float(train_cfg.get("lora_alpha", 32.0)) / max(1, int(train_cfg.get("lora_rank", 1)))
-    for ckpt, _ in chosen:
-        tensors = _load(ckpt.path)
-        if lora:
-            tensors = _lora_deltas(tensors, scale)
-        if names is None:
-            names = set(tensors)
-        elif set(tensors) != names:
-            raise ValueError(f"{ckpt.path} holds other parameters than the first checkpoint")
-        for name, t in tensors.items():
-            if name not in params:
-                raise ValueError(f"{ckpt.path}: {name} is not a parameter of {folder.best_dir}")
-            acc = total.get(name)
-            total[name] = t.double() if acc is None else acc + t.double()
-    k = len(chosen)
-    with torch.no_grad():
-        if lora:
-            # best/ holds W0 + delta(best); the adapted weights become W0 + mean(delta).
-            start = _start_weights(info, list(total))
-            for name, delta in total.items():
-                params[name].copy_((start[name].double() + delta / k).to(params[name].dtype))
-        else:
-            for name, summed in total.items():
-                params[name].copy_((summed / k).to(params[name].dtype))
-
+    total = _summed(chosen, dict(model.named_parameters()), folder.best_dir, lora, scale)
+    _set_mean(model, total, len(chosen), info if lora else None)
     processor = models.load_processor(str(folder.best_dir))
     best_row = min(
         (r for r in folder.read_metrics() if r.wer is not None),
         key=lambda r: (r.wer, r.step),
         default=None,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        (tmp / "averaging.json").write_text(
-            json.dumps(
-                {
-                    "run": str(folder.path.resolve()),
-                    "steps": [c.step for c, _ in chosen],
-                    "wers": [r.wer for _, r in chosen],
-                    "lora": lora,
-                },
-                indent=1,
-            ),
-            encoding="utf-8",
-        )
-        if out.is_dir():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _save(out, model, processor, folder, chosen, lora)
     evaluation = None
     if features is not None:
         evaluation = evaluate_model(
@@ -212,6 +165,84 @@ def average_checkpoints(
         lora=lora,
         evaluation=evaluation,
     )
+
+
+def _summed(
+    chosen: list[tuple[Checkpoint, MetricsRow]],
+    params: dict[str, torch.Tensor],
+    best_dir: Path,
+    lora: bool,
+    scale: float,
+) -> dict[str, torch.Tensor]:
+    """The sum (float64) of each trained tensor over the chosen checkpoints (LoRA: of the
+    weight updates B @ A * scale)."""
+    total: dict[str, torch.Tensor] = {}
+    names: set[str] | None = None
+    for ckpt, _ in chosen:
+        tensors = _load(ckpt.path)
+        if lora:
+            tensors = _lora_deltas(tensors, scale)
+        if names is None:
+            names = set(tensors)
+        elif set(tensors) != names:
+            raise ValueError(f"{ckpt.path} holds other parameters than the first checkpoint")
+        for name, t in tensors.items():
+            if name not in params:
+                raise ValueError(f"{ckpt.path}: {name} is not a parameter of {best_dir}")
+            acc = total.get(name)
+            total[name] = t.double() if acc is None else acc + t.double()
+    return total
+
+
+def _set_mean(
+    model: Any, total: dict[str, torch.Tensor], k: int, lora_info: dict[str, Any] | None
+) -> None:
+    """Put the mean of ``k`` summed tensors into ``model`` (LoRA: start weights + mean update)."""
+    import torch
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        if lora_info is not None:
+            # best/ holds W0 + delta(best); the adapted weights become W0 + mean(delta).
+            start = _start_weights(lora_info, list(total))
+            for name, delta in total.items():
+                params[name].copy_((start[name].double() + delta / k).to(params[name].dtype))
+        else:
+            for name, summed in total.items():
+                params[name].copy_((summed / k).to(params[name].dtype))
+
+
+def _save(
+    out: Path,
+    model: Any,
+    processor: Any,
+    folder: RunFolder,
+    chosen: list[tuple[Checkpoint, MetricsRow]],
+    lora: bool,
+) -> None:
+    """The averaged model folder ``out`` (with ``averaging.json``), written whole or not at all."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(out)
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "averaging.json").write_text(
+            json.dumps(
+                {
+                    "run": str(folder.path.resolve()),
+                    "steps": [c.step for c, _ in chosen],
+                    "wers": [r.wer for _, r in chosen],
+                    "lora": lora,
+                },
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
+        if out.is_dir():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _start_weights(info: dict[str, Any], names: list[str]) -> dict[str, torch.Tensor]:
@@ -249,25 +280,15 @@ def evaluate_model(
     """WER/CER (and loss) of a model on a store split, as training evaluates (greedy)."""
     import torch
 
-    from whisper_sv import models
-    from whisper_sv.store import FeatureStore
-    from whisper_sv.train import evaluate_dataset
+    from whisper_sv.evaluation import evaluate_split
 
-    store = FeatureStore(features)
-    if split not in store.splits():
-        raise ValueError(f"{features} has no {split} split (it has {store.splits()})")
-    if model is None or processor is None:
-        model, processor = models.load_model(str(model_ref))
-    n = store.num_rows(split)
-    indices = list(range(min(n, limit) if limit else n))
     with torch.no_grad():
-        return evaluate_dataset(
-            model,
-            processor,
-            store.torch_dataset(split),
-            indices=indices,
+        return evaluate_split(
+            model if model is not None and processor is not None else model_ref,
+            features,
+            split,
+            processor=processor,
+            limit=limit,
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
-            language=store.config.language,
-            task=store.config.task,
         )

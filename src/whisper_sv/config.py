@@ -1,9 +1,10 @@
 """Options as frozen dataclasses: load from YAML, override from the command line, save.
 
 Every stage keeps its options in a frozen dataclass next to its code (``TrainConfig`` in
-``train.py``, ``FeatureConfig`` in ``features.py``...). This module is the one place that turns
-YAML files and ``key=value`` overrides into those dataclasses, rejecting unknown keys and wrong
-types with a message that names the valid keys, so a typo never silently trains with a default.
+``train_config.py``, ``FeatureConfig`` in ``feature_config.py``...). This module is the one
+place that turns YAML files and ``key=value`` overrides into those dataclasses, rejecting
+unknown keys and wrong types with a message that names the valid keys, so a typo never
+silently trains with a default.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from whisper_sv.fsutil import atomic_write_text
 
 T = TypeVar("T")
 
@@ -173,7 +176,4 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 def dump_options(obj: Any, path: str | Path) -> None:
     """Write a dataclass (or a mapping of them) to YAML, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False, allow_unicode=True), "utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False, allow_unicode=True))

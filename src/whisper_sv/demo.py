@@ -12,12 +12,15 @@ reuses what is finished: the store skips done shards, and the run resumes or is 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from whisper_sv.models import DEFAULT_MODEL
 
@@ -83,57 +86,86 @@ class DemoResult:
 def _test_wer(model_ref: str, store, batch_size: int = 16):
     """WER/CER on the store's test split: identical features and greedy decoding for every
     model, so the before/after numbers differ only by the weights."""
-    from whisper_sv import models
-    from whisper_sv.train import evaluate_dataset
+    from whisper_sv.evaluation import evaluate_split
 
-    model, processor = models.load_model(model_ref)
-    return evaluate_dataset(model, processor, store.torch_dataset("test"), batch_size=batch_size)
+    return evaluate_split(model_ref, store, "test", batch_size=batch_size)
+
+
+class _Stages:
+    """Prints each stage's title and, when it ends, its wall time (kept in ``seconds``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        print(f"\n== {name}", flush=True)
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - t0, 1)
+        print(f"   ({self.seconds[name]:.0f} s)", flush=True)
 
 
 def run_demo(options: DemoOptions | None = None) -> DemoResult:
     """Run the whole job; see the module docstring. Prints progress; returns the figures."""
-    from whisper_sv.audio import SAMPLE_RATE
     from whisper_sv.features import BuildOptions, build_store
-    from whisper_sv.infer import Transcriber
     from whisper_sv.sources import open_source
     from whisper_sv.store import FeatureStore
-    from whisper_sv.train import TrainConfig, train
 
     o = options or DemoOptions()
     out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
+    stage = _Stages()
 
-    def stage(name: str) -> None:
-        print(f"\n== {name}", flush=True)
-        seconds[name] = time.perf_counter()
+    with stage("features"):
+        source = open_source(
+            "synthetic",
+            seed=o.seed,
+            train=o.train_clips,
+            validation=o.validation_clips,
+            test=o.test_clips,
+        )
+        summary = build_store(
+            source, out / "store", BuildOptions(model=o.model, workers=o.workers, seed=o.seed)
+        )
+        print(summary.table())
+        store = FeatureStore(out / "store")
 
-    def done(name: str) -> None:
-        seconds[name] = round(time.perf_counter() - seconds[name], 1)
-        print(f"   ({seconds[name]:.0f} s)", flush=True)
+    with stage(f"baseline: {o.model} on the test split"):
+        before = _test_wer(o.model, store)
+        print(f"   WER {before.wer:.1f}%  CER {before.cer:.1f}%  ({before.n} clips)")
 
-    stage("features")
-    source = open_source(
-        "synthetic",
-        seed=o.seed,
-        train=o.train_clips,
-        validation=o.validation_clips,
-        test=o.test_clips,
+    with stage("fine-tune (decoder on cached encoder outputs, clips packed in 30 s windows)"):
+        run = _fine_tune(o, out)
+        print((run / "metrics.md").read_text(encoding="utf-8"))
+
+    with stage("fine-tuned model on the test split"):
+        after = _test_wer(str(run), store)
+        print(f"   WER {after.wer:.1f}%  CER {after.cer:.1f}%  ({after.n} clips)")
+
+    with stage("transcribe one test clip with the CTranslate2 export"):
+        reference, hypothesis = _sample_transcript(source, out, run)
+        print(f"   reference:  {reference}\n   fine-tuned: {hypothesis}")
+
+    res = DemoResult(
+        wer_before=before.wer,
+        cer_before=before.cer,
+        wer_after=after.wer,
+        cer_after=after.cer,
+        n_test=after.n,
+        run=run,
+        sample_reference=reference,
+        sample_hypothesis=hypothesis,
+        seconds=stage.seconds,
     )
-    summary = build_store(
-        source, out / "store", BuildOptions(model=o.model, workers=o.workers, seed=o.seed)
-    )
-    print(summary.table())
-    store = FeatureStore(out / "store")
-    done("features")
+    _write_report(out, res)
+    return res
 
-    stage(f"baseline: {o.model} on the test split")
-    before = _test_wer(o.model, store)
-    print(f"   WER {before.wer:.1f}%  CER {before.cer:.1f}%  ({before.n} clips)")
-    done(f"baseline: {o.model} on the test split")
 
-    tune_stage = "fine-tune (decoder on cached encoder outputs, clips packed in 30 s windows)"
-    stage(tune_stage)
+def _fine_tune(o: DemoOptions, out: Path) -> Path:
+    """Train the decoder on the store's train split; the run folder."""
+    from whisper_sv.train import TrainConfig, train
+
     config = TrainConfig(
         lr=o.lr,
         warmup_steps=o.warmup_steps,
@@ -148,36 +180,24 @@ def run_demo(options: DemoOptions | None = None) -> DemoResult:
         precision=o.precision,
         seed=o.seed,
     )
-    result = train(out / "store", out / "run", model=o.model, config=config)
-    print((out / "run" / "metrics.md").read_text(encoding="utf-8"))
-    done(tune_stage)
+    return train(out / "store", out / "run", model=o.model, config=config).run
 
-    stage("fine-tuned model on the test split")
-    after = _test_wer(str(result.run), store)
-    print(f"   WER {after.wer:.1f}%  CER {after.cer:.1f}%  ({after.n} clips)")
-    done("fine-tuned model on the test split")
 
-    stage("transcribe one test clip with the CTranslate2 export")
-    item = next(iter(source.items("test")))
-    wav = out / "test-clip.wav"
+def _sample_transcript(source: Any, out: Path, run: Path) -> tuple[str, str]:
+    """(reference, transcript) of the first test clip, transcribed from the run's export."""
     import soundfile as sf
 
-    sf.write(wav, source.load(item), SAMPLE_RATE)
-    transcript = Transcriber(str(result.run)).transcribe(wav)
-    print(f"   reference:  {item.sentence}\n   fine-tuned: {transcript.text}")
-    done("transcribe one test clip with the CTranslate2 export")
+    from whisper_sv.audio import SAMPLE_RATE
+    from whisper_sv.infer import Transcriber
 
-    res = DemoResult(
-        wer_before=before.wer,
-        cer_before=before.cer,
-        wer_after=after.wer,
-        cer_after=after.cer,
-        n_test=after.n,
-        run=result.run,
-        sample_reference=item.sentence,
-        sample_hypothesis=transcript.text,
-        seconds=seconds,
-    )
+    item = next(iter(source.items("test")))
+    wav = out / "test-clip.wav"
+    sf.write(wav, source.load(item), SAMPLE_RATE)
+    return item.sentence, Transcriber(str(run)).transcribe(wav).text
+
+
+def _write_report(out: Path, res: DemoResult) -> None:
+    """``demo.json`` and ``demo.md`` in ``out``; the table printed too."""
     report = {k: v for k, v in dataclasses.asdict(res).items() if k != "run"}
     report.update(run=str(res.run), relative_reduction=res.relative_reduction)
     (out / "demo.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), "utf-8")
@@ -187,4 +207,3 @@ def run_demo(options: DemoOptions | None = None) -> DemoResult:
         f"\nrun folder: {res.run} (metrics.md, curves.png, best/, ct2/, model_card.md)"
         f"\nreport: {out / 'demo.md'}"
     )
-    return res

@@ -7,7 +7,6 @@ Files that cannot be decoded are reported with the reason and left out of the ra
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -180,26 +179,25 @@ def read_manifest(path: str | os.PathLike, *, limit: int | None = None) -> list[
         raise ValueError(f"manifest not found: {manifest}")
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, not {limit}")
-    with open(manifest, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            found = ", ".join(repr(c) for c in columns) or "nothing"
-            raise ValueError(
-                f"manifest {manifest} lacks the column(s) {', '.join(missing)} (found {found}); "
-                "its first line must be a tab-separated header with 'path' and 'sentence'"
-            )
-        reader.fieldnames = columns
-        rows = []
-        for record in reader:
-            name = (record.get("path") or "").strip()
-            if not name:
-                continue
-            sentence = (record.get("sentence") or "").strip()
-            rows.append(ManifestRow(path=manifest.parent / name, sentence=sentence, name=name))
-            if limit is not None and len(rows) >= limit:
-                break
+    from whisper_sv.sources._tsv import read_rows
+
+    columns, records = read_rows(manifest)
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        found = ", ".join(repr(c) for c in columns) or "nothing"
+        raise ValueError(
+            f"manifest {manifest} lacks the column(s) {', '.join(missing)} (found {found}); "
+            "its first line must be a tab-separated header with 'path' and 'sentence'"
+        )
+    rows = []
+    for record in records:
+        name = (record.fields.get("path") or "").strip()
+        if not name:
+            continue
+        sentence = (record.fields.get("sentence") or "").strip()
+        rows.append(ManifestRow(path=manifest.parent / name, sentence=sentence, name=name))
+        if limit is not None and len(rows) >= limit:
+            break
     if not rows:
         raise ValueError(f"manifest {manifest} has a header but no rows")
     return rows

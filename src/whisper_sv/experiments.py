@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from whisper_sv.train import TrainConfig
+from whisper_sv.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +188,8 @@ class _Lab:
     def cache_dir(self, store: Path) -> str:
         """Encoder outputs kept between runs and re-runs, one folder per store.
 
-        train.py keys its cache by the store's config and shard list (names and row counts),
-        which two stores of the same shape share (1 vs 8 voices, clean vs noisy): one folder
+        Training keys its encoder cache by the store's config and shard list (names and row
+        counts), which two stores of the same shape share (1 vs 8 voices, clean vs noisy): one folder
         each keeps their encoder outputs apart.
         """
         if self.train_cfg.cache_dir:
@@ -263,8 +263,7 @@ def _stamp(model: str, store: Path) -> str:
         # again must not void the evaluations made of it (~0.3 s for Whisper base).
         with weights.open("rb") as f:
             parts.append(hashlib.file_digest(f, "sha256").hexdigest()[:16])
-    from whisper_sv.store import FeatureStore
-    from whisper_sv.train import store_id
+    from whisper_sv.store import FeatureStore, store_id
 
     # The store's content (config + shards), not manifest.json: a re-run rewrites its dates.
     parts.append(store_id(FeatureStore(store)))

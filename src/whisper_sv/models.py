@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from whisper_sv.fsutil import cache_dir
+
 if TYPE_CHECKING:
     import torch
     from transformers import (
@@ -189,12 +191,6 @@ def generation_config_for(
 
 
 # --------------------------------------------------------------------------- resolver
-
-
-def cache_dir() -> Path:
-    """Where converted models live: ``$WHISPER_SV_CACHE`` or ``~/.cache/whisper-sv``."""
-    env = os.environ.get("WHISPER_SV_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "whisper-sv"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from whisper_sv.fsutil import atomic_write_text, newer
 from whisper_sv.models import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
@@ -73,16 +74,13 @@ def check_hub_reachable(repo: str) -> None:
         ) from err
 
 
-def _newer(a: Path, b: Path) -> bool:
-    return a.exists() and (not b.exists() or a.stat().st_mtime > b.stat().st_mtime)
-
-
 def run_pipeline(config: PipelineConfig) -> list[StageReport]:
     """Run the stages that are out of date; return what each did."""
     from whisper_sv.config import from_mapping
     from whisper_sv.features import BuildOptions, build_store
     from whisper_sv.sources import open_source
-    from whisper_sv.train import TrainConfig, export_run, open_store, store_id, train
+    from whisper_sv.store import open_store, store_id
+    from whisper_sv.train import TrainConfig
 
     # Every option is validated before the first stage, so a typo fails in a second.
     build_opts = from_mapping(BuildOptions, {"model": config.model, **config.features})
@@ -106,49 +104,9 @@ def run_pipeline(config: PipelineConfig) -> list[StageReport]:
 
     store = open_store(config.store)
     run = Path(config.runs) / store_id(store)
-    t = time.perf_counter()
-    metrics = run / "metrics.csv"
-    finished = run / "DONE"
-    if finished.exists():
-        reports.append(StageReport("train", False, 0.0, f"{run} is up to date"))
-    else:
-        result = train(config.store, run, model=config.model, config=train_cfg)
-        finished.write_text(json.dumps({"step": result.step}) + "\n", encoding="utf-8")
-        reports.append(
-            StageReport(
-                "train",
-                True,
-                time.perf_counter() - t,
-                f"{run}: step {result.step}, best validation WER {result.best_wer}",
-            )
-        )
-
-    t = time.perf_counter()
-    eval_json = run / f"eval-{config.eval_split}.json"
-    if config.eval_split not in store.splits():
-        reports.append(StageReport("evaluate", False, 0.0, f"no {config.eval_split} split"))
-    elif not _newer(metrics, eval_json) and eval_json.exists():
-        reports.append(StageReport("evaluate", False, 0.0, f"{eval_json} is up to date"))
-    else:
-        res = evaluate_split(str(run), store, config.eval_split)
-        eval_json.write_text(json.dumps(res, indent=2), encoding="utf-8")
-        reports.append(
-            StageReport(
-                "evaluate",
-                True,
-                time.perf_counter() - t,
-                f"{config.eval_split}: WER {res['wer']:.1f}% CER {res['cer']:.1f}% (n={res['n']})",
-            )
-        )
-
-    t = time.perf_counter()
-    ct2 = run / "ct2" / "model.bin"
-    if ct2.exists() and not _newer(run / "best" / "model.safetensors", ct2):
-        reports.append(StageReport("export", False, 0.0, f"{ct2.parent} is up to date"))
-    else:
-        out = export_run(run)
-        reports.append(StageReport("export", True, time.perf_counter() - t, str(out)))
-
+    reports.append(_train_stage(config, run, train_cfg))
+    reports.append(_evaluate_stage(run, store, config.eval_split))
+    reports.append(_export_stage(run))
     if config.push_to_hub:
         t = time.perf_counter()
         url = push_to_hub(run, config.push_to_hub)
@@ -156,13 +114,51 @@ def run_pipeline(config: PipelineConfig) -> list[StageReport]:
     return reports
 
 
+def _train_stage(config: PipelineConfig, run: Path, train_cfg: Any) -> StageReport:
+    """Train the run of this store unless it finished (``RUN/DONE``)."""
+    from whisper_sv.train import train
+
+    finished = run / "DONE"
+    if finished.exists():
+        return StageReport("train", False, 0.0, f"{run} is up to date")
+    t = time.perf_counter()
+    result = train(config.store, run, model=config.model, config=train_cfg)
+    atomic_write_text(finished, json.dumps({"step": result.step}) + "\n")
+    detail = f"{run}: step {result.step}, best validation WER {result.best_wer}"
+    return StageReport("train", True, time.perf_counter() - t, detail)
+
+
+def _evaluate_stage(run: Path, store: Any, split: str) -> StageReport:
+    """Score the run on ``split`` unless its scores are newer than its metrics."""
+    eval_json = run / f"eval-{split}.json"
+    if split not in store.splits():
+        return StageReport("evaluate", False, 0.0, f"no {split} split")
+    if eval_json.exists() and not newer(run / "metrics.csv", eval_json):
+        return StageReport("evaluate", False, 0.0, f"{eval_json} is up to date")
+    t = time.perf_counter()
+    res = evaluate_split(str(run), store, split)
+    atomic_write_text(eval_json, json.dumps(res, indent=2))
+    detail = f"{split}: WER {res['wer']:.1f}% CER {res['cer']:.1f}% (n={res['n']})"
+    return StageReport("evaluate", True, time.perf_counter() - t, detail)
+
+
+def _export_stage(run: Path) -> StageReport:
+    """Export best/ to CTranslate2 unless ``ct2/`` is newer than it."""
+    from whisper_sv.export import export_run
+
+    ct2 = run / "ct2" / "model.bin"
+    if ct2.exists() and not newer(run / "best" / "model.safetensors", ct2):
+        return StageReport("export", False, 0.0, f"{ct2.parent} is up to date")
+    t = time.perf_counter()
+    out = export_run(run)
+    return StageReport("export", True, time.perf_counter() - t, str(out))
+
+
 def evaluate_split(model_ref: str, store: Any, split: str, batch_size: int = 16) -> dict:
     """WER/CER of a model on a store split (the store's own features and labels)."""
-    from whisper_sv import models
-    from whisper_sv.train import evaluate_dataset
+    from whisper_sv.evaluation import evaluate_split as score_split
 
-    model, processor = models.load_model(model_ref)
-    res = evaluate_dataset(model, processor, store.torch_dataset(split), batch_size=batch_size)
+    res = score_split(model_ref, store, split, batch_size=batch_size)
     return {
         "model": model_ref,
         "split": split,

@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from whisper_sv.fsutil import atomic_write_text, temp_name
+
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
@@ -93,11 +95,7 @@ class Checkpoint:
     step: int
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+write_text_atomic = atomic_write_text  # the name callers know
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -216,7 +214,7 @@ def plot_curves(rows: Sequence[MetricsRow], path: Path, title: str = "") -> Path
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}.png")
+    tmp = temp_name(path, ".png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)

@@ -20,27 +20,27 @@ A 5 s clip is 80 x ~500 x 2 bytes = 80 kB instead of 80 x 3000 x 4 = 960 kB.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import socket
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from whisper_sv.audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE
+from whisper_sv.feature_config import FeatureConfig, StoreError, tokenizer_identity
+from whisper_sv.fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import torch
-
-    from whisper_sv.features import FeatureConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,12 @@ __all__ = [
     "ShardSampler",
     "StoreError",
     "collate",
+    "open_store",
+    "pad_labels",
     "read_shard_info",
     "shard_path",
+    "shard_permutation",
+    "store_id",
     "write_manifest",
     "write_shard",
 ]
@@ -79,10 +83,6 @@ META_COLUMNS = (
     "accent",
     "meta",
 )
-
-
-class StoreError(ValueError):
-    """A feature store that cannot be used as asked (missing, damaged, other config)."""
 
 
 @dataclass(frozen=True)
@@ -131,23 +131,6 @@ def shard_path(root: str | os.PathLike, split: str, index: int) -> Path:
     return Path(root) / split / f"shard-{index:05d}.parquet"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(
-        f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    )
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def remove_stale_tmp(root: str | os.PathLike) -> int:
     """Delete temporary files left by killed writers of this host; returns how many.
 
@@ -192,7 +175,7 @@ def write_shard(path: Path, rows: Sequence[Mapping[str, Any]], info: Mapping[str
     # zstd: float16 log-mel compresses by ~15-25 %, text and labels by much more; level 3 keeps
     # writing far below the cost of computing the features.
     pq.write_table(table, sink, compression="zstd", compression_level=3, use_dictionary=False)
-    _atomic_write(path, sink.getvalue().to_pybytes())
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def read_shard_info(path: Path) -> dict[str, Any]:
@@ -305,15 +288,15 @@ def write_manifest(
         "format_version": FORMAT_VERSION,
         "splits": splits,
     }
-    _atomic_write(root / REJECTS, _rejects_tsv(rejects).encode("utf-8"))
-    _atomic_write(
+    atomic_write_bytes(root / REJECTS, _rejects_tsv(rejects).encode("utf-8"))
+    atomic_write_bytes(
         root / MANIFEST, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
     )
     return manifest
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _tsv_field(value: str) -> str:
@@ -367,8 +350,6 @@ class FeatureStore:
     """
 
     def __init__(self, path: str | os.PathLike, *, expect: FeatureConfig | None = None) -> None:
-        from whisper_sv.features import FeatureConfig
-
         self.path = Path(path)
         manifest = read_manifest(self.path)
         if manifest is None:
@@ -391,25 +372,25 @@ class FeatureStore:
                 f"`whisper-sv features --model <the model> --out <new store>`"
             )
 
-    def check_processor(self, processor: Any) -> None:
+    def check_processor(self, processor: Any, n_mels: int | None = None) -> None:
         """Refuse a model whose processor gives other features or labels than the store's:
-        other mel bins or another tokenizer. Text choices (normalize_text...) are the store's.
-        Raises StoreError naming both configs."""
-        import dataclasses
-
-        from whisper_sv.features import tokenizer_identity
-
-        model = dataclasses.replace(
-            self.config,
-            n_mels=int(processor.feature_extractor.feature_size),
-            tokenizer=tokenizer_identity(processor.tokenizer),
-        )
-        if model != self.config:
+        other mel bins (``n_mels``: the model's, default the processor's) or another
+        tokenizer (not checked for stores that recorded none). Text choices (normalize_text...)
+        are the store's. Raises StoreError naming the difference and the fix."""
+        have = self.config.n_mels
+        want = int(processor.feature_extractor.feature_size) if n_mels is None else n_mels
+        if have != want:
             raise StoreError(
-                f"{self.path} was made for another model: store {self.config.describe()} vs "
-                f"this model {model.describe()} (differs in "
-                f"{', '.join(self.config.differences(model))}); rebuild the store with "
+                f"{self.path} was made for another model: it holds {have}-bin log-mel, the "
+                f"model takes {want} (n_mels: {have} != {want}); rebuild the store with "
                 f"`whisper-sv features --model <this model> --out <new store>`"
+            )
+        tokenizer = tokenizer_identity(processor.tokenizer)
+        if self.config.tokenizer and tokenizer != self.config.tokenizer:
+            raise StoreError(
+                f"{self.path} was tokenized with another tokenizer than the model's "
+                f"(tokenizer: {self.config.tokenizer!r} != {tokenizer!r}); rebuild the store "
+                f"with `whisper-sv features --model <this model> --out <new store>`"
             )
 
     def splits(self) -> list[str]:
@@ -582,15 +563,28 @@ class ShardSampler:
         return int(self.offsets[-1])
 
     def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = np.arange(len(self.offsets) - 1)
-        if self.shuffle:
-            rng.shuffle(order)
-        for k in order:
-            rows = np.arange(self.offsets[k], self.offsets[k + 1])
-            if self.shuffle:
-                rng.shuffle(rows)
-            yield from (int(r) for r in rows)
+        if not self.shuffle:
+            yield from range(len(self))
+            return
+        yield from (int(r) for r in shard_permutation(self.offsets, self.seed, self.epoch))
+
+
+def shard_permutation(offsets: Sequence[int] | np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """Row order of one epoch: shards in random order, rows shuffled within each shard.
+
+    A pure function of (seed, epoch), so each shard is read once per epoch and a resumed run
+    can rebuild any epoch's order. ``offsets`` are the shards' first rows plus the total.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    rng = np.random.default_rng([seed, epoch])
+    shards = np.arange(len(offsets) - 1)
+    rng.shuffle(shards)
+    parts = []
+    for k in shards:
+        rows = np.arange(offsets[k], offsets[k + 1])
+        rng.shuffle(rows)
+        parts.append(rows)
+    return np.concatenate(parts) if parts else np.arange(0)
 
 
 def collate(
@@ -603,9 +597,54 @@ def collate(
     if not batch:
         raise ValueError("collate got an empty batch")
     feats = torch.stack([torch.as_tensor(b["input_features"], dtype=torch.float32) for b in batch])
-    labels = [torch.as_tensor(b["labels"], dtype=torch.long) for b in batch]
-    width = max(len(x) for x in labels)
-    out = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-    for row, x in enumerate(labels):
-        out[row, : len(x)] = x
-    return {"input_features": feats, "labels": out}
+    labels = pad_labels([b["labels"] for b in batch], pad_token_id)
+    return {"input_features": feats, "labels": labels}
+
+
+def pad_labels(labels: Sequence[Any], pad_token_id: int = -100) -> torch.Tensor:
+    """Label id sequences as one int64 (B, T) tensor, right-padded with ``pad_token_id``
+    (-100: ignored by the loss)."""
+    import torch
+
+    rows = [torch.as_tensor(x, dtype=torch.long) for x in labels]
+    width = max(len(x) for x in rows)
+    out = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    for i, x in enumerate(rows):
+        out[i, : len(x)] = x
+    return out
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def open_store(path: str | os.PathLike) -> FeatureStore:
+    """The feature store at ``path``, checked for a non-empty train split."""
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(
+            f"feature store {p} does not exist; make one with `whisper-sv features --out {p}`"
+        )
+    try:
+        store = FeatureStore(p)
+    except (KeyError, TypeError) as e:
+        raise StoreError(f"{p}: damaged manifest.json ({e}); rebuild the store") from e
+    if "train" not in store.splits() or store.num_rows("train") == 0:
+        raise StoreError(f"{p} has no train clips (splits: {store.splits()}); nothing to train on")
+    for split in ("train", "validation"):
+        if split not in store.splits():
+            continue
+        for shard in store.shards(split):  # footers only: cheap, and finds a damaged file now
+            if not shard.is_file():
+                raise StoreError(f"{shard} is missing; re-run `whisper-sv features` on {p}")
+            read_shard_info(shard)
+    return store
+
+
+def store_id(store: FeatureStore) -> str:
+    """Identity of a store's content: feature config hash + every shard and its row count."""
+    m = store.manifest
+    data = {
+        "config": store.config.hash(),
+        "splits": {s: m["splits"][s].get("shards", []) for s in store.splits()},
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -24,29 +24,50 @@ checkpoint) and runs until ``trials`` trials have finished.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from whisper_sv.registry import MetricsRow, read_metrics_csv
-from whisper_sv.train import TrainConfig
+from whisper_sv.registry import MetricsRow
+from whisper_sv.train_config import TrainConfig, planned_steps
+from whisper_sv.tune_report import (
+    SeedStats,
+    TrialRow,
+    best_trial,
+    read_seed_stats,
+    seeds_markdown,
+    trial_rows,
+    trials_markdown,
+    write_report,
+)
+from whisper_sv.tune_runner import (
+    DB_FILE,
+    STUDY_FILE,
+    STUDY_NAME,
+    Outcome,
+    log_tail,
+    open_storage,
+    read_json,
+    recover,
+    run_training,
+    study_lock,
+    wer_rows,
+    write_json,
+)
+from whisper_sv.tune_space import ParamSpec, SearchSpace, load_space, show
 
 if TYPE_CHECKING:
     import optuna
+
+    from whisper_sv.store import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +80,14 @@ __all__ = [
     "TuneResult",
     "load_space",
     "planned_steps",
+    "read_seed_stats",
+    "seeds_markdown",
+    "trial_config",
+    "trials_markdown",
     "tune",
     "write_report",
 ]
 
-STUDY_NAME = "whisper-sv"
-STUDY_FILE = "study.yaml"
-DB_FILE = "study.db"
-REPORT = "report.md"
-MAX_RETRIES = 2  # times a trial cut off by a killed study is retried
-_SPEC_KEYS = ("type", "low", "high", "log", "step", "values", "choices")
-_TYPES = ("float", "int", "categorical")
 # Study settings a re-run may change and still continue the same study.
 _RESUMABLE = frozenset(
     {
@@ -87,241 +105,6 @@ _RESUMABLE = frozenset(
         "max_failures",
     }
 )
-
-
-# --------------------------------------------------------------------------- search space
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One searched TrainConfig option (a YAML entry of the space file)."""
-
-    name: str  # TrainConfig field, e.g. "lr"
-    type: Literal["float", "int", "categorical"]  # how it is drawn
-    low: float | None = None  # range start (float/int)
-    high: float | None = None  # range end, included (float/int)
-    log: bool = False  # draw on a log scale (float/int ranges)
-    step: float | None = None  # spacing of a range's values (float/int)
-    values: tuple[Any, ...] = ()  # explicit values (float/int), or the choices (categorical)
-
-    @property
-    def discrete(self) -> bool:
-        """Whether the values are listed (what a grid needs)."""
-        return bool(self.values)
-
-    def describe(self) -> str:
-        if self.values:
-            return ", ".join(_show(v) for v in self.values)
-        scale = " log" if self.log else ""
-        step = f" step {_show(self.step)}" if self.step is not None else ""
-        return f"{_show(self.low)} .. {_show(self.high)}{scale}{step}"
-
-    def suggest(self, trial: optuna.Trial) -> Any:
-        """Draw this parameter in ``trial``."""
-        if self.values:
-            return trial.suggest_categorical(self.name, list(self.values))
-        if self.type == "int":
-            return trial.suggest_int(
-                self.name,
-                int(self.low),
-                int(self.high),
-                step=int(self.step or 1),
-                log=self.log,
-            )
-        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": self.type}
-        if self.values:
-            out["choices" if self.type == "categorical" else "values"] = list(self.values)
-        else:
-            out.update(low=self.low, high=self.high)
-            if self.log:
-                out["log"] = True
-            if self.step is not None:
-                out["step"] = self.step
-        return out
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """The searched options, in file order. Build with :func:`load_space` / :meth:`parse`."""
-
-    params: tuple[ParamSpec, ...]
-
-    @property
-    def names(self) -> list[str]:
-        return [p.name for p in self.params]
-
-    def grid(self) -> dict[str, list[Any]]:
-        """``{name: values}`` for Optuna's GridSampler; every parameter must list its values."""
-        ranged = [p.name for p in self.params if not p.discrete]
-        if ranged:
-            raise ValueError(
-                f"the grid sampler needs explicit values, but {', '.join(ranged)} "
-                f"{'is a range' if len(ranged) == 1 else 'are ranges'}: write e.g. "
-                f"`{ranged[0]}: {{type: float, values: [1e-5, 1e-4, 1e-3]}}` (or use "
-                f"--sampler random/tpe for ranges)"
-            )
-        return {p.name: list(p.values) for p in self.params}
-
-    def grid_size(self) -> int:
-        return math.prod(len(v) for v in self.grid().values())
-
-    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        return {p.name: p.suggest(trial) for p in self.params}
-
-    def as_dict(self) -> dict[str, Any]:
-        return {p.name: p.as_dict() for p in self.params}
-
-    @classmethod
-    def parse(cls, data: Any, base: TrainConfig | None = None) -> SearchSpace:
-        """A space from its YAML mapping; every mistake raises ValueError naming the fix.
-
-        ``base`` (the trials' other options) is used to check that every value the space can
-        take makes a valid TrainConfig.
-        """
-        if not isinstance(data, Mapping) or not data:
-            raise ValueError(
-                "a search space is a mapping of option: spec, e.g. "
-                "`lr: {type: float, low: 1e-6, high: 1e-3, log: true}`"
-            )
-        hints = typing.get_type_hints(TrainConfig)
-        params = tuple(_parse_param(str(k), v, hints) for k, v in data.items())
-        space = cls(params)
-        _check_values(space, base or TrainConfig())
-        return space
-
-
-def load_space(path: str | os.PathLike, base: TrainConfig | None = None) -> SearchSpace:
-    """The search space in the YAML file ``path`` (see ``examples/space.yaml``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"search space file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ValueError(f"{p}: not valid YAML ({e})") from e
-    try:
-        return SearchSpace.parse(data, base)
-    except ValueError as e:
-        raise ValueError(f"{p}: {e}") from e
-
-
-def _number(name: str, key: str, value: Any) -> float:
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = float(value)  # YAML 1.1 reads "1e-5" (no dot) as text
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}: {key} must be a number, got {value!r}")
-    return value
-
-
-def _parse_param(name: str, spec: Any, hints: Mapping[str, Any]) -> ParamSpec:
-    if name not in hints:
-        raise ValueError(
-            f"{name!r} is not a training option; searchable options: {', '.join(sorted(hints))}"
-        )
-    if not isinstance(spec, Mapping):
-        raise ValueError(
-            f"{name}: expected a spec such as {{type: categorical, choices: [...]}}, got "
-            f"{spec!r} (fixed values go in the base config or --set {name}=...)"
-        )
-    unknown = sorted(set(spec) - set(_SPEC_KEYS))
-    if unknown:
-        raise ValueError(f"{name}: unknown key(s) {unknown}; valid keys: {', '.join(_SPEC_KEYS)}")
-    kind = spec.get("type")
-    if kind not in _TYPES:
-        raise ValueError(f"{name}: type must be one of {', '.join(_TYPES)}, got {kind!r}")
-    field_type = hints[name]
-    if kind == "categorical":
-        extra = sorted(k for k in ("low", "high", "log", "step", "values") if k in spec)
-        if extra:
-            raise ValueError(f"{name}: a categorical takes only `choices`, not {extra}")
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise ValueError(f"{name}: a categorical needs a non-empty list `choices: [...]`")
-        if len({json.dumps(c, sort_keys=True, default=str) for c in choices}) != len(choices):
-            raise ValueError(f"{name}: choices lists a value twice: {choices}")
-        return ParamSpec(name, "categorical", values=tuple(choices))
-    if field_type is not (int if kind == "int" else float) and not (
-        kind == "float" and field_type is int
-    ):
-        want = {int: "int", float: "float"}.get(field_type)
-        fix = f"use type: {want}" if want else "use type: categorical with choices"
-        raise ValueError(f"{name} is a {_type_name(field_type)} option: {fix}")
-    if kind == "float" and field_type is int:
-        raise ValueError(f"{name} is an integer option: use type: int")
-    if "choices" in spec:
-        raise ValueError(f"{name}: `choices` is for type: categorical; use `values` for {kind}")
-    if "values" in spec:
-        extra = sorted(k for k in ("low", "high", "log", "step") if k in spec)
-        if extra:
-            raise ValueError(f"{name}: give either `values` or a range (low/high), not both")
-        values = spec["values"]
-        if not isinstance(values, list) or not values:
-            raise ValueError(f"{name}: `values` must be a non-empty list")
-        nums = [_number(name, "values", v) for v in values]
-        if kind == "int" and any(float(v) != int(v) for v in nums):
-            raise ValueError(f"{name}: type int takes whole numbers, got {values}")
-        nums = [int(v) if kind == "int" else float(v) for v in nums]
-        if len(set(nums)) != len(nums):
-            raise ValueError(f"{name}: values lists a number twice: {values}")
-        return ParamSpec(name, kind, values=tuple(nums))
-    if "low" not in spec or "high" not in spec:
-        raise ValueError(
-            f"{name}: a {kind} needs `low` and `high` (a range) or `values: [...]` (a list)"
-        )
-    low, high = _number(name, "low", spec["low"]), _number(name, "high", spec["high"])
-    if not low < high:
-        raise ValueError(f"{name}: low ({low}) must be below high ({high})")
-    log_scale = spec.get("log", False)
-    if not isinstance(log_scale, bool):
-        raise ValueError(f"{name}: log must be true or false, got {log_scale!r}")
-    if log_scale and low <= 0:
-        raise ValueError(f"{name}: a log scale needs low > 0 (got {low})")
-    step = spec.get("step")
-    if step is not None:
-        step = _number(name, "step", step)
-        if step <= 0:
-            raise ValueError(f"{name}: step must be > 0 (got {step})")
-        if log_scale and kind == "float":
-            raise ValueError(f"{name}: a float range takes `step` or `log: true`, not both")
-    if kind == "int":
-        if any(float(v) != int(v) for v in (low, high) + ((step,) if step else ())):
-            raise ValueError(f"{name}: type int takes whole numbers for low/high/step")
-        low, high = int(low), int(high)
-        step = int(step) if step is not None else None
-        if log_scale and step not in (None, 1):
-            raise ValueError(f"{name}: an int range takes `step` or `log: true`, not both")
-    else:
-        low, high = float(low), float(high)
-    return ParamSpec(name, kind, low=low, high=high, log=log_scale, step=step)
-
-
-def _check_values(space: SearchSpace, base: TrainConfig) -> None:
-    """Every listed value and range end must make a valid TrainConfig with ``base``."""
-    from whisper_sv.config import from_mapping, to_dict
-
-    data = to_dict(base)
-    for p in space.params:
-        for v in p.values or (p.low, p.high):
-            try:
-                from_mapping(TrainConfig, {**data, p.name: v})
-            except ValueError as e:
-                raise ValueError(f"{p.name}: value {v!r} is not usable: {e}") from e
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_show(x) for x in v) + "]"
-    return str(v).lower() if isinstance(v, bool) else str(v)
 
 
 # --------------------------------------------------------------------------- options
@@ -377,22 +160,19 @@ class TuneOptions:
         need(self.poll_s > 0, "poll_s must be > 0")
 
 
-def planned_steps(cfg: TrainConfig, n_train: int, processes: int = 1) -> int:
-    """Optimizer steps ``train()`` will plan for ``cfg`` on ``n_train`` clips (its formula)."""
-    if cfg.max_steps:
-        return cfg.max_steps
-    global_batch = cfg.batch_size * cfg.grad_accum * processes
-    return max(1, math.ceil(cfg.epochs * n_train / global_batch))
-
-
 def trial_config(
     base: TrainConfig,
     params: Mapping[str, Any],
     options: TuneOptions,
-    n_train: int,
+    train_items: int | FeatureStore,
     cache_dir: Path,
 ) -> tuple[TrainConfig, int]:
-    """(the TrainConfig of a trial, its planned steps); ValueError when it cannot run."""
+    """(the TrainConfig of a trial, its planned steps); ValueError when it cannot run.
+
+    ``train_items`` is the store the trial trains on, or the number of items an epoch walks
+    (clips; packed windows when ``pack_clips > 1``). With a store the count is train's own:
+    :func:`whisper_sv.train_data.train_units` for the trial's settings.
+    """
     from whisper_sv.config import from_mapping, to_dict
 
     data = {**to_dict(base), **params}
@@ -401,7 +181,7 @@ def trial_config(
     elif options.equal_epochs:
         data.update(max_steps=0, epochs=float(options.equal_epochs))
     cfg = from_mapping(TrainConfig, data)
-    steps = planned_steps(cfg, n_train)
+    steps = planned_steps(cfg, _units(train_items, cfg))
     if options.evals_per_trial:
         every = max(1, math.ceil(steps / options.evals_per_trial))
         data.update(eval_steps=every, save_steps=every)
@@ -419,60 +199,15 @@ def trial_config(
     return cfg, steps
 
 
+def _units(train_items: int | FeatureStore, cfg: TrainConfig) -> int:
+    if isinstance(train_items, int):
+        return train_items
+    from whisper_sv.train_data import train_units
+
+    return train_units(train_items, cfg)
+
+
 # --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class TrialRow:
-    """One trial of a study, as the report shows it."""
-
-    number: int  # Optuna's trial number (its folder is trials/NNNN)
-    params: dict[str, Any]  # the searched options
-    wer: float | None  # best validation WER (the objective), percent
-    cer: float | None  # validation CER at that evaluation, percent
-    state: str  # COMPLETE, PRUNED, FAIL, RUNNING, WAITING
-    seconds: float | None  # wall time of the trial
-    steps: int | None  # optimizer steps done
-    note: str = ""  # why it stopped, retries, errors
-
-
-@dataclass(frozen=True)
-class SeedStats:
-    """One configuration trained with several seeds."""
-
-    trial: int  # the trial whose settings were repeated
-    params: dict[str, Any]  # its searched options
-    seeds: tuple[int, ...]  # seeds run
-    wers: tuple[float, ...]  # best validation WER of each seed, percent
-    cers: tuple[float, ...]  # CER at that evaluation, percent
-    seconds: tuple[float, ...]  # training wall time of each seed run
-
-    @property
-    def mean(self) -> float:
-        return sum(self.wers) / len(self.wers)
-
-    @property
-    def std(self) -> float:
-        """Sample standard deviation (0 for one seed)."""
-        n = len(self.wers)
-        if n < 2:
-            return 0.0
-        m = self.mean
-        return math.sqrt(sum((w - m) ** 2 for w in self.wers) / (n - 1))
-
-    @property
-    def min(self) -> float:
-        return min(self.wers)
-
-    @property
-    def max(self) -> float:
-        return max(self.wers)
-
-    @property
-    def cer_mean(self) -> float:
-        return sum(self.cers) / len(self.cers) if self.cers else float("nan")
-
-
 @dataclass(frozen=True)
 class TuneResult:
     """What :func:`tune` left in the study folder."""
@@ -486,123 +221,6 @@ class TuneResult:
     options: TuneOptions  # options used
     base: TrainConfig  # the trials' options before the searched ones
     space: SearchSpace  # what was searched
-
-
-# --------------------------------------------------------------------------- one training run
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    rows: tuple[MetricsRow, ...]  # evaluations with a WER (step > 0)
-    returncode: int | None  # the process's exit status (None: we stopped it)
-    stopped: str  # "" (ran to its end), "pruned", "time budget"
-    seconds: float  # wall time
-
-    @property
-    def best(self) -> MetricsRow | None:
-        rows = [r for r in self.rows if r.wer is not None]
-        return min(rows, key=lambda r: (r.wer, r.step)) if rows else None
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Make the training process end when the study process dies (even by kill -9)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """End a training process: SIGTERM, then SIGKILL. Its run folder stays consistent (every
-    checkpoint is written to a temporary folder and renamed into place)."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _wer_rows(run: Path) -> list[MetricsRow]:
-    try:
-        rows = read_metrics_csv(run / "metrics.csv")
-    except (OSError, ValueError):  # not there yet
-        return []
-    return [r for r in rows if r.step > 0 and r.wer is not None]
-
-
-def _run_training(
-    features: Path,
-    run: Path,
-    config_path: Path,
-    model: str | None,
-    log_path: Path,
-    *,
-    on_eval: Callable[[int, MetricsRow], bool] | None,
-    time_budget_s: float,
-    poll_s: float,
-) -> _Outcome:
-    """``python -m whisper_sv train`` into ``run``, watched until it ends or is stopped.
-
-    ``on_eval(k, row)`` is called for the k-th evaluation (1-based) as soon as it is in
-    ``metrics.csv``; returning True stops the run (pruned).
-    """
-    cmd = [sys.executable, "-m", "whisper_sv", "train", "--features", str(features)]
-    cmd += ["--out", str(run), "--config", str(config_path), "--no-progress"]
-    if model:
-        cmd += ["--model", model]
-    t0 = time.perf_counter()
-    reported: set[int] = set()
-    stopped = ""
-    with open(log_path, "ab") as logf:
-        logf.write(f"$ {' '.join(cmd)}\n".encode())
-        logf.flush()
-        proc = subprocess.Popen(
-            cmd,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
-        try:
-            while True:
-                rc = proc.poll()
-                rows = _wer_rows(run)
-                for k, row in enumerate(rows, 1):
-                    if row.step in reported:
-                        continue
-                    reported.add(row.step)
-                    if on_eval is not None and on_eval(k, row):
-                        stopped = "pruned"
-                        break
-                if stopped:
-                    break
-                if rc is not None:
-                    break
-                if time_budget_s and time.perf_counter() - t0 > time_budget_s:
-                    stopped = "time budget"
-                    break
-                time.sleep(poll_s)
-        finally:
-            _stop(proc)
-    return _Outcome(
-        rows=tuple(_wer_rows(run)),
-        returncode=None if stopped else proc.returncode,
-        stopped=stopped,
-        seconds=time.perf_counter() - t0,
-    )
-
-
-def _log_tail(path: Path, lines: int = 6) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    keep = [ln for ln in text.splitlines() if ln.strip() and "it/s]" not in ln]
-    return " | ".join(keep[-lines:])
 
 
 # --------------------------------------------------------------------------- the study
@@ -622,7 +240,7 @@ class _Study:
     space: SearchSpace
     base: TrainConfig
     options: TuneOptions
-    n_train: int
+    store: FeatureStore  # what every trial trains on (its step plan counts train's way)
     failures: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -637,10 +255,52 @@ class _Study:
     def run_dir(self, number: int) -> Path:
         return self.trials_dir / f"{number:04d}"
 
-    def objective(self, trial: optuna.Trial) -> float:
-        import optuna
+    def train_run(self, run: Path, on_eval: Callable[[int, MetricsRow], bool] | None) -> Outcome:
+        """Train ``run`` with its options file ``RUN.yaml`` in a child process (log:
+        ``RUN.log``), watched until it ends, is pruned or runs out of time."""
+        return run_training(
+            self.features,
+            run,
+            run.with_suffix(".yaml"),
+            self.model,
+            run.with_suffix(".log"),
+            on_eval=on_eval,
+            time_budget_s=self.options.time_budget_s,
+            poll_s=self.options.poll_s,
+        )
 
+    def objective(self, trial: optuna.Trial) -> float:
         params = self.space.suggest(trial)
+        run = self._trial_folder(trial)
+        try:
+            cfg, steps = trial_config(self.base, params, self.options, self.store, self.cache_dir)
+        except ValueError as e:
+            trial.set_user_attr("error", str(e))
+            self.failures += 1
+            raise _TrialFailed(str(e)) from e
+        trial.set_user_attr("planned_steps", steps)
+        _write_train_yaml(cfg, run.with_suffix(".yaml"))
+        log.info(
+            "trial %d: %s (%d steps)",
+            trial.number,
+            ", ".join(f"{k}={show(v)}" for k, v in params.items()),
+            steps,
+        )
+
+        def on_eval(k: int, row: MetricsRow) -> bool:
+            trial.report(float(row.wer), k)
+            return self.options.prune and trial.should_prune()
+
+        try:
+            out = self.train_run(run, on_eval)
+        except BaseException:
+            # Ctrl+C (or any crash of this process): a re-run retries the trial.
+            trial.set_user_attr("interrupted", True)
+            raise
+        return self._score(trial, out, run)
+
+    def _trial_folder(self, trial: optuna.Trial) -> Path:
+        """The trial's run folder; a retry takes over the interrupted trial's folder."""
         run = self.run_dir(trial.number)
         retry_of = trial.user_attrs.get("retry_of")
         old = self.run_dir(int(retry_of)) if retry_of is not None else None
@@ -652,40 +312,12 @@ class _Study:
                     os.replace(old.with_suffix(ext), run.with_suffix(ext))
         elif run.exists() and old is None:
             shutil.rmtree(run)  # a leftover of a study whose database was replaced
-        try:
-            cfg, steps = trial_config(self.base, params, self.options, self.n_train, self.cache_dir)
-        except ValueError as e:
-            trial.set_user_attr("error", str(e))
-            self.failures += 1
-            raise _TrialFailed(str(e)) from e
-        trial.set_user_attr("planned_steps", steps)
-        _write_train_yaml(cfg, run.with_suffix(".yaml"))
-        log.info(
-            "trial %d: %s (%d steps)",
-            trial.number,
-            ", ".join(f"{k}={_show(v)}" for k, v in params.items()),
-            steps,
-        )
+        return run
 
-        def on_eval(k: int, row: MetricsRow) -> bool:
-            trial.report(float(row.wer), k)
-            return self.options.prune and trial.should_prune()
+    def _score(self, trial: optuna.Trial, out: Outcome, run: Path) -> float:
+        """The trial's objective from its training outcome; records what happened."""
+        import optuna
 
-        try:
-            out = _run_training(
-                self.features,
-                run,
-                run.with_suffix(".yaml"),
-                self.model,
-                run.with_suffix(".log"),
-                on_eval=on_eval,
-                time_budget_s=self.options.time_budget_s,
-                poll_s=self.options.poll_s,
-            )
-        except BaseException:
-            # Ctrl+C (or any crash of this process): a re-run retries the trial.
-            trial.set_user_attr("interrupted", True)
-            raise
         best = out.best
         trial.set_user_attr("seconds", round(out.seconds, 1))
         trial.set_user_attr("steps", out.rows[-1].step if out.rows else 0)
@@ -706,7 +338,7 @@ class _Study:
                 if out.stopped
                 else "training produced no validation WER (does the store have a validation split?)"
             )
-            msg = f"{why}: {_log_tail(run.with_suffix('.log'))}"
+            msg = f"{why}: {log_tail(run.with_suffix('.log'))}"
             trial.set_user_attr("error", msg[-2000:])
             self.failures += 1
             raise _TrialFailed(msg)
@@ -727,7 +359,7 @@ class _Study:
             shutil.rmtree(self.run_dir(frozen.number) / "checkpoints", ignore_errors=True)
         if self.options.keep_models:
             return
-        best = _best_trial(study)
+        best = best_trial(study)
         for t in study.get_trials(deepcopy=False):
             if t.state.is_finished() and (best is None or t.number != best.number):
                 shutil.rmtree(self.run_dir(t.number) / "best", ignore_errors=True)
@@ -739,77 +371,6 @@ def _write_train_yaml(cfg: TrainConfig, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     dump_options(cfg, path)
-
-
-def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    from optuna.trial import TrialState
-
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    return min(done, key=lambda t: (t.value, t.number)) if done else None
-
-
-@contextlib.contextmanager
-def _study_lock(root: Path) -> Iterator[None]:
-    """One tune process per study: trials found RUNNING under the lock are from a dead one."""
-    import fcntl
-
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / ".lock"
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise ValueError(
-                f"another `whisper-sv tune` is running on {root} (pid {f.read().strip() or '?'})"
-                "; wait for it or stop it first"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _storage(root: Path) -> optuna.storages.RDBStorage:
-    import optuna
-
-    url = f"sqlite:///{(root / DB_FILE).resolve()}"
-    # A long timeout: the report reader (or a test) may hold the file for a moment.
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-
-
-def _recover(study: optuna.Study, storage: Any) -> int:
-    """Fail the trials a killed study left RUNNING and queue a retry of each (same params).
-
-    The retry takes the interrupted trial's run folder, so training continues from its last
-    checkpoint. Returns the number of retries queued.
-    """
-    from optuna.trial import TrialState
-
-    study_id = storage.get_study_id_from_name(study.study_name)
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    queued = 0
-    for t in trials:
-        interrupted = t.user_attrs.get("interrupted", False)
-        if t.state == TrialState.RUNNING:
-            tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            storage.set_trial_user_attr(tid, "interrupted", True)
-            storage.set_trial_state_values(tid, TrialState.FAIL)
-            interrupted = True
-            log.info("trial %d was cut off by a stopped study: marked failed", t.number)
-        retries = int(t.user_attrs.get("retries", 0))
-        if interrupted and t.number not in retried and retries < MAX_RETRIES:
-            study.enqueue_trial(
-                dict(t.params), user_attrs={"retry_of": t.number, "retries": retries + 1}
-            )
-            log.info("trial %d will be retried (continuing its run folder)", t.number)
-            queued += 1
-    return queued
 
 
 def _sampler(options: TuneOptions, space: SearchSpace, target: int, n_existing: int) -> Any:
@@ -893,16 +454,46 @@ def tune(
     Runs until ``options.trials`` trials have finished (complete or pruned), then the
     ``options.seeds`` repetitions, then writes ``report.md`` and the plots.
     """
-    import optuna
-    from optuna.trial import TrialState
-    from tqdm.auto import tqdm
-
-    from whisper_sv.train import open_store
-
     options = options or TuneOptions()
     base = base or TrainConfig()
     if options.seeds:
         base = _with(base, seed=options.seeds[0])
+    ctx = _prepare(features, out, space, options, base)
+    space = ctx.space
+    target = options.trials or (space.grid_size() if options.sampler == "grid" else 10)
+    root = ctx.root
+    with study_lock(root):
+        _write_settings(root, ctx.settings)
+        study, sampler = _open_study(root, options, space, target)
+        _run_trials(ctx, study, sampler, target, progress)
+        seeds = _repeat_seeds(ctx, study) if options.seeds else ()
+        report, plots = write_report(root, plots=True)
+    rows = trial_rows(study)
+    best = best_trial(study)
+    best_row = next((r for r in rows if best is not None and r.number == best.number), None)
+    return TuneResult(
+        study=root,
+        trials=tuple(rows),
+        best=best_row,
+        seeds=tuple(seeds),
+        report=report,
+        plots=tuple(plots),
+        options=options,
+        base=base,
+        space=space,
+    )
+
+
+def _prepare(
+    features: str | os.PathLike,
+    out: str | os.PathLike,
+    space: SearchSpace | str | os.PathLike,
+    options: TuneOptions,
+    base: TrainConfig,
+) -> _Study:
+    """Every check that can fail before a trial runs; the study's context."""
+    from whisper_sv.store import open_store
+
     root = Path(out).resolve()
     if root.exists() and not root.is_dir():
         raise ValueError(f"--out {root} is a file; give a folder for the study")
@@ -918,88 +509,87 @@ def tune(
             f"build the store with a validation split"
         )
     model = _resolve_model(options.model)
-    n_train = store.num_rows("train")
     if space.params:
         # The base alone must be trainable too (e.g. warm-up below the steps of a trial).
         probe = {p.name: (p.values[0] if p.values else p.low) for p in space.params}
         if "warmup_steps" not in probe:
-            trial_config(base, probe, options, n_train, root / "cache")
-    target = options.trials or (space.grid_size() if options.sampler == "grid" else 10)
-    settings = _study_settings(features, model, space, base, options)
-
-    with _study_lock(root):
-        settings_path = root / STUDY_FILE
-        if settings_path.is_file():
-            _check_same_study(yaml.safe_load(settings_path.read_text("utf-8")), settings, root)
-        elif (root / DB_FILE).exists():
-            raise ValueError(f"{root} has {DB_FILE} but no {STUDY_FILE}: not a whisper-sv study")
-        settings_path.write_text(yaml.safe_dump(settings, sort_keys=False), "utf-8")
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = _storage(root)
-        probe_study = optuna.create_study(
-            study_name=STUDY_NAME, storage=storage, direction="minimize", load_if_exists=True
-        )
-        _recover(probe_study, storage)
-        n_existing = len(probe_study.get_trials(deepcopy=False))
-        sampler = _sampler(options, space, target, n_existing)
-        study = optuna.load_study(
-            study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=_pruner(options)
-        )
-        ctx = _Study(
-            root=root,
-            features=features,
-            model=model,
-            space=space,
-            base=base,
-            options=options,
-            n_train=n_train,
-            settings=settings,
-        )
-        finished = (TrialState.COMPLETE, TrialState.PRUNED)
-
-        def n_done() -> int:
-            return len(study.get_trials(deepcopy=False, states=finished))
-
-        bar = tqdm(total=target, initial=min(n_done(), target), desc="trials", disable=not progress)
-        while n_done() < target:
-            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-            if options.sampler == "grid" and sampler.is_exhausted(study) and not waiting:
-                log.info("every grid point has been tried")
-                break
-            if ctx.failures >= options.max_failures:
-                log.warning(
-                    "%d trials failed in this run: stopping the study; see the trial logs in %s",
-                    ctx.failures,
-                    ctx.trials_dir,
-                )
-                break
-            before = n_done()
-            study.optimize(
-                ctx.objective,
-                n_trials=1,
-                catch=(_TrialFailed,),
-                callbacks=[ctx.after_trial],
-                gc_after_trial=False,
-            )
-            bar.update(n_done() - before)
-        bar.close()
-        seeds = _repeat_seeds(ctx, study) if options.seeds else ()
-        report, plots = write_report(root, plots=True)
-    rows = _trial_rows(study)
-    best = _best_trial(study)
-    best_row = next((r for r in rows if best is not None and r.number == best.number), None)
-    return TuneResult(
-        study=root,
-        trials=tuple(rows),
-        best=best_row,
-        seeds=tuple(seeds),
-        report=report,
-        plots=tuple(plots),
-        options=options,
-        base=base,
+            trial_config(base, probe, options, store, root / "cache")
+    return _Study(
+        root=root,
+        features=features,
+        model=model,
         space=space,
+        base=base,
+        options=options,
+        store=store,
+        settings=_study_settings(features, model, space, base, options),
     )
+
+
+def _write_settings(root: Path, settings: dict[str, Any]) -> None:
+    """``study.yaml``; a re-run must match the study already in ``root``."""
+    settings_path = root / STUDY_FILE
+    if settings_path.is_file():
+        _check_same_study(yaml.safe_load(settings_path.read_text("utf-8")), settings, root)
+    elif (root / DB_FILE).exists():
+        raise ValueError(f"{root} has {DB_FILE} but no {STUDY_FILE}: not a whisper-sv study")
+    settings_path.write_text(yaml.safe_dump(settings, sort_keys=False), "utf-8")
+
+
+def _open_study(
+    root: Path, options: TuneOptions, space: SearchSpace, target: int
+) -> tuple[optuna.Study, Any]:
+    """(the study, its sampler), after recovering the trials a killed study left running."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(root)
+    probe_study = optuna.create_study(
+        study_name=STUDY_NAME, storage=storage, direction="minimize", load_if_exists=True
+    )
+    recover(probe_study, storage)
+    n_existing = len(probe_study.get_trials(deepcopy=False))
+    sampler = _sampler(options, space, target, n_existing)
+    study = optuna.load_study(
+        study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=_pruner(options)
+    )
+    return study, sampler
+
+
+def _run_trials(ctx: _Study, study: optuna.Study, sampler: Any, target: int, progress: bool):
+    """Trials until ``target`` have finished, the grid is exhausted or too many failed."""
+    from optuna.trial import TrialState
+    from tqdm.auto import tqdm
+
+    options = ctx.options
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+
+    def n_done() -> int:
+        return len(study.get_trials(deepcopy=False, states=finished))
+
+    bar = tqdm(total=target, initial=min(n_done(), target), desc="trials", disable=not progress)
+    while n_done() < target:
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if options.sampler == "grid" and sampler.is_exhausted(study) and not waiting:
+            log.info("every grid point has been tried")
+            break
+        if ctx.failures >= options.max_failures:
+            log.warning(
+                "%d trials failed in this run: stopping the study; see the trial logs in %s",
+                ctx.failures,
+                ctx.trials_dir,
+            )
+            break
+        before = n_done()
+        study.optimize(
+            ctx.objective,
+            n_trials=1,
+            catch=(_TrialFailed,),
+            callbacks=[ctx.after_trial],
+            gc_after_trial=False,
+        )
+        bar.update(n_done() - before)
+    bar.close()
 
 
 def _with(cfg: TrainConfig, **changes: Any) -> TrainConfig:
@@ -1012,8 +602,40 @@ def _with(cfg: TrainConfig, **changes: Any) -> TrainConfig:
 
 
 def _seed_run_done(run: Path, steps: int) -> bool:
-    rows = _wer_rows(run)
+    rows = wer_rows(run)
     return bool(rows) and rows[-1].step >= steps and not (run / "checkpoints").is_dir()
+
+
+def _seed_result(
+    ctx: _Study, t: optuna.trial.FrozenTrial, seed: int
+) -> tuple[int, float, float, float] | None:
+    """(seed, WER, CER, seconds) of trial ``t``'s settings trained with ``seed`` (None: the
+    run failed); a finished seed run is read back, not trained again."""
+    if seed == ctx.base.seed and not t.user_attrs.get("stopped"):
+        # The trial itself was this seed's run (a resumed run equals a straight one).
+        cer = t.user_attrs.get("cer")
+        seconds = t.user_attrs.get("seconds", math.nan)
+        return (seed, float(t.value), cer or math.nan, seconds)
+    run = ctx.root / "seeds" / f"t{t.number:04d}-s{seed}"
+    cfg, steps = trial_config(
+        _with(ctx.base, seed=seed), dict(t.params), ctx.options, ctx.store, ctx.cache_dir
+    )
+    if not _seed_run_done(run, steps):
+        _write_train_yaml(cfg, run.with_suffix(".yaml"))
+        log.info("trial %d settings, seed %d", t.number, seed)
+        out = ctx.train_run(run, None)
+        if out.returncode not in (0, None) or out.best is None:
+            log.warning("seed run %s failed: %s", run.name, log_tail(run.with_suffix(".log")))
+            return None
+        shutil.rmtree(run / "checkpoints", ignore_errors=True)
+        write_json(run.with_suffix(".json"), {"seconds": round(out.seconds, 1)})
+    rows = wer_rows(run)
+    best = min(rows, key=lambda r: (r.wer, r.step))
+    seconds = read_json(run.with_suffix(".json")).get("seconds", math.nan)
+    result = (seed, float(best.wer), best.cer or math.nan, seconds)
+    if not ctx.options.keep_models:
+        shutil.rmtree(run / "best", ignore_errors=True)
+    return result
 
 
 def _repeat_seeds(ctx: _Study, study: optuna.Study) -> list[SeedStats]:
@@ -1026,7 +648,7 @@ def _repeat_seeds(ctx: _Study, study: optuna.Study) -> list[SeedStats]:
         log.warning("no complete trial: nothing to repeat over seeds")
         return []
     if ctx.options.repeat == "best":
-        chosen = [_best_trial(study)]
+        chosen = [best_trial(study)]
     else:  # one per distinct configuration (a retried trial has the same params)
         seen: dict[str, Any] = {}
         for t in sorted(complete, key=lambda t: t.number):
@@ -1035,41 +657,9 @@ def _repeat_seeds(ctx: _Study, study: optuna.Study) -> list[SeedStats]:
     jobs = [(t, s) for t in chosen for s in ctx.options.seeds]
     results: dict[int, list[tuple[int, float, float, float]]] = {t.number: [] for t in chosen}
     for t, seed in tqdm(jobs, desc="seed runs", disable=len(jobs) < 2):
-        params = dict(t.params)
-        if seed == ctx.base.seed and not t.user_attrs.get("stopped"):
-            # The trial itself was this seed's run (a resumed run equals a straight one).
-            cer = t.user_attrs.get("cer")
-            seconds = t.user_attrs.get("seconds", math.nan)
-            results[t.number].append((seed, float(t.value), cer or math.nan, seconds))
-            continue
-        run = ctx.root / "seeds" / f"t{t.number:04d}-s{seed}"
-        cfg, steps = trial_config(
-            _with(ctx.base, seed=seed), params, ctx.options, ctx.n_train, ctx.cache_dir
-        )
-        if not _seed_run_done(run, steps):
-            _write_train_yaml(cfg, run.with_suffix(".yaml"))
-            log.info("trial %d settings, seed %d", t.number, seed)
-            out = _run_training(
-                ctx.features,
-                run,
-                run.with_suffix(".yaml"),
-                ctx.model,
-                run.with_suffix(".log"),
-                on_eval=None,
-                time_budget_s=ctx.options.time_budget_s,
-                poll_s=ctx.options.poll_s,
-            )
-            if out.returncode not in (0, None) or out.best is None:
-                log.warning("seed run %s failed: %s", run.name, _log_tail(run.with_suffix(".log")))
-                continue
-            shutil.rmtree(run / "checkpoints", ignore_errors=True)
-            _write_json(run.with_suffix(".json"), {"seconds": round(out.seconds, 1)})
-        rows = _wer_rows(run)
-        best = min(rows, key=lambda r: (r.wer, r.step))
-        seconds = _read_json(run.with_suffix(".json")).get("seconds", math.nan)
-        results[t.number].append((seed, float(best.wer), best.cer or math.nan, seconds))
-        if not ctx.options.keep_models:
-            shutil.rmtree(run / "best", ignore_errors=True)
+        result = _seed_result(ctx, t, seed)
+        if result is not None:
+            results[t.number].append(result)
     stats = [
         SeedStats(
             trial=t.number,
@@ -1082,7 +672,7 @@ def _repeat_seeds(ctx: _Study, study: optuna.Study) -> list[SeedStats]:
         for t in chosen
         if results[t.number]
     ]
-    _write_json(
+    write_json(
         ctx.root / "seeds.json",
         [
             {
@@ -1097,321 +687,3 @@ def _repeat_seeds(ctx: _Study, study: optuna.Study) -> list[SeedStats]:
         ],
     )
     return stats
-
-
-def _write_json(path: Path, data: Any) -> None:
-    from whisper_sv.registry import write_text_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(data, indent=1, default=str))
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def read_seed_stats(root: Path) -> list[SeedStats]:
-    data = _read_json(root / "seeds.json") or []
-    return [
-        SeedStats(
-            trial=int(d["trial"]),
-            params=dict(d["params"]),
-            seeds=tuple(d["seeds"]),
-            wers=tuple(d["wers"]),
-            cers=tuple(d.get("cers", ())),
-            seconds=tuple(d.get("seconds", ())),
-        )
-        for d in data
-    ]
-
-
-# --------------------------------------------------------------------------- report
-
-
-def _trial_rows(study: optuna.Study) -> list[TrialRow]:
-    rows = []
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        notes = []
-        if "retry_of" in t.user_attrs:
-            notes.append(f"retry of #{t.user_attrs['retry_of']}")
-        if t.user_attrs.get("stopped"):
-            notes.append(str(t.user_attrs["stopped"]))
-        if t.user_attrs.get("interrupted"):
-            notes.append("interrupted")
-        if t.user_attrs.get("error"):
-            notes.append(str(t.user_attrs["error"])[:160])
-        seconds = t.user_attrs.get("seconds")
-        if seconds is None and t.datetime_start and t.datetime_complete:
-            seconds = (t.datetime_complete - t.datetime_start).total_seconds()
-        rows.append(
-            TrialRow(
-                number=t.number,
-                params=dict(t.params),
-                wer=t.value if t.value is not None else _last_value(t),
-                cer=t.user_attrs.get("cer"),
-                state=t.state.name,
-                seconds=seconds,
-                steps=t.user_attrs.get("steps"),
-                note="; ".join(notes),
-            )
-        )
-    return rows
-
-
-def _last_value(t: optuna.trial.FrozenTrial) -> float | None:
-    """A pruned trial's best reported WER (shown, never used as the objective)."""
-    values = list(t.intermediate_values.values())
-    return min(values) if values else None
-
-
-def _fmt(v: float | None, digits: int = 2) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:.{digits}f}"
-
-
-def trials_markdown(rows: Sequence[TrialRow], names: Sequence[str]) -> str:
-    """The trials table: number, every searched option, WER, CER, state, steps, seconds."""
-    head = ["#", *names, "WER", "CER", "state", "steps", "seconds", "note"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" for _ in head) + "|"]
-    for r in rows:
-        cells = [str(r.number)]
-        cells += [_show(r.params[n]) if n in r.params else "-" for n in names]
-        cells += [
-            _fmt(r.wer),
-            _fmt(r.cer),
-            r.state,
-            str(r.steps) if r.steps is not None else "-",
-            _fmt(r.seconds, 0),
-            r.note.replace("|", "/") or "",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def seeds_markdown(stats: Sequence[SeedStats], names: Sequence[str]) -> str:
-    head = ["trial", *names, "seeds", "WER mean", "WER std", "WER min", "WER max", "CER mean"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" for _ in head) + "|"]
-    for s in stats:
-        cells = [str(s.trial)] + [_show(s.params.get(n, "-")) for n in names]
-        cells += [",".join(str(x) for x in s.seeds), _fmt(s.mean), _fmt(s.std)]
-        cells += [_fmt(s.min), _fmt(s.max), _fmt(s.cer_mean)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_report(study_dir: str | os.PathLike, *, plots: bool = False) -> tuple[Path, list[Path]]:
-    """``STUDY/report.md`` (and, with ``plots``, the PNGs) from the study's database."""
-    import optuna
-
-    root = Path(study_dir)
-    settings = yaml.safe_load((root / STUDY_FILE).read_text("utf-8"))
-    study = optuna.load_study(study_name=STUDY_NAME, storage=_storage(root))
-    rows = _trial_rows(study)
-    names = list(settings["space"])
-    best = _best_trial(study)
-    tune_opts, train = settings["tune"], settings["train"]
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.state] = counts.get(r.state, 0) + 1
-    if tune_opts.get("steps"):
-        budget = f"{tune_opts['steps']} steps per trial"
-    elif tune_opts.get("equal_epochs"):
-        budget = (
-            f"{tune_opts['equal_epochs']:g} epochs per trial (equal samples: steps = "
-            f"epochs x train clips / batch)"
-        )
-    else:
-        budget = f"base config: max_steps {train['max_steps']}, epochs {train['epochs']}"
-    if tune_opts.get("time_budget_s"):
-        budget += f", at most {tune_opts['time_budget_s']:g} s each"
-    lines = [
-        f"# Study {root.name}",
-        "",
-        f"- store: `{settings['features']}`",
-        f"- model: `{settings['model'] or 'bundled:base'}`",
-        f"- sampler: {tune_opts['sampler']} (seed {tune_opts['seed']}); pruner: "
-        + (
-            f"median (after {tune_opts['prune_startup_trials']} finished trials, from "
-            f"evaluation {tune_opts['prune_after_evals']})"
-            if tune_opts["prune"]
-            else "none"
-        ),
-        f"- budget: {budget}; {tune_opts['evals_per_trial'] or 'base eval_steps'} "
-        "evaluations per trial",
-        "- trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())),
-        "- objective: best validation WER of the trial (percent, normalised text)",
-        "",
-        "## Search space",
-        "",
-        "| option | type | values |",
-        "|---|---|---|",
-    ]
-    from whisper_sv.config import from_mapping
-
-    space = SearchSpace.parse(settings["space"], from_mapping(TrainConfig, settings["train"]))
-    lines += [f"| {p.name} | {p.type} | {p.describe()} |" for p in space.params]
-    fixed = {k: v for k, v in train.items() if k not in names}
-    lines += [
-        "",
-        "Other training options (all trials): "
-        + ", ".join(
-            f"{k}={_show(v)}"
-            for k, v in fixed.items()
-            if k
-            in (
-                "lr",
-                "batch_size",
-                "grad_accum",
-                "warmup_steps",
-                "lr_schedule",
-                "freeze_encoder",
-                "cache_encoder",
-                "lora_rank",
-                "eval_limit",
-                "seed",
-            )
-        ),
-        "",
-        "## Trials",
-        "",
-        trials_markdown(rows, names).rstrip(),
-        "",
-        "## Best",
-        "",
-    ]
-    if best is not None:
-        sets = " ".join(f"--set {k}={_show(v)}" for k, v in best.params.items())
-        model = f" --model {settings['model']}" if settings["model"] else ""
-        lines += [
-            f"Trial {best.number}: validation WER **{best.value:.2f} %** with "
-            + ", ".join(f"{k} = {_show(v)}" for k, v in best.params.items())
-            + f" (run folder `trials/{best.number:04d}`, its options in "
-            f"`trials/{best.number:04d}.yaml`).",
-            "",
-            "Train it on its own:",
-            "",
-            "```",
-            f"whisper-sv train --features {settings['features']} --out RUN{model} "
-            f"--config {root / 'trials' / f'{best.number:04d}.yaml'}",
-            "```",
-            f"(or the base options with {sets}).",
-            "",
-        ]
-    else:
-        lines += ["No trial has completed yet.", ""]
-    stats = read_seed_stats(root)
-    if stats:
-        lines += [
-            "## Seeds",
-            "",
-            "Each configuration trained once per seed (data order, dropout, LoRA init); the "
-            "spread is what a single run's WER can move by chance.",
-            "",
-            seeds_markdown(stats, names).rstrip(),
-            "",
-        ]
-    written: list[Path] = []
-    if plots:
-        written = _plots(study, root, stats, names)
-    pngs = sorted(root.glob("*.png"))
-    if pngs:
-        lines += ["## Plots", ""]
-        lines += [f"![{p.stem}]({p.name})" for p in pngs]
-        lines.append("")
-    notes = _plot_notes(root)
-    if notes:
-        lines += [f"- {n}" for n in notes] + [""]
-    path = root / REPORT
-    from whisper_sv.registry import write_text_atomic
-
-    write_text_atomic(path, "\n".join(lines))
-    return path, written
-
-
-def _plot_notes(root: Path) -> list[str]:
-    return list(_read_json(root / ".plots.json") or [])
-
-
-def _labelled(ax: Any) -> Any:
-    ax.set_xlabel("evaluation (1 = first)")
-    ax.set_ylabel("validation WER %")
-    return ax
-
-
-def _plots(
-    study: optuna.Study, root: Path, stats: Sequence[SeedStats], names: Sequence[str]
-) -> list[Path]:
-    """history, slice, curves, importance, seeds (PNG); notes for the plots that cannot be."""
-    import warnings
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.trial import TrialState
-    from optuna.visualization import matplotlib as ovm
-
-    # Listed numeric values are categorical to Optuna: matplotlib says so at INFO, per plot.
-    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    written, notes = [], []
-
-    def save(name: str, make: Callable[[], Any]) -> None:
-        path = root / f"{name}.png"
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
-                ax = make()
-            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-            fig.set_size_inches(8, 4.5)
-            fig.savefig(path, dpi=100, bbox_inches="tight")
-            plt.close(fig)
-            written.append(path)
-        except Exception as e:  # noqa: BLE001 - a plot must never fail a finished study
-            path.unlink(missing_ok=True)
-            notes.append(f"{name}.png not drawn: {e}")
-            plt.close("all")
-
-    if complete:
-        save("history", lambda: ovm.plot_optimization_history(study, target_name="WER"))
-        save("slice", lambda: ovm.plot_slice(study, target_name="WER"))
-    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
-        # WER at each evaluation of every trial, pruned ones included: what the pruner saw.
-        save("curves", lambda: _labelled(ovm.plot_intermediate_values(study)))
-    else:
-        notes.append("no complete trial: no history or slice plot")
-    varied = [n for n in names if len({json.dumps(t.params.get(n)) for t in complete}) > 1]
-    if len(complete) >= 2 and varied:
-        save("importance", lambda: ovm.plot_param_importances(study, target_name="WER"))
-    else:
-        (root / "importance.png").unlink(missing_ok=True)
-        notes.append(
-            "parameter importance needs at least 2 complete trials that differ in a parameter "
-            f"(have {len(complete)})"
-        )
-    if stats:
-
-        def seeds_plot() -> Any:
-            fig, ax = plt.subplots()
-            labels = [
-                ", ".join(f"{k}={_show(v)}" for k, v in s.params.items()) or str(s.trial)
-                for s in stats
-            ]
-            xs = range(len(stats))
-            for x, s in zip(xs, stats, strict=True):
-                ax.scatter([x] * len(s.wers), s.wers, color="grey", s=12, zorder=2)
-            ax.errorbar(
-                xs, [s.mean for s in stats], yerr=[s.std for s in stats], fmt="o", capsize=5
-            )
-            ax.set_xticks(list(xs), labels, rotation=15, ha="right", fontsize=8)
-            ax.set_ylabel("validation WER % (mean ± std, dots: seeds)")
-            ax.grid(alpha=0.3)
-            return ax
-
-        save("seeds", seeds_plot)
-    _write_json(root / ".plots.json", notes)
-    return written

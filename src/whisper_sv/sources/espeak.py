@@ -204,7 +204,7 @@ def _private_copy() -> Path:
     import shutil
     import tempfile
 
-    from whisper_sv.models import cache_dir
+    from whisper_sv.fsutil import cache_dir, temp_name
 
     src = _loader_dir() / "libespeak-ng.so"
     digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
@@ -214,7 +214,7 @@ def _private_copy() -> Path:
             return dest
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
+            tmp = temp_name(dest)
             shutil.copyfile(src, tmp)
             tmp.replace(dest)  # atomic: concurrent workers never load a half-written file
             return dest
