@@ -35,6 +35,15 @@ class TrainState:
     bad_evals: int = 0  # evaluations since the best one (early stopping)
     stopped_early: bool = False
     world_size: int = 1
+    # Real-speech guards (run_guards.py): the start model's values and translations, the
+    # evaluations in a row with a regressed guard, and the best validation WER whatever the
+    # guards said (the model WiSE-FT interpolation starts from).
+    guard_start: dict[str, Any] = field(default_factory=dict)
+    guard_bad_evals: int = 0
+    raw_best_wer: float | None = None
+    raw_best_step: int | None = None
+    best_note: str = ""  # how best/ was chosen, when it is not simply the best checkpoint
+    best_guards: dict[str, float] = field(default_factory=dict)  # guard values of best/
 
 
 def rng_state() -> dict[str, Any]:

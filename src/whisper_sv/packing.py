@@ -35,6 +35,10 @@ from whisper_sv.audio import N_FRAMES
 __all__ = ["plan_windows", "PackedRows"]
 
 PROMPT_LENGTH = 4  # <|startoftranscript|> <|sv|> <|transcribe|> <|notimestamps|>
+# Whisper's decoder has 448 positions. Tokenising the joined text again can differ from the
+# sum of the clips' counts by about a token per join (a first word gains its leading space):
+# 16 spare positions cover 8 clips and more.
+MAX_WINDOW_LABELS = 432
 TIMESTAMP_TOKENS_PER_CLIP = 2  # a timestamped window spends a start and an end token per clip
 
 
@@ -46,10 +50,7 @@ def plan_windows(
     seed: int,
     shard_offsets: Sequence[int] | None = None,
     max_frames: int = N_FRAMES,
-    # Whisper's decoder has 448 positions. Tokenising the joined text again can differ from
-    # the sum of the clips' counts by about a token per join (a first word gains its leading
-    # space): 16 spare positions cover 8 clips and more.
-    max_labels: int = 432,
+    max_labels: int = MAX_WINDOW_LABELS,
 ) -> list[list[int]]:
     """Group clip indices into windows of at most ``max_clips`` clips, ``max_frames`` frames
     and ``max_labels`` label tokens, filling greedily in a seeded random order.

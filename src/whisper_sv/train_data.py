@@ -71,19 +71,26 @@ class RankBatches:
 
 
 def train_windows(store: FeatureStore, cfg: TrainConfig) -> list[list[int]] | None:
-    """The packing plan of the train split (clip indices per window), or None unpacked."""
-    if cfg.pack_clips <= 1:
+    """The packing plan of the train split (clip indices per window), or None unpacked.
+
+    Timestamp labels (``timestamp_share``) are made by the packed dataset, so they turn
+    packing on with windows of one clip when ``pack_clips`` is 1.
+    """
+    if cfg.pack_clips <= 1 and cfg.timestamp_share == 0:
         return None
     from whisper_sv.audio import HOP_LENGTH, SAMPLE_RATE
-    from whisper_sv.packing import plan_windows
+    from whisper_sv.packing import MAX_WINDOW_LABELS, TIMESTAMP_TOKENS_PER_CLIP, plan_windows
 
     meta = store.metadata("train", columns=("duration", "n_labels"))
+    # Timestamped windows spend two more label tokens per clip.
+    spare = TIMESTAMP_TOKENS_PER_CLIP * cfg.pack_clips if cfg.timestamp_share else 0
     windows = plan_windows(
         [max(1, round(m["duration"] * SAMPLE_RATE / HOP_LENGTH)) for m in meta],
         [m["n_labels"] for m in meta],
         max_clips=cfg.pack_clips,
         seed=cfg.seed,
         shard_offsets=store.torch_dataset("train").offsets,
+        max_labels=MAX_WINDOW_LABELS - spare,
     )
     log.info(
         "packed %d train clips into %d windows (up to %d each)",

@@ -19,17 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from whisper_sv import registry
+from whisper_sv import registry, run_guards
 from whisper_sv.checkpoint import TrainState, read_checkpoint, write_checkpoint
 from whisper_sv.encoder_cache import Encoded, encode_clips, model_fingerprint
 from whisper_sv.evaluation import EvalResult, Evaluator, finish_eval, strip_sot
 from whisper_sv.fsutil import newer
+from whisper_sv.guards import GuardCheck, regressions
 from whisper_sv.registry import MetricsRow, RunFolder
 from whisper_sv.runtime import gather_objects, unwrap_base
 from whisper_sv.store import pad_labels
 from whisper_sv.train_config import TrainConfig, TrainResult
 from whisper_sv.train_data import RankBatches, StreamOrder
-from whisper_sv.train_setup import set_train_mode
+from whisper_sv.train_setup import set_train_mode, trainable_params
 
 if TYPE_CHECKING:
     import torch
@@ -86,7 +87,14 @@ class Trainer:
             from whisper_sv.packing import PackedRows
 
             texts = [m["text"] for m in store.metadata("train", columns=("text",))]
-            self.train_set = PackedRows(self.train_set, windows, texts, processor.tokenizer)
+            self.train_set = PackedRows(
+                self.train_set,
+                windows,
+                texts,
+                processor.tokenizer,
+                timestamp_share=cfg.timestamp_share,
+                seed=cfg.seed,
+            )
         self.order = StreamOrder(self.train_set.offsets, cfg.seed)
         self.val_set = store.torch_dataset("validation") if has_val else None
         n_val = len(self.val_set) if self.val_set is not None else 0
@@ -94,6 +102,39 @@ class Trainer:
         self.cache_root = Path(cfg.cache_dir) if cfg.cache_dir else run.path / "cache"
         self.train_enc: Encoded | None = None
         self.val_enc: Encoded | None = None
+        self.guards = self._make_guards(base) if cfg.guards else None
+        # The start model's trainable weights (taken before a checkpoint is loaded) and the
+        # best-validation weights whatever the guards said: the two ends of WiSE-FT.
+        self.start_weights = self.trainable_copy() if cfg.interpolate else None
+        self.raw_best_weights: dict[str, Any] | None = None
+
+    def _make_guards(self, base: Any) -> Any:
+        from whisper_sv.fsutil import cache_dir
+        from whisper_sv.run_guards import RunGuards
+
+        # Guard stores outlive the run (RUN/cache is removed at the end): later runs and
+        # other trials reuse them.
+        root = Path(self.cfg.cache_dir) if self.cfg.cache_dir else cache_dir()
+        return RunGuards(
+            self.cfg.guards,
+            processor=self.processor,
+            model=base,
+            model_ref=str(self.info["model"]),
+            cache_root=root,
+            max_new_tokens=self.cfg.eval_max_new_tokens,
+        )
+
+    def trainable_copy(self) -> dict[str, Any]:
+        base = self.acc.unwrap_model(self.model)
+        return {n: p.detach().to("cpu", copy=True) for n, p in trainable_params(base).items()}
+
+    def load_trainable(self, weights: dict[str, Any]) -> None:
+        import torch
+
+        params = trainable_params(self.acc.unwrap_model(self.model))
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(weights[name].to(p.device, p.dtype))
 
     # ------------------------------------------------------------ data
 
@@ -106,12 +147,13 @@ class Trainer:
             "format": 1,
         }
         bs = self.cfg.eval_batch_size
+        train_key = {**key, "split": "train", "timestamp_share": self.cfg.timestamp_share}
         self.train_enc = encode_clips(
             self.model,
             self.train_set,
             list(range(len(self.train_set))),
             self.cache_root,
-            {**key, "split": "train", **({"windows": self.windows} if self.windows else {})},
+            {**train_key, **({"windows": self.windows} if self.windows else {})},
             batch_size=bs,
             accelerator=self.acc,
             progress=self.progress,
@@ -129,6 +171,68 @@ class Trainer:
                 progress=self.progress,
                 desc="encoding validation clips",
             )
+        if self.guards is not None:
+            self.guards.encode(lambda g: self._encode_guard(g, key))
+        self._distill_translations()
+
+    def _encode_guard(self, guard: Any, key: dict[str, Any]) -> Encoded:
+        from whisper_sv.store import store_id
+
+        return encode_clips(
+            self.model,
+            guard.dataset,
+            guard.indices,
+            self.cache_root,
+            {**key, "store": store_id(guard.store), "split": guard.split, "n": len(guard.indices)},
+            batch_size=self.cfg.eval_batch_size,
+            accelerator=self.acc,
+            progress=self.progress,
+            desc=f"encoding guard {guard.spec.name}",
+        )
+
+    def _distill_translations(self) -> None:
+        """Label ``translate_share`` of the training windows with the start model's English
+        (made once, at step 0, and kept in RUN/translate-labels.json for a resume)."""
+        import torch
+
+        from whisper_sv.run_guards import translation_labels
+
+        cfg, enc = self.cfg, self.train_enc
+        if not cfg.translate_share or enc is None:
+            return
+        path = self.run.path / "translate-labels.json"
+        if path.is_file():
+            made = {int(k): v for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+        elif self.state.step > 0:
+            log.warning("%s is missing: training on without translation labels", path)
+            return
+        else:
+            draws = np.random.default_rng([cfg.seed, 13]).random(len(enc.labels))
+            chosen = [int(i) for i in np.flatnonzero(draws < cfg.translate_share)]
+            base = self.acc.unwrap_model(self.model)
+            base.eval()
+            with torch.no_grad(), self.acc.autocast():
+                made = translation_labels(
+                    base,
+                    self.processor,
+                    enc.hidden,
+                    enc.labels,
+                    chosen,
+                    language=self.store.config.language,
+                    device=self.acc.device,
+                    batch_size=cfg.eval_batch_size,
+                )
+            if self.acc.is_main_process:
+                registry.write_text_atomic(path, json.dumps(made))
+            log.info(
+                "%d of %d training windows labelled with the start model's English "
+                "(%d chosen; the rest were empty or loops)",
+                len(made),
+                len(enc.labels),
+                len(chosen),
+            )
+        for i, label in made.items():
+            enc.labels[i] = label
 
     def _micro_batches(self, cursor: int) -> Iterator[dict[str, torch.Tensor]]:
         """Training micro-batches for this process from stream position ``cursor``."""
@@ -193,7 +297,8 @@ class Trainer:
         if not done:
             self._encoder_caches()
         encode_seconds = time.perf_counter() - t_enc
-        if st.step == 0 and cfg.eval_at_start and not st.rows:
+        # Guards need the start model's values: they always evaluate step 0.
+        if st.step == 0 and (cfg.eval_at_start or cfg.guards) and not st.rows:
             self._evaluate_and_record()
         start_step = st.step
         t0 = time.perf_counter()
@@ -304,14 +409,14 @@ class Trainer:
         t0 = time.perf_counter()
         with torch.no_grad(), acc.autocast():
             if self.val_enc is not None:
-                parts = self._score_cached(base, self.val_enc)
+                parts = self._score_cached(base, self.val_enc, self.evaluator)
             else:
-                parts = self._score_live(base)
+                parts = self._score_live(base, self.val_set, self.val_indices, self.evaluator)
         everything = [p for ps in gather_objects(acc, parts) for p in ps]
         return finish_eval(everything, time.perf_counter() - t0)
 
-    def _score_cached(self, base: Any, enc: Encoded) -> list[Any]:
-        """This process's share of the validation clips, from cached encoder outputs."""
+    def _score_cached(self, base: Any, enc: Encoded, evaluator: Evaluator) -> list[Any]:
+        """This process's share of some clips, from cached encoder outputs."""
         import torch
 
         acc, bs = self.acc, self.cfg.eval_batch_size
@@ -324,38 +429,77 @@ class Trainer:
             hidden = torch.from_numpy(np.stack([enc.hidden[i] for i in idx]))
             hidden = hidden.to(acc.device, dtype=torch.float32)
             labels = pad_labels([enc.labels[i] for i in idx])
-            parts.append(self.evaluator.batch(base, hidden, labels))
+            parts.append(evaluator.batch(base, hidden, labels))
         return parts
 
-    def _score_live(self, base: Any) -> list[Any]:
-        """This process's share of the validation clips, running the encoder."""
+    def _score_live(
+        self, base: Any, dataset: Any, indices: Sequence[int], evaluator: Evaluator
+    ) -> list[Any]:
+        """This process's share of some clips, running the encoder."""
         from torch.utils.data import DataLoader, Subset
 
         from whisper_sv.store import collate
 
         acc = self.acc
-        mine = self.val_indices[acc.process_index :: acc.num_processes]
+        mine = list(indices)[acc.process_index :: acc.num_processes]
         loader = DataLoader(
-            Subset(self.val_set, mine), batch_size=self.cfg.eval_batch_size, collate_fn=collate
+            Subset(dataset, mine), batch_size=self.cfg.eval_batch_size, collate_fn=collate
         )
         encoder = unwrap_base(base).get_encoder()
         parts = []
         for batch in loader:
             hidden = encoder(batch["input_features"].to(acc.device)).last_hidden_state
-            parts.append(self.evaluator.batch(base, hidden, batch["labels"]))
+            parts.append(evaluator.batch(base, hidden, batch["labels"]))
         return parts
+
+    def guard_values(self) -> dict[str, float]:
+        """The guards' metrics columns for the model as it is now ({} without guards). The
+        first call (step 0) records the start model's values and translations."""
+        import torch
+
+        if self.guards is None:
+            return {}
+        acc, st = self.acc, self.state
+        base = acc.unwrap_model(self.model)
+        base.eval()
+
+        def parts(guard: Any, evaluator: Evaluator) -> list[Any]:
+            if guard.encoded is not None:
+                mine = self._score_cached(base, guard.encoded, evaluator)
+            else:
+                mine = self._score_live(base, guard.dataset, guard.indices, evaluator)
+            return [p for ps in gather_objects(acc, mine) for p in ps]
+
+        with torch.no_grad(), acc.autocast():
+            values, translations = self.guards.score(parts, st.guard_start.get("translations"))
+        if not st.guard_start:
+            st.guard_start = {"step": st.step, "values": values, "translations": translations}
+        return values
+
+    def guard_regressions(self, values: dict[str, float]) -> list[GuardCheck]:
+        """The guard values worse than the start model's beyond the tolerances."""
+        cfg = self.cfg
+        return regressions(
+            values,
+            self.state.guard_start.get("values", {}),
+            wer_tolerance=cfg.guard_tolerance,
+            chrf_tolerance=cfg.guard_chrf_tolerance,
+        )
 
     def _evaluate_and_record(self) -> None:
         """The evaluation step: score, record the row, keep best/, decide early stopping."""
         result = self.evaluate() if self.has_val else None
-        self.record_evaluation(result)
-        if result is not None:
-            self._track_best(result)
+        values = self.guard_values()
+        self.record_evaluation(result, values)
+        self._track_best(result, values)
         if self.acc.is_main_process:
             self.run.write_metrics([MetricsRow.from_dict(r) for r in self.state.rows])
 
-    def record_evaluation(self, result: EvalResult | None) -> None:
-        """The metrics row of this step (train loss since the last row, validation scores)."""
+    def record_evaluation(
+        self, result: EvalResult | None, guard_values: dict[str, float] | None = None
+    ) -> None:
+        """The metrics row of this step (train loss since the last row, validation and
+        guard scores)."""
         st = self.state
         train_loss = st.loss_sum / st.loss_count if st.loss_count else None
         row = MetricsRow(
@@ -364,6 +508,7 @@ class Trainer:
             val_loss=result.val_loss if result else None,
             wer=result.wer if result else None,
             cer=result.cer if result else None,
+            extra=dict(guard_values or {}),
         )
         st.rows = [r for r in st.rows if r["step"] != st.step] + [row.as_dict()]
         st.loss_sum, st.loss_count = 0.0, 0
@@ -383,11 +528,21 @@ class Trainer:
         """Whether ``result`` should replace best/ (a lower validation WER)."""
         return self.state.best_wer is None or result.wer < self.state.best_wer
 
-    def _track_best(self, result: EvalResult) -> None:
-        """Keep best/ when ``result`` is better; count evaluations without gain (patience)."""
+    def _track_best(self, result: EvalResult | None, guard_values: dict[str, float]) -> None:
+        """Keep best/ when ``result`` is better and no guard regressed; count evaluations
+        without gain (patience) and with a regressed guard (guard_patience)."""
         st, cfg = self.state, self.cfg
-        if self.is_better(result):
+        checks = self.guard_regressions(guard_values)
+        self._track_guards(result, checks)
+        if result is None:
+            if self.guards is not None and not checks:
+                # No validation split: the latest model that keeps its guards.
+                st.best_step, st.best_guards = st.step, dict(guard_values)
+                self.save_best()
+            return
+        if self.is_better(result) and not checks:
             st.best_wer, st.best_step, st.bad_evals = result.wer, st.step, 0
+            st.best_guards = dict(guard_values)
             self.save_best()
         elif st.step > 0:
             st.bad_evals += 1
@@ -401,6 +556,31 @@ class Trainer:
                     st.best_step,
                 )
                 st.stopped_early = True
+
+    def _track_guards(self, result: EvalResult | None, checks: list[GuardCheck]) -> None:
+        """The best validation model whatever the guards say (WiSE-FT starts from it), the
+        loud message when a better model is refused, and stopping on guard regressions."""
+        st, cfg = self.state, self.cfg
+        if result is not None and (st.raw_best_wer is None or result.wer < st.raw_best_wer):
+            st.raw_best_wer, st.raw_best_step = result.wer, st.step
+            if self.start_weights is not None:
+                self.raw_best_weights = self.trainable_copy()
+        if not checks:
+            st.guard_bad_evals = 0
+            return
+        st.guard_bad_evals += 1
+        log.warning(
+            "step %d is not a candidate for best/: real-speech guard(s) regressed: %s",
+            st.step,
+            "; ".join(c.describe() for c in checks),
+        )
+        if cfg.guard_patience and st.guard_bad_evals >= cfg.guard_patience:
+            log.warning(
+                "early stopping at step %d: guards regressed in %d evaluations in a row",
+                st.step,
+                st.guard_bad_evals,
+            )
+            st.stopped_early = True
 
     # ------------------------------------------------------------ saving
 
@@ -419,11 +599,10 @@ class Trainer:
 
             def write(tmp: Path) -> None:
                 self._save_model_dir(tmp)
-                (tmp / "training_state.json").write_text(
-                    json.dumps(
-                        {"step": st.best_step, "wer": st.best_wer, "run": str(self.run.path)}
-                    )
-                )
+                data = {"step": st.best_step, "wer": st.best_wer, "run": str(self.run.path)}
+                if st.best_note:
+                    data["note"] = st.best_note
+                (tmp / "training_state.json").write_text(json.dumps(data))
 
             self.run.write_best(write)
         self.acc.wait_for_everyone()
@@ -458,11 +637,15 @@ class Trainer:
     def _finish(self) -> None:
         """best/ (the last model when there was no validation), curves, card, ct2 export."""
         acc, st, run = self.acc, self.state, self.run
-        if not self.val_indices:  # no validation: the last model is the one to use
+        if not self.val_indices and self.guards is None:  # the last model is the one to use
             st.best_step = st.step
             self.save_best()
         elif not run.best_dir.is_dir():
             self.save_best()
+        if self.cfg.interpolate and not (run.path / run_guards.INTERPOLATION_CSV).is_file():
+            run_guards.interpolate(self)
+        if acc.is_main_process and self.guards is not None:
+            run_guards.write_summary(self)
         if acc.is_main_process:
             rows = [MetricsRow.from_dict(r) for r in st.rows]
             run.write_metrics(rows)
@@ -489,7 +672,7 @@ class Trainer:
         settings["steps done"] = self.state.step
         settings["processes"] = self.acc.num_processes
         settings["precision"] = self.info.get("precision")
-        return registry.model_card(
+        card = registry.model_card(
             model=str(self.info["model"]),
             store=str(self.info["features"]),
             data=data,
@@ -499,3 +682,6 @@ class Trainer:
             best_wer=self.state.best_wer,
             language=self.store.config.language,
         )
+        if self.guards is None and not self.cfg.interpolate:
+            return card
+        return card.replace("## Use\n", run_guards.card_section(self) + "\n## Use\n", 1)
