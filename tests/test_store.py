@@ -266,3 +266,48 @@ def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
         p.write_bytes(b"partial")
     assert remove_stale_tmp(tmp_path) == 1
     assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_training_stream_and_shard_sampler_shuffle_alike():
+    """One shard-aware shuffle serves the sampler and the training stream: epoch e of the
+    stream is the sampler's order for epoch e, each shard's rows together."""
+    from whisper_sv.store import shard_permutation
+    from whisper_sv.train_data import StreamOrder
+
+    class Rows:  # what ShardSampler reads: the shard offsets
+        offsets = np.array([0, 5, 12, 20])
+
+    sampler = ShardSampler(Rows(), seed=7)
+    stream = StreamOrder(Rows.offsets, seed=7)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert order == stream.take(epoch * 20, 20)
+        assert order == shard_permutation(Rows.offsets, 7, epoch).tolist()
+        assert sorted(order) == list(range(20))
+        shards = [int(np.searchsorted(Rows.offsets, r, side="right")) - 1 for r in order]
+        assert shards == sorted(shards, key=shards.index)  # a shard's rows are consecutive
+    sampler.set_epoch(0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert first != list(sampler)
+    assert list(ShardSampler(Rows(), seed=7, shuffle=False)) == list(range(20))
+
+
+def test_pad_labels_right_pads_with_the_ignore_id():
+    from whisper_sv.store import pad_labels
+
+    out = pad_labels([[1, 2, 3], [4]])
+    assert out.tolist() == [[1, 2, 3], [4, -100, -100]]
+    assert pad_labels([[5], [6, 7]], pad_token_id=0).tolist() == [[5, 0], [6, 7]]
+
+
+def test_check_processor_refuses_another_tokenizer(small_store, processor):
+    import dataclasses
+
+    store = FeatureStore(small_store[0])
+    store.config = dataclasses.replace(store.config, tokenizer="0" * 16)
+    with pytest.raises(StoreError, match="another tokenizer.*rebuild the store"):
+        store.check_processor(processor)
+    store.config = dataclasses.replace(store.config, tokenizer="")  # older stores: not recorded
+    store.check_processor(processor)

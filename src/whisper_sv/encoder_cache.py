@@ -62,34 +62,65 @@ def encode_clips(
     Cached under ``folder/encoder-<hash of key>/``: a later run (a resume, another trial of a
     search) with the same model, store and clips reads them back instead of encoding again.
     """
-    import torch
-    from torch.utils.data import DataLoader, Subset
-    from tqdm.auto import tqdm
-
-    from whisper_sv.store import collate
-
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     cache = folder / f"encoder-{digest[:16]}"
     done = cache / "done.json"
     base = unwrap_base(model)
-    frames = base.config.max_source_positions
-    d = base.config.d_model
-    shape = (len(indices), frames, d)
-    if done.is_file():
-        log.info("using cached encoder outputs in %s", cache)
-        labels = json.loads((cache / "labels.json").read_text(encoding="utf-8"))
-        hidden = np.load(cache / "hidden.npy", mmap_mode="r")
-        if hidden.shape == shape and len(labels) == len(indices):
-            return Encoded(hidden=hidden, labels=labels)
-        log.warning("cached encoder outputs in %s do not match; encoding again", cache)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    shape = (len(indices), base.config.max_source_positions, base.config.d_model)
+    cached = _read_cache(cache, shape) if done.is_file() else None
+    if cached is not None:
+        return cached
     if accelerator.is_main_process:
         if cache.exists():
             shutil.rmtree(cache)
         cache.mkdir(parents=True)
         np.lib.format.open_memmap(cache / "hidden.npy", mode="w+", dtype=np.float16, shape=shape)
     accelerator.wait_for_everyone()
-    hidden = np.load(cache / "hidden.npy", mmap_mode="r+")
+    labels = _encode_share(
+        base, dataset, indices, cache / "hidden.npy", batch_size, accelerator, progress, desc
+    )
+    merged: dict[int, list[int]] = {}
+    for part in gather_objects(accelerator, labels):
+        merged.update(part)
+    ordered = [merged[i] for i in range(len(indices))]
+    if accelerator.is_main_process:
+        atomic_write_text(cache / "labels.json", json.dumps(ordered))
+        atomic_write_text(done, json.dumps({"key": key, "clips": len(indices)}))
+    accelerator.wait_for_everyone()
+    return Encoded(hidden=np.load(cache / "hidden.npy", mmap_mode="r"), labels=ordered)
+
+
+def _read_cache(cache: Path, shape: tuple[int, int, int]) -> Encoded | None:
+    """The finished cache in ``cache``, or None when it does not match ``shape``."""
+    log.info("using cached encoder outputs in %s", cache)
+    labels = json.loads((cache / "labels.json").read_text(encoding="utf-8"))
+    hidden = np.load(cache / "hidden.npy", mmap_mode="r")
+    if hidden.shape == shape and len(labels) == shape[0]:
+        return Encoded(hidden=hidden, labels=labels)
+    log.warning("cached encoder outputs in %s do not match; encoding again", cache)
+    return None
+
+
+def _encode_share(
+    base: Any,
+    dataset: Any,
+    indices: Sequence[int],
+    path: Path,
+    batch_size: int,
+    accelerator: Any,
+    progress: bool,
+    desc: str,
+) -> dict[int, list[int]]:
+    """Encode this process's share of ``indices`` (every ``world``-th) into the memory-mapped
+    ``path``; return the label ids of the clips it did, by position in ``indices``."""
+    import torch
+    from torch.utils.data import DataLoader, Subset
+    from tqdm.auto import tqdm
+
+    from whisper_sv.store import collate
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    hidden = np.load(path, mmap_mode="r+")
     mine = list(range(rank, len(indices), world))  # positions in ``indices`` this process does
     loader = DataLoader(
         Subset(dataset, [indices[i] for i in mine]),
@@ -111,16 +142,4 @@ def encode_clips(
             pos += len(feats)
     hidden.flush()
     log.info("encoded %d clips in %.1f s", len(mine), time.perf_counter() - t0)
-    all_labels = gather_objects(accelerator, labels)
-    merged: dict[int, list[int]] = {}
-    for part in all_labels:
-        merged.update(part)
-    if accelerator.is_main_process:
-        ordered = [merged[i] for i in range(len(indices))]
-        atomic_write_text(cache / "labels.json", json.dumps(ordered))
-        atomic_write_text(done, json.dumps({"key": key, "clips": len(indices)}))
-    accelerator.wait_for_everyone()
-    return Encoded(
-        hidden=np.load(cache / "hidden.npy", mmap_mode="r"),
-        labels=[merged[i] for i in range(len(indices))],
-    )
+    return labels
