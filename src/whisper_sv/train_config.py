@@ -111,6 +111,9 @@ class TrainConfig:
     ct2_quantization: str = "float16"  # export type; quantise at load time (docs/facts.md)
 
     def __post_init__(self) -> None:
+        # Guards may come as mappings or NAME=PATH texts (YAML, --set, Python callers).
+        object.__setattr__(self, "guards", tuple(GuardSpec.coerce(g) for g in self.guards))
+        object.__setattr__(self, "interpolate", tuple(float(a) for a in self.interpolate))
         _validate(self)
 
     @property
