@@ -45,10 +45,21 @@ def speak(path: Path, text: str = SENTENCE, voice: str = "sv+m3") -> Path:
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def gradio_folder(tmp_path_factory) -> Path:
+    """A private Gradio upload folder for this module (others may share the default one)."""
+    folder = tmp_path_factory.mktemp("gradio-uploads")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRADIO_TEMP_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> dict[str, Path]:
-    """A spoken Swedish sentence, a second one, a corrupt wav and a text file."""
-    root = tmp_path_factory.mktemp("clips")
+def clips(gradio_folder) -> dict[str, Path]:
+    """A spoken Swedish sentence, a second one, a corrupt wav and a text file, in the upload
+    folder (as if uploaded: the handlers accept nothing else)."""
+    root = gradio_folder / "clips"
+    root.mkdir()
     out = {
         "speech": speak(root / "stockholm.wav"),
         "speech2": speak(root / "morgon.wav", "God morgon, hur mår du i dag?", "sv+f3"),
@@ -115,9 +126,20 @@ def test_a_clip_streams_into_a_transcript_translation_and_files(tiny_ct2_dir, cl
     assert last.translator == "whisper"
     # The seeded tiny model always says something (noise words) for this clip.
     assert last.swedish, "the tiny model wrote nothing: the file checks below need text"
-    assert [Path(f).suffix for f in last.files] == [".srt", ".vtt", ".txt"]
+    stem = "stockholm"
+    assert [Path(f).name for f in last.files][:3] == [f"{stem}.srt", f"{stem}.vtt", f"{stem}.txt"]
     assert Path(last.files[2]).read_text(encoding="utf-8").strip() == last.text
     assert Path(last.files[1]).read_text(encoding="utf-8").startswith("WEBVTT\n\n")
+    # The English as subtitles too, with the translation's own segments and times.
+    from whisper_sv.infer import subtitles
+
+    assert last.english, "the tiny model translated nothing: the English files need text"
+    assert [Path(f).name for f in last.files][3:] == [f"{stem}.en.srt", f"{stem}.en.vtt"]
+    assert Path(last.files[3]).read_text(encoding="utf-8") == subtitles(last.english, "srt")
+    # Each section names the model that wrote it.
+    label = tiny_ct2_dir.name
+    assert f"· model {label}" in shown[-1].split("**English**")[0]
+    assert f"**English** · Whisper (offline) · model {label}" in shown[-1]
     chat.close()
     assert not any(Path(f).exists() for f in last.files)  # the download folder is gone
 
@@ -156,21 +178,36 @@ def test_unknown_model_and_empty_message_are_answered(tiny_app, clips):
 
 
 def test_chat_handler_answers_plain_text_with_help(tiny_app):
-    (history, box, files), *_ = list(tiny_app.chat({"text": "hej!", "files": []}, [], None, "none"))
+    (history, box, files, cancel), *_ = list(
+        tiny_app.chat({"text": "hej!", "files": []}, [], None, "none")
+    )
     assert history[-1]["role"] == "assistant" and "YouTube link" in history[-1]["content"]
-    assert box is None and files is None
+    assert box is None and files["visible"] is False and cancel["visible"] is False
+
+
+@pytest.mark.parametrize(
+    "message", [{"text": "", "files": []}, {"text": "   \n ", "files": []}, None]
+)
+def test_empty_or_blank_submit_answers_with_help(tiny_app, message):
+    outputs = list(tiny_app.chat(message, [], None, "none"))
+    assert len(outputs) == 1
+    history = outputs[0][0]
+    # No user message without content: Gradio's Chatbot refuses None (the page would break).
+    assert history == [{"role": "assistant", "content": app_mod.HELP}]
 
 
 def test_chat_handler_keeps_history_and_clears_the_box(tiny_app, clips):
     old = [{"role": "user", "content": "tidigare"}, {"role": "assistant", "content": "svar"}]
     message = {"text": "", "files": [{"path": str(clips["speech"])}]}
     outputs = list(tiny_app.chat(message, old, str(tiny_app.options.model), "none"))
-    history, box, _ = outputs[-1]
+    history, box, files, cancel = outputs[-1]
     assert history[:2] == old
     assert history[2] == {"role": "user", "content": {"path": str(clips["speech"])}}
     assert history[3]["role"] == "assistant" and "**Svenska**" in history[3]["content"]
     assert box is None  # the input box is emptied from the first update on
     assert len(outputs) >= 3  # streamed: reading, loading, ..., done
+    assert outputs[0][3]["visible"] is True and cancel["visible"] is False  # cancel while busy
+    assert files["visible"] is (files["value"] is not None)
 
 
 def test_unreachable_online_translator_is_explained_in_the_chat(tiny_ct2_dir, clips, monkeypatch):
@@ -254,15 +291,16 @@ class CountingChatApp(ChatApp):
 
     def __init__(self, options: AppOptions) -> None:
         super().__init__(options)
-        self.active = self.most = 0
+        self.active = self.most = self.calls = 0
         self._count_lock = threading.Lock()
 
-    def run(self, *args):
+    def run(self, *args, **kwargs):
         with self._count_lock:
             self.active += 1
+            self.calls += 1
             self.most = max(self.most, self.active)
         try:
-            yield from super().run(*args)
+            yield from super().run(*args, **kwargs)
         finally:
             with self._count_lock:
                 self.active -= 1
