@@ -388,6 +388,110 @@ def test_uploads_over_the_size_limit_are_refused(tiny_ct2_dir, clips):
         chat.close()
 
 
+# --------------------------------------------------------------------------- path safety
+
+
+def _files_under(folder: Path) -> dict[str, bytes]:
+    """Every non-empty file under ``folder`` (Gradio keeps empty scratch files there)."""
+    files = (p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    return {str(p): data for p in files if (data := p.read_bytes())}
+
+
+@pytest.fixture
+def secret(tmp_path, clips, gradio_folder):
+    """A server file nobody uploaded (real speech), and a symlink to it in the upload folder."""
+    path = tmp_path / "secret.wav"
+    path.write_bytes(clips["speech"].read_bytes() + b"SECRET-MARK")
+    link = gradio_folder / "link.wav"
+    link.symlink_to(path)
+    yield path, link
+    link.unlink()
+
+
+def _crafted(secret_path: Path, link: Path, gradio_folder: Path) -> list[str]:
+    return [
+        str(secret_path),  # absolute, outside
+        "/etc/passwd",
+        "/no/such/file.wav",  # missing: refused with the very same words (no oracle)
+        f"{gradio_folder}/clips/../{os.path.relpath(secret_path, gradio_folder)}",  # ..
+        os.path.relpath(secret_path),  # relative
+        str(link),  # a symlink inside the upload folder, pointing out
+        str(gradio_folder),  # the folder itself
+    ]
+
+
+def test_handlers_refuse_paths_that_were_not_uploaded(tiny_app, secret, gradio_folder):
+    secret_path, link = secret
+    before = _files_under(gradio_folder)
+    answers = set()
+    for path in _crafted(secret_path, link, gradio_folder):
+        text, reason = tiny_app.transcribe_api(path)
+        assert text == "" and reason.startswith("Only files uploaded to this app are accepted")
+        answers.add(reason)
+        outputs = list(tiny_app.chat({"text": "", "files": [{"path": path}]}, [], None, "none"))
+        assert len(outputs) == 1  # answered at once: nothing was read
+        assert outputs[0][0][-1]["content"] == f"⚠️ {reason}"
+    assert len(answers) == 1  # one answer whether the file exists or not
+    assert _files_under(gradio_folder) == before  # nothing copied in
+
+
+def _raw_call(url: str, api: str, data: list) -> str:
+    """One call of a Gradio endpoint over plain HTTP (what any client can send)."""
+    import httpx
+
+    posted = httpx.post(f"{url}gradio_api/call/{api}", json={"data": data}, timeout=30)
+    event = posted.json()["event_id"]
+    return httpx.get(f"{url}gradio_api/call/{api}/{event}", timeout=60).text
+
+
+def test_crafted_file_data_over_http_is_refused_and_nothing_copied(served, secret, gradio_folder):
+    url, chat, _ = served
+    secret_path, link = secret
+    calls, before = chat.calls, _files_under(gradio_folder)
+    for path in _crafted(secret_path, link, gradio_folder):
+        data = {"path": path, "meta": {"_type": "gradio.FileData"}}
+        answer = _raw_call(url, "transcribe", [data])
+        # Gradio refuses it (event: error) or the app does; never a transcript.
+        assert "event: error" in answer or "Only files uploaded" in answer, answer
+    assert chat.calls == calls  # no request reached the decoder
+    after = _files_under(gradio_folder)
+    assert after == before  # no copy of any crafted path in Gradio's cache
+    assert not any(b"SECRET-MARK" in content for content in after.values())
+
+
+def test_gradio_client_file_data_with_a_url_reaches_no_local_server(served, gradio_folder):
+    from gradio_client import Client
+
+    url, chat, _ = served
+    hits: list[str] = []
+
+    class Counting(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Counting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    before, calls = _files_under(gradio_folder), chat.calls
+    try:
+        client = Client(url, verbose=False)
+        target = f"http://127.0.0.1:{server.server_address[1]}/latest/meta-data/"
+        data = {"path": target, "meta": {"_type": "gradio.FileData"}}
+        try:
+            text, reason = client.predict(data, api_name="/transcribe")
+            assert text == "" and "Only files uploaded" in reason
+        except Exception as err:  # Gradio's own refusal
+            assert "Traceback" not in str(err)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert hits == []  # the server never fetched the URL
+    assert chat.calls == calls and _files_under(gradio_folder) == before
+
+
 # --------------------------------------------------------------------------- CLI and Space
 
 
