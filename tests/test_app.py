@@ -595,3 +595,17 @@ def test_bundled_model_on_a_real_recording(sv_words_dir):
     last = list(chat.run(str(sv_words_dir / "food__apple.mp3"), None, None, "none"))[-1]
     assert not last.error and last.text.strip()
     assert np.isclose(last.duration, 1.9, atol=1.5)
+
+
+def test_cancel_marks_a_running_reply_only(tiny_app):
+    running = "**Svenska** · a.wav\n\n…\n\n*⏳ Transcribing… 40% (0:02 of 0:05)*"
+    # As the page sends the history back: content as a list of text parts.
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": "https://youtu.be/x"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": running}]},
+    ]
+    shown, button = tiny_app.cancelled(history)
+    assert shown[-1]["content"] == "**Svenska** · a.wav\n\n…\n\n*⏹️ Cancelled.*"
+    assert shown[0] == history[0] and button["visible"] is False
+    done = [{"role": "assistant", "content": "**Svenska** · a.wav\n\nHej"}]
+    assert tiny_app.cancelled(done)[0] == done  # a finished reply is left as it is

@@ -508,9 +508,11 @@ class ChatApp:
         history = list(history or [])
         if history and history[-1].get("role") == "assistant":
             content = history[-1].get("content")
+            if isinstance(content, list):  # as the page sends it: [{"type": "text", ...}]
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
             if isinstance(content, str) and "⏳" in content:
                 kept = content.rsplit("\n\n*⏳", 1)[0]
-                history[-1] = {**history[-1], "content": kept + "\n\n*⏹️ Cancelled.*"}
+                history[-1] = {"role": "assistant", "content": kept + "\n\n*⏹️ Cancelled.*"}
         return history, gr.update(visible=False)
 
     def transcribe_api(self, file: str | None) -> tuple[str, str]:
