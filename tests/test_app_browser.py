@@ -309,7 +309,9 @@ def test_bundled_model_real_transcript_screenshot(browser, sv_words_dir, tmp_pat
         send_file(page, sentence)
         second = reply_text(page, 2)
         assert "Vi ses i morgon på jobbet" in second
-        assert second.count("English · Whisper (offline)") == 1
+        assert second.count("English · Whisper (offline) · model bundled:base") == 1
+        downloads = page.locator("#downloads").inner_text().replace("\n", "")
+        assert "imorgon.srt" in downloads and "imorgon.en.vtt" in downloads
         DOCS.mkdir(exist_ok=True)
         page.screenshot(path=str(DOCS / "app.png"), full_page=True)
     finally:
