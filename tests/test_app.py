@@ -499,12 +499,16 @@ def test_cli_app_parses_and_refuses_a_bad_model(capsys):
     args = cli.build_parser().parse_args(
         ["app", "--port", "7999", "--allow-host", "127.0.0.1:8000", "--translator", "none"]
     )
-    assert (args.host, args.port, args.allow_host, args.translator) == (
+    assert (args.host, args.port, args.link_hosts, args.translator) == (
         "127.0.0.1",
         7999,
-        ["127.0.0.1:8000"],
+        (*links.YOUTUBE_HOSTS, "127.0.0.1:8000"),
         "none",
     )
+    options = cli.options_from(AppOptions, args)
+    assert options.link_hosts[-1] == "127.0.0.1:8000" and options.runs_dir == ("runs", "demo-out")
+    runs = cli.build_parser().parse_args(["app", "--runs", "a", "--runs", "b"]).runs_dir
+    assert runs == ("a", "b")  # given: replaces the default folders
     assert cli.main(["app", "--model", "/no/such/model"]) == 2
     assert "not found" in capsys.readouterr().err
 

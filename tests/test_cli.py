@@ -59,7 +59,7 @@ def test_every_option_has_help_and_shows_its_default(name):
         shown = formatter._get_help_string(action) % {"default": action.default}
         if action.default not in (None, False, [], ""):
             value = action.default
-            value = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+            value = ", ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
             assert f"(default: {value})" in shown, f"{name} {action.option_strings[0]}: {shown}"
         assert shown.count("default") <= 1 or "(default: " in action.help, shown
     text = command.format_help()
@@ -72,6 +72,49 @@ def test_main_help_lists_exit_codes(capsys):
     assert stop.value.code == 0
     out = capsys.readouterr().out
     assert "0    done" in out and "1    some inputs failed" in out and "143  terminated" in out
+
+
+# --------------------------------------------------------------------------- flags = options
+
+
+def _option_classes() -> dict[str, type]:
+    from whisper_sv.app import AppOptions
+    from whisper_sv.demo import DemoOptions
+    from whisper_sv.infer import TranscribeOptions
+
+    return {"transcribe": TranscribeOptions, "app": AppOptions, "demo": DemoOptions}
+
+
+@pytest.mark.parametrize("name", ["transcribe", "app", "demo"])
+def test_every_option_field_has_its_flag_with_the_same_default(name):
+    import dataclasses
+    import typing
+
+    cls = _option_classes()[name]
+    actions = {a.dest: a for a in _subcommands()[name]._actions}
+    comments = cli.field_comments(cls)
+    for field in dataclasses.fields(cls):
+        assert field.name in actions, f"{name}: no flag for {cls.__name__}.{field.name}"
+        action = actions[field.name]
+        assert action.default == field.default, (name, field.name)
+        assert action.help and comments[field.name], (name, field.name)
+        hint = typing.get_type_hints(cls)[field.name]
+        if typing.get_origin(hint) is typing.Literal:
+            assert tuple(action.choices) == typing.get_args(hint)
+    # Parsing no flags gives the dataclass's defaults.
+    required = {"transcribe": ["x.wav"], "app": [], "demo": []}[name]
+    args = cli.build_parser().parse_args([name, *required])
+    assert cli.options_from(cls, args) == cls()
+
+
+def test_field_comments_are_the_help():
+    from whisper_sv.app import AppOptions
+
+    comments = cli.field_comments(AppOptions)
+    assert comments["port"] == "TCP port"
+    assert comments["runs_dir"].startswith("Folders whose runs the model picker lists")  # above
+    app = _subcommands()["app"]
+    assert next(a for a in app._actions if a.dest == "max_queue").help == comments["max_queue"]
 
 
 # --------------------------------------------------------------------------- one-line errors

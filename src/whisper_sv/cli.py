@@ -50,8 +50,84 @@ class _HelpFormatter(argparse.HelpFormatter):
             or default in (None, False, "", [], argparse.SUPPRESS)
         ):
             return text
-        shown = default if not isinstance(default, (list, tuple)) else ",".join(map(str, default))
+        shown = default if not isinstance(default, (list, tuple)) else ", ".join(map(str, default))
         return f"{text} (default: {str(shown).replace('%', '%%')})"
+
+
+# --------------------------------------------------------------------------- option flags
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The comment of each field of dataclass ``cls``: on its line, else the lines above."""
+    import dataclasses
+    import inspect
+    import io
+    import re
+    import tokenize
+
+    source = inspect.getsource(cls)
+    by_line: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            by_line[tok.start[0]] = tok.string.lstrip("#").strip()
+    lines = source.splitlines()
+    out = {}
+    for field in dataclasses.fields(cls):
+        row = next(i + 1 for i, line in enumerate(lines) if re.match(rf"\s+{field.name}\s*:", line))
+        above = []
+        while (
+            row - 1 - len(above) in by_line
+            and not lines[row - 2 - len(above)].split("#")[0].strip()
+        ):
+            above.insert(0, by_line[row - 1 - len(above)])
+        out[field.name] = by_line.get(row) or " ".join(above)
+    return out
+
+
+class _AddTo(argparse.Action):
+    """A repeatable flag whose values are added to the default tuple."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, (*getattr(namespace, self.dest), values))
+
+
+class _Replace(argparse.Action):
+    """A repeatable flag whose first use replaces the default tuple."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        current = getattr(namespace, self.dest)
+        kept = () if current is self.default else tuple(current)
+        setattr(namespace, self.dest, (*kept, values))
+
+
+def option_flag(p: argparse.ArgumentParser, cls: type, name: str, *flags: str, **kw) -> None:
+    """Add the flag of dataclass field ``cls.name``: default, help (the field's comment),
+    choices (a Literal type) and type come from the field; ``kw`` overrides any of them."""
+    import dataclasses
+    import types
+    import typing
+
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    hint = typing.get_type_hints(cls)[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    args = {"dest": name, "default": field.default, "help": field_comments(cls)[name]}
+    if typing.get_origin(hint) is typing.Literal:
+        args["choices"] = typing.get_args(hint)
+    if hint is bool:
+        args["action"] = "store_false" if field.default else "store_true"
+    elif hint in (int, float, str, Path):
+        args["type"] = hint
+    args.update(kw)
+    p.add_argument(*(flags or ("--" + name.replace("_", "-"),)), **args)
+
+
+def options_from(cls: type, args: argparse.Namespace, **given):
+    """An instance of dataclass ``cls`` from the parsed flags of its fields."""
+    import dataclasses
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in given}
+    return cls(**values, **given)
 
 
 def _check_device(device: str, backend: str = "ct2") -> None:
@@ -104,13 +180,13 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
         "text, or translate them to English with --task translate. Short files are decoded "
         "in batches; a file that cannot be read is reported and the rest go on.",
     )
+    from whisper_sv.infer import TranscribeOptions as T
+
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_URL", help="audio/video files or links")
     p.add_argument("--model", default="bundled:base", help="model reference")
     p.add_argument("--backend", choices=("ct2", "transformers"), default="ct2", help="engine")
-    p.add_argument(
-        "--task", choices=("transcribe", "translate"), default="transcribe", help="what to do"
-    )
-    p.add_argument("--language", default="sv", help="spoken language code")
+    option_flag(p, T, "task", help="transcribe, or translate to English text")
+    option_flag(p, T, "language", help="spoken language code")
     p.add_argument(
         "--format",
         choices=("txt", "srt", "vtt", "json"),
@@ -125,10 +201,16 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write NAME.FORMAT files into DIR (not given: print to standard output)",
     )
-    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy, 5 = OpenAI's")
-    p.add_argument("--batch-size", type=int, default=16, help="short files decoded together")
-    p.add_argument("--no-vad", action="store_true", help="decode silences of long audio too")
-    p.add_argument("--word-timestamps", action="store_true", help="per-word times (json, ct2)")
+    option_flag(p, T, "beam_size", help="1 = greedy, 5 = OpenAI's")
+    option_flag(p, T, "temperature", help="0 = deterministic; > 0 samples")
+    option_flag(p, T, "temperature_fallback", help="re-decode bad windows hotter (slower)")
+    option_flag(p, T, "batch_size", help="short files decoded together")
+    option_flag(p, T, "vad", "--no-vad", help="decode silences of long audio too")
+    option_flag(p, T, "word_timestamps", help="per-word times (json, ct2)")
+    option_flag(
+        p, T, "condition_on_previous_text", help="prompt each 30 s window with the text before"
+    )
+    option_flag(p, T, "max_new_tokens", metavar="N", help="tokens per 30 s window (not given: 448)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
     p.set_defaults(func=_cmd_transcribe)
 
@@ -146,14 +228,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 
     _quiet_decoders(args)
 
-    options = TranscribeOptions(
-        language=args.language,
-        task=args.task,
-        beam_size=args.beam_size,
-        batch_size=args.batch_size,
-        vad=not args.no_vad,
-        word_timestamps=args.word_timestamps,
-    )
+    options = options_from(TranscribeOptions, args)
     # Links are downloaded first (into a temporary folder, deleted after decoding).
     audios: list = []
     names: list[str] = []
@@ -483,55 +558,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     from whisper_sv.demo import DemoOptions
 
-    d = DemoOptions()
     p = sub.add_parser(
         "demo",
         help="the whole job on synthetic Swedish speech",
         description="synthetic Swedish speech -> feature store -> baseline WER on unseen voices "
         "-> short fine-tune -> WER after -> CTranslate2 export -> one transcript.",
     )
-    p.add_argument("--out", type=Path, default=d.out, help="output folder")
-    p.add_argument("--model", default=d.model, help="model to fine-tune")
-    p.add_argument("--train-clips", type=int, default=d.train_clips, help="training sentences")
-    p.add_argument("--test-clips", type=int, default=d.test_clips, help="test sentences")
-    p.add_argument(
-        "--pack-clips",
-        type=int,
-        default=d.pack_clips,
-        help="training clips per 30 s window (1: off)",
-    )
-    p.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    p.add_argument("--eval-steps", type=int, default=d.eval_steps, help="steps between evaluations")
-    p.add_argument("--workers", type=int, default=d.workers, help="feature-pipeline processes")
-    p.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        default=d.precision,
-        help="training precision (auto: bf16 where the CPU or GPU has it)",
-    )
+    for name in ("out", "model", "seed", "train_clips", "validation_clips", "test_clips"):
+        option_flag(p, DemoOptions, name)
+    for name in ("pack_clips", "max_steps", "batch_size", "lr", "warmup_steps", "eval_steps"):
+        option_flag(p, DemoOptions, name)
+    option_flag(p, DemoOptions, "workers")
+    option_flag(p, DemoOptions, "precision", choices=("auto", "fp32", "bf16", "fp16"))
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from whisper_sv.demo import DemoOptions, run_demo
 
-    run_demo(
-        DemoOptions(
-            out=args.out,
-            model=args.model,
-            train_clips=args.train_clips,
-            test_clips=args.test_clips,
-            pack_clips=args.pack_clips,
-            max_steps=args.max_steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            eval_steps=args.eval_steps,
-            workers=args.workers,
-            precision=args.precision,
-        )
-    )
+    run_demo(options_from(DemoOptions, args))
     return 0
 
 
@@ -568,9 +613,9 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def _add_app(sub: argparse._SubParsersAction) -> None:
-    from whisper_sv.app import LANGUAGE_NAMES, QUALITY_BEAMS, AppOptions
+    from whisper_sv.app import LANGUAGE_NAMES
+    from whisper_sv.app import AppOptions as A
 
-    d = AppOptions()
     p = sub.add_parser(
         "app",
         help="Gradio chat app: recording, file or YouTube link -> Swedish text + English",
@@ -578,60 +623,41 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
         "write a Hugging Face Space folder with --export-space. The README's Security section "
         "says what the app exposes.",
     )
-    p.add_argument("--model", default=d.model, help="model selected at start (any reference)")
-    p.add_argument(
+    option_flag(p, A, "model")
+    option_flag(
+        p,
+        A,
+        "runs_dir",
         "--runs",
-        action="append",
+        action=_Replace,
         metavar="DIR",
-        help="folder of runs (or one run folder) listed in the model picker; repeatable "
-        f"(default: {' and '.join(d.run_folders())}, where train and the demo write)",
+        help="folder of runs (or one run folder) listed in the model picker; repeatable",
     )
-    p.add_argument(
-        "--host", default=d.host, help="interface to bind (0.0.0.0: reachable from the network)"
-    )
-    p.add_argument("--port", type=int, default=d.port, help="TCP port")
-    p.add_argument(
-        "--translator",
-        choices=("whisper", "google", "none"),
-        default=d.translator,
-        help="translation preselected: Whisper (offline), Google (online) or none",
-    )
-    p.add_argument(
-        "--language", choices=tuple(LANGUAGE_NAMES), default=d.language, help="spoken language"
-    )
-    p.add_argument(
-        "--quality",
-        choices=tuple(QUALITY_BEAMS),
-        default=d.quality,
-        help="preselected: fast (greedy) or accurate (beam 5)",
-    )
-    p.add_argument(
-        "--max-file-size", type=_file_size, default=d.max_file_size, help="largest upload"
-    )
-    p.add_argument(
-        "--max-duration",
-        type=float,
-        default=d.max_duration_s,
-        metavar="S",
-        help="longest recording accepted, seconds",
-    )
-    p.add_argument(
-        "--concurrency",
-        type=int,
-        default=d.concurrency_limit,
-        metavar="N",
-        help="requests decoded at once; the others wait in a queue",
-    )
-    p.add_argument(
+    option_flag(p, A, "host", help="interface to bind (0.0.0.0: reachable from the network)")
+    option_flag(p, A, "port")
+    option_flag(p, A, "translator", choices=("whisper", "google", "none"))
+    option_flag(p, A, "language", choices=tuple(LANGUAGE_NAMES), help="spoken language")
+    option_flag(p, A, "beam_size", choices=(1, 5), help="quality: 1 = fast (greedy), 5 = accurate")
+    option_flag(p, A, "max_file_size", type=_file_size, help="largest upload (b, kb, mb, gb)")
+    option_flag(p, A, "max_duration_s", "--max-duration", metavar="S")
+    option_flag(p, A, "concurrency_limit", "--concurrency", metavar="N")
+    option_flag(p, A, "max_queue", metavar="N")
+    option_flag(p, A, "translate_timeout_s", "--translate-timeout", metavar="S")
+    option_flag(p, A, "timestamps_after_s", "--timestamps-after", metavar="S")
+    option_flag(
+        p,
+        A,
+        "link_hosts",
         "--allow-host",
-        action="append",
-        default=[],
+        action=_AddTo,
         metavar="HOST",
-        help="also accept links to HOST (or HOST:PORT); repeatable (not given: YouTube only)",
+        help="also accept links to HOST (or HOST:PORT); repeatable",
     )
-    p.add_argument(
-        "--allow-private-links",
-        action="store_true",
+    option_flag(p, A, "link_timeout_s", "--link-timeout", metavar="S")
+    option_flag(
+        p,
+        A,
+        "allow_private_links",
         help="links may reach private, loopback and link-local addresses (a LAN media server)",
     )
     p.add_argument(
@@ -643,23 +669,10 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
-    from whisper_sv import app, links, models
+    from whisper_sv import app, models
 
     models.resolve(args.model)  # a bad reference fails here, before anything starts
-    options = app.AppOptions(
-        model=args.model,
-        runs_dir=tuple(args.runs) if args.runs else app.AppOptions().runs_dir,
-        host=args.host,
-        port=args.port,
-        translator=args.translator,
-        language=args.language,
-        beam_size=app.QUALITY_BEAMS[args.quality],
-        max_file_size=args.max_file_size,
-        max_duration_s=args.max_duration,
-        concurrency_limit=args.concurrency,
-        link_hosts=(*links.YOUTUBE_HOSTS, *args.allow_host),
-        allow_private_links=args.allow_private_links,
-    )
+    options = options_from(app.AppOptions, args)
     if args.export_space:
         out = app.export_space(args.export_space, options, progress=print)
         print(f"Space written to {out}")
