@@ -45,10 +45,21 @@ def speak(path: Path, text: str = SENTENCE, voice: str = "sv+m3") -> Path:
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def gradio_folder(tmp_path_factory) -> Path:
+    """A private Gradio upload folder for this module (others may share the default one)."""
+    folder = tmp_path_factory.mktemp("gradio-uploads")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRADIO_TEMP_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> dict[str, Path]:
-    """A spoken Swedish sentence, a second one, a corrupt wav and a text file."""
-    root = tmp_path_factory.mktemp("clips")
+def clips(gradio_folder) -> dict[str, Path]:
+    """A spoken Swedish sentence, a second one, a corrupt wav and a text file, in the upload
+    folder (as if uploaded: the handlers accept nothing else)."""
+    root = gradio_folder / "clips"
+    root.mkdir()
     out = {
         "speech": speak(root / "stockholm.wav"),
         "speech2": speak(root / "morgon.wav", "God morgon, hur mår du i dag?", "sv+f3"),
@@ -115,9 +126,20 @@ def test_a_clip_streams_into_a_transcript_translation_and_files(tiny_ct2_dir, cl
     assert last.translator == "whisper"
     # The seeded tiny model always says something (noise words) for this clip.
     assert last.swedish, "the tiny model wrote nothing: the file checks below need text"
-    assert [Path(f).suffix for f in last.files] == [".srt", ".vtt", ".txt"]
+    stem = "stockholm"
+    assert [Path(f).name for f in last.files][:3] == [f"{stem}.srt", f"{stem}.vtt", f"{stem}.txt"]
     assert Path(last.files[2]).read_text(encoding="utf-8").strip() == last.text
     assert Path(last.files[1]).read_text(encoding="utf-8").startswith("WEBVTT\n\n")
+    # The English as subtitles too, with the translation's own segments and times.
+    from whisper_sv.infer import subtitles
+
+    assert last.english, "the tiny model translated nothing: the English files need text"
+    assert [Path(f).name for f in last.files][3:] == [f"{stem}.en.srt", f"{stem}.en.vtt"]
+    assert Path(last.files[3]).read_text(encoding="utf-8") == subtitles(last.english, "srt")
+    # Each section names the model that wrote it.
+    label = tiny_ct2_dir.name
+    assert f"· model {label}" in shown[-1].split("**English**")[0]
+    assert f"**English** · Whisper (offline) · model {label}" in shown[-1]
     chat.close()
     assert not any(Path(f).exists() for f in last.files)  # the download folder is gone
 
@@ -156,21 +178,36 @@ def test_unknown_model_and_empty_message_are_answered(tiny_app, clips):
 
 
 def test_chat_handler_answers_plain_text_with_help(tiny_app):
-    (history, box, files), *_ = list(tiny_app.chat({"text": "hej!", "files": []}, [], None, "none"))
+    (history, box, files, cancel), *_ = list(
+        tiny_app.chat({"text": "hej!", "files": []}, [], None, "none")
+    )
     assert history[-1]["role"] == "assistant" and "YouTube link" in history[-1]["content"]
-    assert box is None and files is None
+    assert box is None and files["visible"] is False and cancel["visible"] is False
+
+
+@pytest.mark.parametrize(
+    "message", [{"text": "", "files": []}, {"text": "   \n ", "files": []}, None]
+)
+def test_empty_or_blank_submit_answers_with_help(tiny_app, message):
+    outputs = list(tiny_app.chat(message, [], None, "none"))
+    assert len(outputs) == 1
+    history = outputs[0][0]
+    # No user message without content: Gradio's Chatbot refuses None (the page would break).
+    assert history == [{"role": "assistant", "content": app_mod.HELP}]
 
 
 def test_chat_handler_keeps_history_and_clears_the_box(tiny_app, clips):
     old = [{"role": "user", "content": "tidigare"}, {"role": "assistant", "content": "svar"}]
     message = {"text": "", "files": [{"path": str(clips["speech"])}]}
     outputs = list(tiny_app.chat(message, old, str(tiny_app.options.model), "none"))
-    history, box, _ = outputs[-1]
+    history, box, files, cancel = outputs[-1]
     assert history[:2] == old
     assert history[2] == {"role": "user", "content": {"path": str(clips["speech"])}}
     assert history[3]["role"] == "assistant" and "**Svenska**" in history[3]["content"]
     assert box is None  # the input box is emptied from the first update on
     assert len(outputs) >= 3  # streamed: reading, loading, ..., done
+    assert outputs[0][3]["visible"] is True and cancel["visible"] is False  # cancel while busy
+    assert files["visible"] is (files["value"] is not None)
 
 
 def test_unreachable_online_translator_is_explained_in_the_chat(tiny_ct2_dir, clips, monkeypatch):
@@ -254,15 +291,16 @@ class CountingChatApp(ChatApp):
 
     def __init__(self, options: AppOptions) -> None:
         super().__init__(options)
-        self.active = self.most = 0
+        self.active = self.most = self.calls = 0
         self._count_lock = threading.Lock()
 
-    def run(self, *args):
+    def run(self, *args, **kwargs):
         with self._count_lock:
             self.active += 1
+            self.calls += 1
             self.most = max(self.most, self.active)
         try:
-            yield from super().run(*args)
+            yield from super().run(*args, **kwargs)
         finally:
             with self._count_lock:
                 self.active -= 1
@@ -350,6 +388,110 @@ def test_uploads_over_the_size_limit_are_refused(tiny_ct2_dir, clips):
         chat.close()
 
 
+# --------------------------------------------------------------------------- path safety
+
+
+def _files_under(folder: Path) -> dict[str, bytes]:
+    """Every non-empty file under ``folder`` (Gradio keeps empty scratch files there)."""
+    files = (p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    return {str(p): data for p in files if (data := p.read_bytes())}
+
+
+@pytest.fixture
+def secret(tmp_path, clips, gradio_folder):
+    """A server file nobody uploaded (real speech), and a symlink to it in the upload folder."""
+    path = tmp_path / "secret.wav"
+    path.write_bytes(clips["speech"].read_bytes() + b"SECRET-MARK")
+    link = gradio_folder / "link.wav"
+    link.symlink_to(path)
+    yield path, link
+    link.unlink()
+
+
+def _crafted(secret_path: Path, link: Path, gradio_folder: Path) -> list[str]:
+    return [
+        str(secret_path),  # absolute, outside
+        "/etc/passwd",
+        "/no/such/file.wav",  # missing: refused with the very same words (no oracle)
+        f"{gradio_folder}/clips/../{os.path.relpath(secret_path, gradio_folder)}",  # ..
+        os.path.relpath(secret_path),  # relative
+        str(link),  # a symlink inside the upload folder, pointing out
+        str(gradio_folder),  # the folder itself
+    ]
+
+
+def test_handlers_refuse_paths_that_were_not_uploaded(tiny_app, secret, gradio_folder):
+    secret_path, link = secret
+    before = _files_under(gradio_folder)
+    answers = set()
+    for path in _crafted(secret_path, link, gradio_folder):
+        text, reason = tiny_app.transcribe_api(path)
+        assert text == "" and reason.startswith("Only files uploaded to this app are accepted")
+        answers.add(reason)
+        outputs = list(tiny_app.chat({"text": "", "files": [{"path": path}]}, [], None, "none"))
+        assert len(outputs) == 1  # answered at once: nothing was read
+        assert outputs[0][0][-1]["content"] == f"⚠️ {reason}"
+    assert len(answers) == 1  # one answer whether the file exists or not
+    assert _files_under(gradio_folder) == before  # nothing copied in
+
+
+def _raw_call(url: str, api: str, data: list) -> str:
+    """One call of a Gradio endpoint over plain HTTP (what any client can send)."""
+    import httpx
+
+    posted = httpx.post(f"{url}gradio_api/call/{api}", json={"data": data}, timeout=30)
+    event = posted.json()["event_id"]
+    return httpx.get(f"{url}gradio_api/call/{api}/{event}", timeout=60).text
+
+
+def test_crafted_file_data_over_http_is_refused_and_nothing_copied(served, secret, gradio_folder):
+    url, chat, _ = served
+    secret_path, link = secret
+    calls, before = chat.calls, _files_under(gradio_folder)
+    for path in _crafted(secret_path, link, gradio_folder):
+        data = {"path": path, "meta": {"_type": "gradio.FileData"}}
+        answer = _raw_call(url, "transcribe", [data])
+        # Gradio refuses it (event: error) or the app does; never a transcript.
+        assert "event: error" in answer or "Only files uploaded" in answer, answer
+    assert chat.calls == calls  # no request reached the decoder
+    after = _files_under(gradio_folder)
+    assert after == before  # no copy of any crafted path in Gradio's cache
+    assert not any(b"SECRET-MARK" in content for content in after.values())
+
+
+def test_gradio_client_file_data_with_a_url_reaches_no_local_server(served, gradio_folder):
+    from gradio_client import Client
+
+    url, chat, _ = served
+    hits: list[str] = []
+
+    class Counting(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Counting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    before, calls = _files_under(gradio_folder), chat.calls
+    try:
+        client = Client(url, verbose=False)
+        target = f"http://127.0.0.1:{server.server_address[1]}/latest/meta-data/"
+        data = {"path": target, "meta": {"_type": "gradio.FileData"}}
+        try:
+            text, reason = client.predict(data, api_name="/transcribe")
+            assert text == "" and "Only files uploaded" in reason
+        except Exception as err:  # Gradio's own refusal
+            assert "Traceback" not in str(err)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert hits == []  # the server never fetched the URL
+    assert chat.calls == calls and _files_under(gradio_folder) == before
+
+
 # --------------------------------------------------------------------------- CLI and Space
 
 
@@ -357,12 +499,16 @@ def test_cli_app_parses_and_refuses_a_bad_model(capsys):
     args = cli.build_parser().parse_args(
         ["app", "--port", "7999", "--allow-host", "127.0.0.1:8000", "--translator", "none"]
     )
-    assert (args.host, args.port, args.allow_host, args.translator) == (
+    assert (args.host, args.port, args.link_hosts, args.translator) == (
         "127.0.0.1",
         7999,
-        ["127.0.0.1:8000"],
+        (*links.YOUTUBE_HOSTS, "127.0.0.1:8000"),
         "none",
     )
+    options = cli.options_from(AppOptions, args)
+    assert options.link_hosts[-1] == "127.0.0.1:8000" and options.runs_dir == ("runs", "demo-out")
+    runs = cli.build_parser().parse_args(["app", "--runs", "a", "--runs", "b"]).runs_dir
+    assert runs == ("a", "b")  # given: replaces the default folders
     assert cli.main(["app", "--model", "/no/such/model"]) == 2
     assert "not found" in capsys.readouterr().err
 
@@ -453,3 +599,17 @@ def test_bundled_model_on_a_real_recording(sv_words_dir):
     last = list(chat.run(str(sv_words_dir / "food__apple.mp3"), None, None, "none"))[-1]
     assert not last.error and last.text.strip()
     assert np.isclose(last.duration, 1.9, atol=1.5)
+
+
+def test_cancel_marks_a_running_reply_only(tiny_app):
+    running = "**Svenska** · a.wav\n\n…\n\n*⏳ Transcribing… 40% (0:02 of 0:05)*"
+    # As the page sends the history back: content as a list of text parts.
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": "https://youtu.be/x"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": running}]},
+    ]
+    shown, button = tiny_app.cancelled(history)
+    assert shown[-1]["content"] == "**Svenska** · a.wav\n\n…\n\n*⏹️ Cancelled.*"
+    assert shown[0] == history[0] and button["visible"] is False
+    done = [{"role": "assistant", "content": "**Svenska** · a.wav\n\nHej"}]
+    assert tiny_app.cancelled(done)[0] == done  # a finished reply is left as it is

@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -57,6 +58,23 @@ def _speak(path: Path, text: str, voice: str = "sv+m3") -> Path:
 
 
 class _Quiet(SimpleHTTPRequestHandler):
+    """Serves the folder; /slow.wav trickles a WAV header and silence for about a minute."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path != "/slow.wav":
+            return super().do_GET()
+        self.send_response(200)
+        self.send_header("Content-Type", "audio/wav")
+        self.send_header("Content-Length", str(1_000_000))
+        self.end_headers()
+        try:
+            for _ in range(600):
+                self.wfile.write(bytes(1_000))
+                self.wfile.flush()
+                time.sleep(0.1)
+        except OSError:  # the client went away
+            pass
+
     def log_message(self, *args) -> None:
         pass
 
@@ -140,7 +158,7 @@ def reply_text(page, n: int = 1) -> str:
         """([n]) => {
             const bots = document.querySelectorAll('#chat [data-testid=bot]');
             const t = bots.length >= n ? bots[n - 1].innerText : '';
-            return t && !t.includes('⏳') && (t.includes('Svenska') || t.includes('⚠️'));
+            return t && !t.includes('⏳') && (t.includes(' · ') || t.includes('⚠️'));
         }""",
         arg=[n],
         timeout=TIMEOUT_MS,
@@ -148,16 +166,83 @@ def reply_text(page, n: int = 1) -> str:
     return bot.inner_text()
 
 
-def test_upload_shows_transcript_translation_and_downloads(page, media):
+def test_upload_shows_transcript_translation_and_downloads(page, media, tiny_ct2_dir):
     root, _ = media
+    assert not page.locator("#downloads").is_visible()  # no empty panel before a reply
     send_file(page, root / "stockholm.wav")
     text = reply_text(page)
-    assert "Svenska · stockholm.wav · 3.6 s" in text
-    assert "English · Whisper (offline)" in text
+    model = f"model {tiny_ct2_dir.name}"
+    assert f"Svenska · stockholm.wav · 3.6 s · {model}" in text
+    assert f"English · Whisper (offline) · {model}" in text
     assert "⚠️" not in text
-    downloads = page.locator("#downloads").inner_text()
-    if "No speech found" not in text:  # the random model may hear nothing
-        assert "stockholm.srt" in downloads.replace("\n", "")
+    assert "No speech found" not in text  # the seeded tiny model always says something
+    page.locator("#downloads").wait_for(state="visible")
+    downloads = page.locator("#downloads").inner_text().replace("\n", "")
+    for name in ("stockholm.srt", "stockholm.vtt", "stockholm.txt"):
+        assert name in downloads
+    assert "stockholm.en.srt" in downloads and "stockholm.en.vtt" in downloads
+    assert not page.locator("#cancel").is_visible()  # only while a job runs
+
+
+def pick(page, elem_id: str, label: str) -> None:
+    """Choose ``label`` in the dropdown ``#elem_id``."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=label, exact=True).click()
+    page.wait_for_function(
+        "([id, v]) => document.querySelector(`#${id} input`).value === v",
+        arg=[elem_id, label],
+    )
+
+
+def test_language_and_quality_choices(page, media):
+    root, _ = media
+    assert page.locator("#language input").input_value() == "Svenska"  # the default
+    assert page.locator("#quality input").input_value() == "Fast (greedy)"
+    pick(page, "language", "Norsk")
+    pick(page, "quality", "Accurate (beam 5, about 1.6x slower)")
+    send_file(page, root / "stockholm.wav")
+    text = reply_text(page)
+    assert "Norsk · stockholm.wav · 3.6 s · model" in text and "(accurate)" in text
+
+
+@pytest.mark.parametrize("typed", ["", "   "])
+def test_empty_submit_answers_with_help_and_the_page_keeps_working(page, media, typed):
+    root, _ = media
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.locator("#input textarea").fill(typed)
+    page.locator("#input textarea").press("Enter")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#chat [data-testid=bot]')]"
+        ".some(b => b.innerText.includes('YouTube link'))",
+        timeout=30_000,
+    )
+    page.wait_for_timeout(500)
+    assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()
+    assert errors == []
+    send_file(page, root / "stockholm.wav")  # buttons still work
+    assert "Svenska · stockholm.wav" in reply_text(page, 2)
+
+
+def test_cancel_stops_a_long_job(page, media):
+    root, host = media
+    send_text(page, f"http://{host}/slow.wav")
+    page.locator("#cancel").wait_for(state="visible", timeout=30_000)
+    page.wait_for_function(
+        "() => document.querySelector('#chat [data-testid=bot]')?.innerText.includes('Downloading')",
+        timeout=30_000,
+    )
+    page.locator("#cancel").click()
+    page.wait_for_function(
+        "() => document.querySelector('#chat [data-testid=bot]')?.innerText.includes('Cancelled')",
+        timeout=30_000,
+    )
+    page.locator("#cancel").wait_for(state="hidden", timeout=10_000)
+    page.wait_for_timeout(2_000)  # the cancelled job sends nothing more
+    text = page.locator("#chat [data-testid=bot]").first.inner_text()
+    assert "Cancelled" in text and "Downloading" not in text
+    send_file(page, root / "stockholm.wav")  # and the app takes the next job
+    assert "Svenska · stockholm.wav" in reply_text(page, 2)
 
 
 def test_corrupt_upload_shows_a_readable_message(page, media):
@@ -224,7 +309,9 @@ def test_bundled_model_real_transcript_screenshot(browser, sv_words_dir, tmp_pat
         send_file(page, sentence)
         second = reply_text(page, 2)
         assert "Vi ses i morgon på jobbet" in second
-        assert second.count("English · Whisper (offline)") == 1
+        assert second.count("English · Whisper (offline) · model bundled:base") == 1
+        downloads = page.locator("#downloads").inner_text().replace("\n", "")
+        assert "imorgon.srt" in downloads and "imorgon.en.vtt" in downloads
         DOCS.mkdir(exist_ok=True)
         page.screenshot(path=str(DOCS / "app.png"), full_page=True)
     finally:

@@ -213,3 +213,114 @@ def test_no_stray_files_in_the_real_temp_dir(local, media_server):
     before = set(Path(tempfile.gettempdir()).glob("whisper-sv-link-*"))
     links.fetch_audio(f"http://{media_server}/tone.wav", local)
     assert set(Path(tempfile.gettempdir()).glob("whisper-sv-link-*")) == before
+
+
+# --------------------------------------------------------------------------- redirects, addresses
+
+
+class _Counting(SimpleHTTPRequestHandler):
+    """Serves a folder; "/to?url" answers 302 to url; counts every request it gets."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.server.hits.append(self.path)
+        if self.path.startswith("/to?"):
+            self.send_response(302)
+            self.send_header("Location", self.path[len("/to?") :])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_GET()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def two_servers(tmp_path):
+    """Two local servers with the same tone: "allowed" and "other" (never on the list)."""
+    t = np.arange(16_000) / 16_000
+    sf.write(tmp_path / "tone.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16_000)
+    servers = {}
+    for name in ("allowed", "other"):
+        server = ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(_Counting, directory=str(tmp_path))
+        )
+        server.hits = []
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers[name] = server
+    yield {k: (f"127.0.0.1:{v.server_address[1]}", v.hits) for k, v in servers.items()}
+    for server in servers.values():
+        server.shutdown()
+        server.server_close()
+
+
+def test_redirects_inside_the_allow_list_are_followed(two_servers):
+    allowed, hits = two_servers["allowed"]
+    options = LinkOptions(allowed_hosts=(allowed,), timeout_s=5)
+    url = f"http://{allowed}/to?/to?/tone.wav"  # two hops, both on the allowed server
+    got = links.fetch_audio(url, options)
+    assert got.duration == pytest.approx(1.0, abs=0.05)
+    assert hits == ["/to?/to?/tone.wav", "/to?/tone.wav", "/tone.wav"]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://{other}/latest/meta-data/",  # another port of the same address
+        "http://localhost:{other_port}/tone.wav",  # a name for 127.0.0.1, not on the list
+        "/to?http://{other}/tone.wav",  # the bad hop comes second
+    ],
+)
+def test_a_redirect_to_a_host_off_the_list_never_reaches_it(two_servers, target):
+    allowed, allowed_hits = two_servers["allowed"]
+    other, other_hits = two_servers["other"]
+    options = LinkOptions(allowed_hosts=(allowed,), timeout_s=5)
+    target = target.format(other=other, other_port=other.rsplit(":", 1)[1])
+    with pytest.raises(LinkError, match="redirects elsewhere: links to .* are not accepted"):
+        links.fetch_audio(f"http://{allowed}/to?{target}", options)
+    assert other_hits == []  # zero requests reached the server that is not allowed
+    assert allowed_hits  # while the allowed one was asked
+
+
+def test_a_name_that_resolves_to_loopback_is_refused_unless_allowed(two_servers, monkeypatch):
+    other, hits = two_servers["other"]
+    port = other.rsplit(":", 1)[1]
+    url = f"http://localhost:{port}/tone.wav"
+    options = LinkOptions(allowed_hosts=(f"localhost:{port}",), timeout_s=5)
+    with pytest.raises(LinkError, match="private or local address"):
+        links.fetch_audio(url, options)
+    assert hits == []
+    monkeypatch.setenv(links.PRIVATE_ENV, "1")  # the explicit opt-in
+    assert links.fetch_audio(url, options).duration == pytest.approx(1.0, abs=0.05)
+    assert hits == ["/tone.wav"]
+
+
+def test_address_rules():
+    options = LinkOptions(allowed_hosts=("127.0.0.1:8000", "lan.example"))
+    assert options.address_allowed("example.org", "93.184.215.14")
+    assert options.address_allowed("127.0.0.1", "127.0.0.1")  # named on the list itself
+    for host, address in [
+        ("lan.example", "192.168.1.10"),
+        ("lan.example", "169.254.169.254"),  # cloud metadata (link-local)
+        ("lan.example", "::1"),
+        ("lan.example", "10.0.0.1"),
+        ("localhost", "127.0.0.1"),
+    ]:
+        assert not options.address_allowed(host, address), address
+    assert LinkOptions(allow_private=True).address_allowed("lan.example", "192.168.1.10")
+
+
+def test_redirect_loops_stop(two_servers):
+    allowed, hits = two_servers["allowed"]
+    url = f"http://{allowed}/to?" * 8 + "/tone.wav"
+    with pytest.raises(LinkError, match="too many redirects"):
+        links.fetch_audio(url, LinkOptions(allowed_hosts=(allowed,), timeout_s=5))
+    assert len(hits) == links.MAX_REDIRECTS + 1
+
+
+def test_yt_dlp_runs_youtube_extractors_only(two_servers, tmp_path):
+    # Handed a non-YouTube link directly, yt-dlp has no extractor for it and asks nobody.
+    other, hits = two_servers["other"]
+    with pytest.raises(LinkError, match="no audio or video found"):
+        links._download(f"http://{other}/tone.wav", tmp_path, LinkOptions(), None)
+    assert hits == []

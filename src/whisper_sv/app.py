@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -42,6 +43,24 @@ TRANSLATOR_CHOICES: tuple[tuple[str, str], ...] = (
     ("English by Google Translate (online)", "google"),
     ("No translation", "none"),
 )
+# Spoken languages offered (label in its own language, Whisper code); Swedish first.
+LANGUAGE_CHOICES: tuple[tuple[str, str], ...] = (
+    ("Svenska", "sv"),
+    ("English", "en"),
+    ("Norsk", "no"),
+    ("Dansk", "da"),
+    ("Suomi", "fi"),
+    ("Deutsch", "de"),
+    ("Français", "fr"),
+    ("Español", "es"),
+)
+LANGUAGE_NAMES = {code: name for name, code in LANGUAGE_CHOICES}
+QUALITY_CHOICES: tuple[tuple[str, str], ...] = (
+    ("Fast (greedy)", "fast"),
+    ("Accurate (beam 5, about 1.6x slower)", "accurate"),
+)
+QUALITY_BEAMS = {"fast": 1, "accurate": 5}
+_SIZE_RE = re.compile(r"\d+(\.\d+)?\s*(b|kb|mb|gb)?", re.IGNORECASE)  # Gradio's size syntax
 HELP = (
     "Send a **recording** (microphone), an **audio or video file**, or a **YouTube link**. "
     "The reply is the Swedish transcript and its English translation."
@@ -56,19 +75,23 @@ class AppOptions:
     """How the app is served and what it accepts."""
 
     model: str = models.DEFAULT_MODEL  # model selected when the page opens
-    runs_dir: str | None = "runs"  # run registry listed in the model picker (None: no runs)
+    # Folders whose runs the model picker lists ("runs": train's usual place, "demo-out": the
+    # demo's run); a run folder itself may be given too. None: no runs.
+    runs_dir: str | tuple[str, ...] | None = ("runs", "demo-out")
     host: str = "127.0.0.1"  # interface to bind; 0.0.0.0 exposes the app to the network
     port: int = 7860  # TCP port
-    max_file_size: str = "200mb"  # largest upload Gradio accepts (its own size syntax)
+    max_file_size: str = "200mb"  # largest upload Gradio accepts: a number and b/kb/mb/gb
     max_duration_s: float = 3_600.0  # longer recordings (uploads and links) are refused
     concurrency_limit: int = 2  # requests decoded at once (2 fits 2 CPU cores); others queue
     max_queue: int = 64  # requests allowed to wait; beyond that users get "queue full"
     translator: str = "whisper"  # translation preselected: "whisper", "google" or "none"
     translate_timeout_s: float = 10.0  # online translator: give up after this many seconds
-    beam_size: int = 1  # 1 = greedy: 1.6x faster than beam 5 on CPU (docs/benchmarks.md)
+    beam_size: int = 1  # quality preselected: 1 = fast (greedy, 1.6x faster on CPU), 5 = accurate
+    language: str = "sv"  # spoken language preselected (a code of LANGUAGE_CHOICES)
     timestamps_after_s: float = 30.0  # audio longer than this is shown with timestamps
     link_hosts: tuple[str, ...] = links.YOUTUBE_HOSTS  # link hosts; + $WHISPER_SV_LINK_HOSTS
     link_timeout_s: float = 20.0  # network timeout of link downloads, seconds
+    allow_private_links: bool = False  # links to private/loopback addresses (see links.py)
 
     def __post_init__(self) -> None:
         if self.translator not in translate.BACKENDS:
@@ -83,13 +106,36 @@ class AppOptions:
             raise ValueError(f"max_duration_s must be > 0, got {self.max_duration_s}")
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if not _SIZE_RE.fullmatch(str(self.max_file_size).strip()):
+            raise ValueError(
+                f"max file size must be a number with an optional unit b, kb, mb or gb "
+                f"(e.g. 200mb), not {self.max_file_size!r}"
+            )
+        if self.language not in dict((code, n) for n, code in LANGUAGE_CHOICES):
+            codes = ", ".join(code for _, code in LANGUAGE_CHOICES)
+            raise ValueError(f"language must be one of {codes}, not {self.language!r}")
 
     def link_options(self) -> links.LinkOptions:
         return links.LinkOptions(
             allowed_hosts=self.link_hosts,
             max_duration_s=self.max_duration_s,
             timeout_s=self.link_timeout_s,
+            allow_private=self.allow_private_links,
         )
+
+    def run_folders(self) -> tuple[str, ...]:
+        if not self.runs_dir:
+            return ()
+        return (self.runs_dir,) if isinstance(self.runs_dir, str) else tuple(self.runs_dir)
+
+    @property
+    def quality(self) -> str:
+        """The quality preselected, from ``beam_size``."""
+        return "fast" if self.beam_size == 1 else "accurate"
+
+
+class UploadRefused(ValueError):
+    """A file path that did not come from an upload to this app."""
 
 
 @dataclass
@@ -99,10 +145,14 @@ class Reply:
     source: str = ""  # what was sent: a file name or a link
     duration: float = 0.0  # seconds of audio
     status: str = ""  # what is happening now ("" once done)
-    swedish: list[Segment] = field(default_factory=list)  # transcript so far
+    language: str = "sv"  # spoken language (Whisper code)
+    model: str = ""  # which model wrote the transcript (a label)
+    quality: str = ""  # "fast" or "accurate"
+    swedish: list[Segment] = field(default_factory=list)  # transcript so far (any language)
     english: list[Segment] = field(default_factory=list)  # Whisper translation so far
     english_text: str = ""  # online translation (whole text)
     translator: str = "none"  # which translation is shown
+    translation_model: str = ""  # which model or service wrote the English (a label)
     translation_note: str = ""  # why there is no translation (online translator unreachable)
     error: str = ""  # a failure, in words; nothing else is shown then
     files: list[str] = field(default_factory=list)  # SRT / VTT / TXT to download
@@ -116,7 +166,7 @@ class Reply:
 
     @property
     def text(self) -> str:
-        """The Swedish transcript, one segment per line."""
+        """The transcript, one segment per line."""
         return "\n".join(s.text.strip() for s in self.swedish if s.text.strip())
 
     @property
@@ -126,11 +176,26 @@ class Reply:
         return "\n".join(s.text.strip() for s in self.english if s.text.strip())
 
 
+@dataclass(frozen=True)
+class Request:
+    """What one request asks for (the page's choices, or the app's defaults)."""
+
+    model: str  # model reference
+    translator: str  # "whisper", "google" or "none"
+    language: str = "sv"  # spoken language (Whisper code)
+    beam_size: int = 1  # 1 = fast (greedy), 5 = accurate
+
+
 # --------------------------------------------------------------------------- the request
 
 
 class ChatApp:
-    """The app's state (options, loaded models, download folder) and its request handler."""
+    """The app's state (options, loaded models, download folder) and its request handlers.
+
+    :meth:`run` is the library entry: it trusts its ``file`` argument. The Gradio handlers
+    (:meth:`chat`, :meth:`transcribe_api`) accept only files inside Gradio's upload folder
+    (:meth:`uploaded`), whatever a client sends.
+    """
 
     def __init__(self, options: AppOptions | None = None) -> None:
         self.options = options or AppOptions()
@@ -141,13 +206,20 @@ class ChatApp:
     # ------------------------------------------------------------------ models
 
     def model_choices(self) -> list[tuple[str, str]]:
-        """(label, reference) of the bundled model, every run in ``runs_dir``, and ``model``."""
+        """(label, reference) of the bundled model, every run found, and ``model``."""
         choices = [(models.DEFAULT_MODEL, models.DEFAULT_MODEL)]
-        if self.options.runs_dir:
-            choices += [(f"run: {p.name}", str(p)) for p in find_runs(self.options.runs_dir)]
+        seen = set()
+        for folder in self.options.run_folders():
+            for run in find_runs(folder):
+                if run.resolve() not in seen:
+                    seen.add(run.resolve())
+                    choices.append((f"run: {_run_label(run)}", str(run)))
         if self.options.model not in [ref for _, ref in choices]:
             choices.append((_model_label(self.options.model), self.options.model))
         return choices
+
+    def model_label(self, ref: str) -> str:
+        return next((label for label, r in self.model_choices() if r == ref), _model_label(ref))
 
     def transcriber(self, ref: str) -> Transcriber:
         """The Transcriber of ``ref``, loaded once and shared by all requests."""
@@ -162,16 +234,31 @@ class ChatApp:
     # ------------------------------------------------------------------ one request
 
     def run(
-        self, file: str | None, link: str | None, model: str | None, translator: str | None
+        self,
+        file: str | None,
+        link: str | None,
+        model: str | None,
+        translator: str | None,
+        *,
+        language: str | None = None,
+        quality: str | None = None,
     ) -> Iterator[Reply]:
         """Transcribe (and translate) one file or link, yielding the reply as it grows.
 
         Never raises: a failure ends the stream with ``reply.error`` set. Each state is a
-        snapshot, so a caller may keep them all.
+        snapshot, so a caller may keep them all. ``file`` is trusted (any path on this
+        machine): the Gradio handlers check theirs with :meth:`uploaded` first.
         """
-        reply = Reply(source=Path(file).name if file else (link or ""))
+        opts = self.options
+        request = Request(
+            model=model or opts.model,
+            translator=translator or opts.translator,
+            language=language or opts.language,
+            beam_size=QUALITY_BEAMS.get(quality or "", opts.beam_size),
+        )
+        reply = Reply(source=Path(file).name if file else (link or ""), language=request.language)
         try:
-            for state in self._run(reply, file, link, model or self.options.model, translator):
+            for state in self._run(reply, file, link, request):
                 yield state.snapshot()
         except Exception as err:  # the last line of defence: a sentence, not a traceback
             log.exception("request failed: %s", reply.source)
@@ -182,107 +269,112 @@ class ChatApp:
             yield reply.snapshot()
 
     def _run(
-        self, reply: Reply, file: str | None, link: str | None, model: str, translator: str | None
+        self, reply: Reply, file: str | None, link: str | None, request: Request
     ) -> Iterator[Reply]:
-        opts = self.options
-        if model not in [ref for _, ref in self.model_choices()]:
-            reply.error = f"Unknown model {model!r}; pick one from the list."
+        if request.model not in [ref for _, ref in self.model_choices()]:
+            reply.error = f"Unknown model {request.model!r}; pick one from the list."
             yield reply
             return
-        translator = translator or opts.translator
-
+        if request.language not in LANGUAGE_NAMES:
+            reply.error = f"Unknown language {request.language!r}; pick one from the list."
+            yield reply
+            return
         # 1. The audio, as a 16 kHz array.
-        if file:
-            reply.status = "Reading the file…"
-            yield reply
-            declared = _declared_duration(file)
-            if declared > opts.max_duration_s:
-                # Refused before decoding: 200 MB of low-bitrate audio can be days of sound.
-                reply.error = (
-                    f"**{_md(reply.source)}** is {_length(declared)} long; the limit is "
-                    f"{_length(opts.max_duration_s)}. Send a shorter recording."
-                )
+        audio = None
+        states = self._read_file(reply, file) if file else self._fetch(reply, link) if link else ()
+        for state in states:
+            if isinstance(state, np.ndarray):
+                audio = state
+            else:
                 yield reply
-                return
-            try:
-                audio = load_audio(file, name=reply.source)
-            except AudioError as err:
-                reply.error = f"Could not read **{_md(reply.source)}**: {_md(err.reason)}."
-                yield reply
-                return
-        elif link:
-            audio = None
-            for state in self._fetch(reply, link):
-                if isinstance(state, np.ndarray):
-                    audio = state
-                else:
-                    yield reply
-            if audio is None:
-                yield reply
-                return
-        else:
-            reply.error = HELP
+        if audio is None:
+            reply.error = reply.error or HELP
             yield reply
             return
-        reply.duration = duration_s(audio)
-        if reply.duration > opts.max_duration_s:
-            reply.error = (
-                f"**{_md(reply.source)}** is {_length(reply.duration)} long; the limit is "
-                f"{_length(opts.max_duration_s)}. Send a shorter recording."
-            )
+        if not self._check_length(reply, audio):
             yield reply
             return
-        if reply.duration == 0:
-            reply.error = f"**{_md(reply.source)}** holds no sound."
-            yield reply
-            return
-        reply.timestamps = reply.duration > opts.timestamps_after_s
-
         # 2. The model (loaded once, then shared).
-        if model not in self._transcribers:
+        if request.model not in self._transcribers:
             reply.status = "Loading the model…"
             yield reply
         try:
-            transcriber = self.transcriber(model)
+            transcriber = self.transcriber(request.model)
         except ValueError as err:
             reply.error = f"Cannot load the model: {_md(str(err))}"
             yield reply
             return
+        reply.model = self.model_label(request.model)
+        reply.quality = "fast" if request.beam_size == 1 else "accurate"
+        # 3. The transcript, segment by segment; 4. English; 5. files to download.
+        yield from self._transcribe(reply, transcriber, audio, request)
+        yield from self._translate(reply, transcriber, audio, request)
+        reply.files = self._write_files(reply)
+        reply.status = ""
+        yield reply
 
-        # 3. Swedish, segment by segment.
+    def _read_file(self, reply: Reply, file: str) -> Iterator[np.ndarray | None]:
+        """Decode ``file``, yielding None with progress, then the audio (nothing on failure)."""
+        reply.status = "Reading the file…"
+        yield None
+        declared = _declared_duration(file)
+        if declared > self.options.max_duration_s:
+            # Refused before decoding: 200 MB of low-bitrate audio can be days of sound.
+            reply.error = _too_long(reply.source, declared, self.options.max_duration_s)
+            return
+        try:
+            yield load_audio(file, name=reply.source)
+        except AudioError as err:
+            reply.error = f"Could not read **{_md(reply.source)}**: {_md(err.reason)}."
+
+    def _check_length(self, reply: Reply, audio: np.ndarray) -> bool:
+        reply.duration = duration_s(audio)
+        if reply.duration > self.options.max_duration_s:
+            reply.error = _too_long(reply.source, reply.duration, self.options.max_duration_s)
+        elif reply.duration == 0:
+            reply.error = f"**{_md(reply.source)}** holds no sound."
+        reply.timestamps = reply.duration > self.options.timestamps_after_s
+        return not reply.error
+
+    def _transcribe(
+        self, reply: Reply, transcriber: Transcriber, audio: np.ndarray, request: Request
+    ) -> Iterator[Reply]:
         reply.status = _progress("Transcribing", 0.0, reply.duration)
         yield reply
-        for segment in transcriber.stream(audio, language="sv", beam_size=opts.beam_size):
+        stream = transcriber.stream(audio, language=request.language, beam_size=request.beam_size)
+        for segment in stream:
             reply.swedish.append(segment)
             reply.status = _progress("Transcribing", segment.end, reply.duration)
             yield reply
 
-        # 4. English.
-        reply.translator = translator
-        if translator == "whisper":
+    def _translate(
+        self, reply: Reply, transcriber: Transcriber, audio: np.ndarray, request: Request
+    ) -> Iterator[Reply]:
+        reply.translator = request.translator
+        if request.translator == "whisper":
+            reply.translation_model = reply.model
             reply.status = "Translating…"
             yield reply
+            source = translate.TranslateOptions(source=request.language)
             for segment in translate.translate_speech(
-                transcriber, audio, translate.TranslateOptions(), beam_size=opts.beam_size
+                transcriber, audio, source, beam_size=request.beam_size
             ):
                 reply.english.append(segment)
                 reply.status = _progress("Translating", segment.end, reply.duration)
                 yield reply
-        elif translator == "google" and reply.text:
+        elif request.translator == "google" and reply.text:
+            reply.translation_model = "Google Translate"
             reply.status = "Translating online…"
             yield reply
             online = translate.TranslateOptions(
-                backend="google", timeout_s=opts.translate_timeout_s
+                backend="google",
+                source=request.language,
+                timeout_s=self.options.translate_timeout_s,
             )
             try:
                 reply.english_text = translate.translate_text(reply.text, online)
             except translate.TranslationUnavailable as err:
                 reply.translation_note = str(err)
-
-        # 5. Files to download.
-        reply.files = self._write_files(reply)
-        reply.status = ""
-        yield reply
 
     def _fetch(self, reply: Reply, link: str) -> Iterator[np.ndarray | None]:
         """Download ``link`` in a thread, yielding None with progress, then the audio."""
@@ -321,15 +413,19 @@ class ChatApp:
     def _downloads(self) -> Path:
         if self._downloads_dir is None:
             folder = Path(tempfile.mkdtemp(prefix="whisper-sv-app-"))
-            # Removed by close(), or when the app is garbage-collected or the process exits.
+            # Removed by close(), or when the app is garbage-collected or the process exits
+            # (the CLI turns SIGTERM into a normal exit, so that covers `kill` too).
             self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
             self._downloads_dir = folder
         return self._downloads_dir
 
     def _write_files(self, reply: Reply) -> list[str]:
-        """The transcript as SRT, VTT and TXT in a fresh folder; folders older than 1 h go."""
+        """The transcript as SRT, VTT and TXT (and the English as SRT and VTT) in a fresh
+        folder; folders older than 1 h go."""
         if not reply.swedish:
             return []
+        from whisper_sv.infer import subtitles
+
         now = time.time()
         for old in self._downloads.iterdir():
             if now - old.stat().st_mtime > _DOWNLOAD_TTL_S:
@@ -337,12 +433,13 @@ class ChatApp:
         folder = self._downloads / uuid.uuid4().hex
         folder.mkdir()
         stem = _safe_stem(reply.source)
+        wanted = [(f"{stem}.{ext}", reply.swedish, ext) for ext in ("srt", "vtt", "txt")]
+        if reply.english:
+            wanted += [(f"{stem}.en.{ext}", reply.english, ext) for ext in ("srt", "vtt")]
         out = []
-        from whisper_sv.infer import subtitles
-
-        for ext in ("srt", "vtt", "txt"):
-            path = folder / f"{stem}.{ext}"
-            path.write_text(subtitles(reply.swedish, ext), encoding="utf-8")
+        for name, segments, ext in wanted:
+            path = folder / name
+            path.write_text(subtitles(segments, ext), encoding="utf-8")
             out.append(str(path))
         return out
 
@@ -354,36 +451,82 @@ class ChatApp:
 
     # ------------------------------------------------------------------ handlers
 
+    def uploaded(self, path: str) -> str:
+        """``path`` if it lies inside Gradio's upload folder (symlinks resolved), else
+        UploadRefused. Nothing is opened: the refusal is the same whether the file exists."""
+        folder = upload_folder()
+        real = Path(os.path.realpath(path))
+        if not os.path.isabs(path) or not real.is_relative_to(folder) or real == folder:
+            raise UploadRefused(
+                "Only files uploaded to this app are accepted: send the file itself, "
+                "not a path on the server."
+            )
+        return str(real)
+
     def chat(
-        self, message: dict | str | None, history: list | None, model: str, translator: str
-    ) -> Iterator[tuple[list, dict | None, list[str] | None]]:
-        """Chat handler: yields (history, input box value, download files)."""
+        self,
+        message: dict | str | None,
+        history: list | None,
+        model: str | None,
+        translator: str | None,
+        language: str | None = None,
+        quality: str | None = None,
+    ) -> Iterator[tuple[list, None, dict, dict]]:
+        """Chat handler: yields (history, input box value, downloads update, cancel update)."""
+        import gradio as gr
+
         history = list(history or [])
         text, files = _split_message(message)
         file = files[0] if files else None
         link = None if file else (text.strip() or None)
-        if link and not links.looks_like_link(link):
-            history += [
-                {"role": "user", "content": text},
-                {"role": "assistant", "content": HELP},
-            ]
-            yield history, None, None
+        answer = None
+        if file:
+            try:
+                file = self.uploaded(file)
+            except UploadRefused as err:
+                answer = f"⚠️ {err}"
+        elif not link or not links.looks_like_link(link):
+            answer = HELP  # an empty box, spaces, or words that are not a link
+        if answer:
+            if text.strip():
+                history.append({"role": "user", "content": text})
+            history.append({"role": "assistant", "content": answer})
+            yield history, None, gr.update(value=None, visible=False), gr.update(visible=False)
             return
-        user = (
-            {"role": "user", "content": {"path": file}}
-            if file
-            else {"role": "user", "content": link}
-        )
-        history.append(user)
-        for reply in self.run(file, link, model, translator):
+        user = {"path": file} if file else link
+        history.append({"role": "user", "content": user})
+        states = self.run(file, link, model, translator, language=language, quality=quality)
+        for reply in states:
             shown = [*history, {"role": "assistant", "content": render_markdown(reply)}]
-            yield shown, None, (reply.files or None)
+            files_shown = gr.update(value=reply.files or None, visible=bool(reply.files))
+            yield shown, None, files_shown, gr.update(visible=bool(reply.status))
+
+    def cancelled(self, history: list | None) -> tuple[list, dict]:
+        """Cancel handler: the last reply, if still running, says it was cancelled."""
+        import gradio as gr
+
+        history = list(history or [])
+        if history and history[-1].get("role") == "assistant":
+            content = history[-1].get("content")
+            if isinstance(content, list):  # as the page sends it: [{"type": "text", ...}]
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            if isinstance(content, str) and "⏳" in content:
+                kept = content.rsplit("\n\n*⏳", 1)[0]
+                history[-1] = {"role": "assistant", "content": kept + "\n\n*⏹️ Cancelled.*"}
+        return history, gr.update(visible=False)
 
     def transcribe_api(self, file: str | None) -> tuple[str, str]:
-        """API handler: (Swedish transcript, English translation) of one audio file.
+        """API handler: (transcript, English translation) of one uploaded audio file.
 
-        Uses the model and translator the app started with. A bad file gives ("", reason).
+        Uses the model, language, quality and translator the app started with. A bad file
+        (or a path that was not uploaded) gives ("", reason).
         """
+        if not file:
+            return "", _plain(HELP)
+        try:
+            file = self.uploaded(file)
+        except UploadRefused as err:
+            return "", str(err)
         last = Reply()
         for state in self.run(file, None, self.options.model, self.options.translator):
             last = state
@@ -393,6 +536,41 @@ class ChatApp:
 
     # ------------------------------------------------------------------ UI
 
+    def _pickers(self) -> tuple:
+        """The dropdowns above the chat: model, language, quality, translation."""
+        import gradio as gr
+
+        with gr.Row():
+            model = gr.Dropdown(
+                choices=self.model_choices(),
+                value=self.options.model,
+                label="Model",
+                scale=3,
+                elem_id="model",
+            )
+            language = gr.Dropdown(
+                choices=list(LANGUAGE_CHOICES),
+                value=self.options.language,
+                label="Spoken language",
+                scale=2,
+                elem_id="language",
+            )
+            quality = gr.Dropdown(
+                choices=list(QUALITY_CHOICES),
+                value=self.options.quality,
+                label="Quality",
+                scale=2,
+                elem_id="quality",
+            )
+            translator = gr.Dropdown(
+                choices=list(TRANSLATOR_CHOICES),
+                value=self.options.translator,
+                label="Translation",
+                scale=3,
+                elem_id="translator",
+            )
+        return model, language, quality, translator
+
     def build(self) -> gr.Blocks:
         """The Gradio Blocks (not launched); queue settings applied."""
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
@@ -400,21 +578,7 @@ class ChatApp:
 
         with gr.Blocks(title="whisper-sv", delete_cache=(3_600, 3_600)) as demo:
             gr.Markdown("## whisper-sv: Swedish speech to text\n" + HELP)
-            with gr.Row():
-                model = gr.Dropdown(
-                    choices=self.model_choices(),
-                    value=self.options.model,
-                    label="Model",
-                    scale=3,
-                    elem_id="model",
-                )
-                translator = gr.Dropdown(
-                    choices=list(TRANSLATOR_CHOICES),
-                    value=self.options.translator,
-                    label="Translation",
-                    scale=3,
-                    elem_id="translator",
-                )
+            model, language, quality, translator = self._pickers()
             chatbot = gr.Chatbot(
                 label="Transcripts",
                 height="62vh",
@@ -429,19 +593,29 @@ class ChatApp:
                 show_label=False,
                 elem_id="input",
             )
+            cancel = gr.Button("Cancel", variant="stop", visible=False, elem_id="cancel")
             downloads = gr.File(
-                label="Download the transcript (SRT, VTT, TXT)",
+                label="Download the transcript (SRT, VTT, TXT) and the English (.en.srt, .en.vtt)",
                 file_count="multiple",
                 interactive=False,
+                visible=False,  # shown with the first reply that has files
                 elem_id="downloads",
             )
-            box.submit(
+            job = box.submit(
                 self.chat,
-                [box, chatbot, model, translator],
-                [chatbot, box, downloads],
+                [box, chatbot, model, translator, language, quality],
+                [chatbot, box, downloads, cancel],
                 api_visibility="private",
                 concurrency_id=_CONCURRENCY_ID,
                 concurrency_limit=self.options.concurrency_limit,
+            )
+            cancel.click(
+                self.cancelled,
+                chatbot,
+                [chatbot, cancel],
+                cancels=[job],
+                api_visibility="private",
+                queue=False,
             )
             # Runs finished since the server started show up when the page is (re)loaded.
             demo.load(
@@ -451,25 +625,30 @@ class ChatApp:
                 api_visibility="private",
                 queue=False,
             )
-            # The API endpoint: hidden components, same code path as the chat.
-            api_file = gr.File(visible=False, label="audio")
-            api_text = gr.Textbox(visible=False, label="transcript")
-            api_translation = gr.Textbox(visible=False, label="translation")
-            api_button = gr.Button(visible=False)
-            api_button.click(
-                self.transcribe_api,
-                api_file,
-                [api_text, api_translation],
-                api_name="transcribe",
-                api_description="Swedish transcript and English translation of an audio file.",
-                concurrency_id=_CONCURRENCY_ID,
-                concurrency_limit=self.options.concurrency_limit,
-            )
+            self._api_endpoint()
         demo.queue(
             default_concurrency_limit=self.options.concurrency_limit,
             max_size=self.options.max_queue,
         )
         return demo
+
+    def _api_endpoint(self) -> None:
+        """The ``/transcribe`` API: hidden components, same code path as the chat."""
+        import gradio as gr
+
+        api_file = gr.File(visible=False, label="audio")
+        api_text = gr.Textbox(visible=False, label="transcript")
+        api_translation = gr.Textbox(visible=False, label="translation")
+        api_button = gr.Button(visible=False)
+        api_button.click(
+            self.transcribe_api,
+            api_file,
+            [api_text, api_translation],
+            api_name="transcribe",
+            api_description="Transcript and English translation of an uploaded audio file.",
+            concurrency_id=_CONCURRENCY_ID,
+            concurrency_limit=self.options.concurrency_limit,
+        )
 
     def launch(self, **kwargs) -> gr.Blocks:
         """Build and serve the app (blocks unless ``prevent_thread_lock=True``)."""
@@ -492,13 +671,30 @@ class ChatApp:
 
 
 def find_runs(runs_dir: str | os.PathLike) -> list[Path]:
-    """Run folders (``config.yaml`` + ``best/``) directly under ``runs_dir``, by name."""
+    """Run folders (``config.yaml`` + ``best/``) directly under ``runs_dir`` (or ``runs_dir``
+    itself when it is one), by name."""
     root = Path(runs_dir)
     if not root.is_dir():
         return []
-    return sorted(
-        p for p in root.iterdir() if (p / "config.yaml").is_file() and (p / "best").is_dir()
-    )
+    if _is_run(root):
+        return [root]
+    return sorted(p for p in root.iterdir() if _is_run(p))
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / "config.yaml").is_file() and (folder / "best").is_dir()
+
+
+def _run_label(run: Path) -> str:
+    """A run's name in the picker: "a-run" under runs/, else its parent too ("demo-out/run")."""
+    return run.name if run.parent.name in ("runs", "") else f"{run.parent.name}/{run.name}"
+
+
+def upload_folder() -> Path:
+    """The folder Gradio keeps uploads in ($GRADIO_TEMP_DIR, else TMP/gradio), resolved."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()).resolve()
 
 
 def _declared_duration(path: str) -> float:
@@ -513,17 +709,27 @@ def _declared_duration(path: str) -> float:
 
 
 def render_markdown(reply: Reply) -> str:
-    """The chat message for ``reply``: Swedish, then English, then the progress line."""
+    """The chat message for ``reply``: transcript, then English, then the progress line.
+
+    Each section's head names the model (or service) that wrote it, so a reply whose English
+    comes from another model than its transcript says so.
+    """
     if reply.error:
         return f"⚠️ {reply.error}"
     parts = []
-    head = f"**Svenska** · {_md(reply.source)}" if reply.source else "**Svenska**"
+    head = f"**{LANGUAGE_NAMES.get(reply.language, reply.language)}**"
+    head += f" · {_md(reply.source)}" if reply.source else ""
     if reply.duration:
         head += f" · {_length(reply.duration)}"
+    if reply.model:
+        head += f" · model {_md(reply.model)}" + (
+            " (accurate)" if reply.quality == "accurate" else ""
+        )
     parts.append(head)
     parts.append(_lines(reply.swedish, reply.timestamps) or "…")
+    by = f" · model {_md(reply.translation_model)}" if reply.translation_model else ""
     if reply.translator == "whisper" and (reply.english or not reply.status):
-        parts.append("**English** · Whisper (offline)")
+        parts.append("**English** · Whisper (offline)" + by)
         parts.append(_lines(reply.english, reply.timestamps) or "…")
     elif reply.translator == "google" and not reply.status:
         parts.append("**English** · Google Translate (online)")
@@ -546,6 +752,13 @@ def _lines(segments: list[Segment], timestamps: bool) -> str:
             if s.text.strip()
         )
     return _md(" ".join(s.text.strip() for s in segments if s.text.strip()))
+
+
+def _too_long(source: str, seconds: float, limit: float) -> str:
+    return (
+        f"**{_md(source)}** is {_length(seconds)} long; the limit is {_length(limit)}. "
+        "Send a shorter recording."
+    )
 
 
 def _progress(what: str, done_s: float, total_s: float) -> str:

@@ -2,13 +2,18 @@
 
 Each command has an ``_add_<name>`` (its parser) and a ``_cmd_<name>`` (its action). User
 errors (bad input, bad options) are printed as one line and exit with status 2; no traceback.
+Every ``--help`` shows the defaults and the exit codes (:data:`EXIT_CODES`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import signal
+import socket
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,6 +22,151 @@ log = logging.getLogger("whisper_sv")
 
 class UserError(Exception):
     """A problem the user can fix; printed without a traceback."""
+
+
+EXIT_CODES = """exit status:
+  0    done
+  1    some inputs failed (each reported on stderr; the others were done)
+  2    bad usage: an unknown option, a bad value, a model or file that is not there
+  130  interrupted (Ctrl+C)
+  143  terminated (SIGTERM); temporary files are removed as on a normal exit"""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wrapped help lines with the default appended to every option that has one; texts
+    with line breaks of their own (the exit codes) are kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or not action.option_strings
+            or default in (None, False, "", [], argparse.SUPPRESS)
+        ):
+            return text
+        shown = default if not isinstance(default, (list, tuple)) else ", ".join(map(str, default))
+        return f"{text} (default: {str(shown).replace('%', '%%')})"
+
+
+# --------------------------------------------------------------------------- option flags
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The comment of each field of dataclass ``cls``: on its line, else the lines above."""
+    import dataclasses
+    import inspect
+    import io
+    import re
+    import tokenize
+
+    source = inspect.getsource(cls)
+    by_line: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            by_line[tok.start[0]] = tok.string.lstrip("#").strip()
+    lines = source.splitlines()
+    out = {}
+    for field in dataclasses.fields(cls):
+        row = next(i + 1 for i, line in enumerate(lines) if re.match(rf"\s+{field.name}\s*:", line))
+        above = []
+        while (
+            row - 1 - len(above) in by_line
+            and not lines[row - 2 - len(above)].split("#")[0].strip()
+        ):
+            above.insert(0, by_line[row - 1 - len(above)])
+        out[field.name] = by_line.get(row) or " ".join(above)
+    return out
+
+
+class _AddTo(argparse.Action):
+    """A repeatable flag whose values are added to the default tuple."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, (*getattr(namespace, self.dest), values))
+
+
+class _Replace(argparse.Action):
+    """A repeatable flag whose first use replaces the default tuple."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        current = getattr(namespace, self.dest)
+        kept = () if current is self.default else tuple(current)
+        setattr(namespace, self.dest, (*kept, values))
+
+
+def option_flag(p: argparse.ArgumentParser, cls: type, name: str, *flags: str, **kw) -> None:
+    """Add the flag of dataclass field ``cls.name``: default, help (the field's comment),
+    choices (a Literal type) and type come from the field; ``kw`` overrides any of them."""
+    import dataclasses
+    import types
+    import typing
+
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    hint = typing.get_type_hints(cls)[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    args = {"dest": name, "default": field.default, "help": field_comments(cls)[name]}
+    if typing.get_origin(hint) is typing.Literal:
+        args["choices"] = typing.get_args(hint)
+    if hint is bool:
+        args["action"] = "store_false" if field.default else "store_true"
+    elif hint in (int, float, str, Path):
+        args["type"] = hint
+    args.update(kw)
+    p.add_argument(*(flags or ("--" + name.replace("_", "-"),)), **args)
+
+
+def options_from(cls: type, args: argparse.Namespace, **given):
+    """An instance of dataclass ``cls`` from the parsed flags of its fields."""
+    import dataclasses
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in given}
+    return cls(**values, **given)
+
+
+def _check_device(device: str, backend: str = "ct2") -> None:
+    """--device cuda on a machine without CUDA: one line instead of a library traceback."""
+    if device != "cuda":
+        return
+    if backend == "ct2":
+        import ctranslate2
+
+        found = ctranslate2.get_cuda_device_count() > 0
+    else:
+        import torch
+
+        found = torch.cuda.is_available()
+    if not found:
+        raise UserError("--device cuda: no CUDA device found here; use --device cpu (or auto)")
+
+
+def _file_size(text: str) -> str:
+    """argparse type of --max-file-size: a number with b, kb, mb or gb."""
+    from whisper_sv.app import _SIZE_RE
+
+    if not _SIZE_RE.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size; give a number with b, kb, mb or gb, e.g. 200mb"
+        )
+    return text.strip()
+
+
+def _check_port(host: str, port: int) -> None:
+    """A taken port, said before Gradio starts (it would end in a traceback)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise UserError(
+                f"cannot serve on {host}:{port} ({err.strerror}); the port is taken or the "
+                "address is not this machine's: choose another with --port N or --host"
+            ) from err
 
 
 # --------------------------------------------------------------------------- transcribe
@@ -30,26 +180,38 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
         "text, or translate them to English with --task translate. Short files are decoded "
         "in batches; a file that cannot be read is reported and the rest go on.",
     )
+    from whisper_sv.infer import TranscribeOptions as T
+
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_URL", help="audio/video files or links")
+    p.add_argument("--model", default="bundled:base", help="model reference")
+    p.add_argument("--backend", choices=("ct2", "transformers"), default="ct2", help="engine")
+    option_flag(p, T, "task", help="transcribe, or translate to English text")
+    option_flag(p, T, "language", help="spoken language code")
     p.add_argument(
-        "--model", default="bundled:base", help="model reference (default: bundled:base)"
+        "--format",
+        choices=("txt", "srt", "vtt", "json"),
+        default="txt",
+        help="output format; json with several inputs on standard output: one JSON array",
     )
-    p.add_argument("--backend", choices=("ct2", "transformers"), default="ct2")
-    p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
-    p.add_argument("--language", default="sv", help="spoken language code (default: sv)")
     p.add_argument(
-        "--format", choices=("txt", "srt", "vtt", "json"), default="txt", help="output format"
-    )
-    p.add_argument(
+        "--out",
         "--output-dir",
+        dest="out",
         type=Path,
-        help="write NAME.FORMAT files here (default: print to standard output)",
+        metavar="DIR",
+        help="write NAME.FORMAT files into DIR (not given: print to standard output)",
     )
-    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default), 5 = OpenAI's")
-    p.add_argument("--batch-size", type=int, default=16, help="short files decoded together")
-    p.add_argument("--no-vad", action="store_true", help="decode silences of long audio too")
-    p.add_argument("--word-timestamps", action="store_true", help="per-word times (json, ct2)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    option_flag(p, T, "beam_size", help="1 = greedy, 5 = OpenAI's")
+    option_flag(p, T, "temperature", help="0 = deterministic; > 0 samples")
+    option_flag(p, T, "temperature_fallback", help="re-decode bad windows hotter (slower)")
+    option_flag(p, T, "batch_size", help="short files decoded together")
+    option_flag(p, T, "vad", "--no-vad", help="decode silences of long audio too")
+    option_flag(p, T, "word_timestamps", help="per-word times (json, ct2)")
+    option_flag(
+        p, T, "condition_on_previous_text", help="prompt each 30 s window with the text before"
+    )
+    option_flag(p, T, "max_new_tokens", metavar="N", help="tokens per 30 s window (not given: 448)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
     p.set_defaults(func=_cmd_transcribe)
 
 
@@ -66,14 +228,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 
     _quiet_decoders(args)
 
-    options = TranscribeOptions(
-        language=args.language,
-        task=args.task,
-        beam_size=args.beam_size,
-        batch_size=args.batch_size,
-        vad=not args.no_vad,
-        word_timestamps=args.word_timestamps,
-    )
+    options = options_from(TranscribeOptions, args)
     # Links are downloaded first (into a temporary folder, deleted after decoding).
     audios: list = []
     names: list[str] = []
@@ -93,25 +248,31 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
             names.append(item)
     if not audios:
         return 1
+    _check_device(args.device, args.backend)
     transcriber = Transcriber(args.model, backend=args.backend, device=args.device)
     results = transcriber.transcribe_many(audios, options, progress=len(audios) > 1)
-    if args.output_dir:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
+    documents: list = []  # --format json on standard output: one array at the end
     for name, result in zip(names, results, strict=True):
         if not isinstance(result, Transcript):
             print(f"error: {result}", file=sys.stderr)
             failed.append(name)
             continue
         text = format_transcript(result, args.format)
-        if args.output_dir:
-            out = args.output_dir / f"{_unique_stem(name, used)}.{args.format}"
+        if args.out:
+            out = args.out / f"{_unique_stem(name, used)}.{args.format}"
             out.write_text(text, encoding="utf-8")
             print(f"{name} -> {out}", file=sys.stderr)
-        elif len(audios) > 1 and args.format in ("txt", "srt", "vtt"):
+        elif args.format == "json" and len(args.inputs) > 1:
+            documents.append(json.loads(text))
+        elif len(audios) > 1:
             print(f"==> {name} <==\n{text}")
         else:
             print(text, end="" if text.endswith("\n") else "\n")
+    if args.format == "json" and len(args.inputs) > 1 and not args.out:
+        print(json.dumps(documents, ensure_ascii=False, indent=2))
     if failed:
         print(f"{len(failed)} of {len(args.inputs)} input(s) failed", file=sys.stderr)
         return 1
@@ -142,17 +303,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "CER (normalised and orthographic), speed, and a per-utterance table. Files that "
         "cannot be read are reported and skipped; the exit status is 1 if any failed.",
     )
-    p.add_argument(
-        "--model", default="bundled:base", help="model reference (default: bundled:base)"
-    )
+    p.add_argument("--model", default="bundled:base", help="model reference")
     p.add_argument("--manifest", required=True, type=Path, help="TSV with path and sentence")
-    p.add_argument("--backend", choices=("ct2", "transformers"), default="ct2")
+    p.add_argument("--backend", choices=("ct2", "transformers"), default="ct2", help="engine")
     p.add_argument("--out", type=Path, default=Path("evaluation"), help="report folder")
-    p.add_argument("--limit", type=int, help="first N rows only")
-    p.add_argument("--language", default="sv", help="spoken language code (default: sv)")
-    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default), 5 = OpenAI's")
+    p.add_argument("--limit", type=int, help="first N rows only (not given: all)")
+    p.add_argument("--language", default="sv", help="spoken language code")
+    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy, 5 = OpenAI's")
     p.add_argument("--batch-size", type=int, default=16, help="files decoded together")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -166,6 +325,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         language=args.language, beam_size=args.beam_size, batch_size=args.batch_size
     )
     read_manifest(args.manifest, limit=args.limit)  # bad manifests fail before model loading
+    _check_device(args.device, args.backend)
     transcriber = Transcriber(args.model, backend=args.backend, device=args.device)
     report = evaluate(
         args.manifest, options=options, limit=args.limit, transcriber=transcriber, progress=True
@@ -192,7 +352,7 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--source",
         default="synthetic",
-        help="synthetic | commonvoice:DIR | manifest:TSV | hf:NAME[:CONFIG] (default: synthetic)",
+        help="synthetic | commonvoice:DIR | manifest:TSV | hf:NAME[:CONFIG]",
     )
     p.add_argument(
         "--source-opt",
@@ -214,16 +374,14 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
         help="split(s) to process, repeatable or comma list (default: all)",
     )
     p.add_argument("--limit", type=int, help="first N inputs of each split")
-    p.add_argument(
-        "--workers", type=int, default=1, help="worker processes (default 1: in this process)"
-    )
+    p.add_argument("--workers", type=int, default=1, help="worker processes (1: in this process)")
     p.add_argument(
         "--shard",
         default="0/1",
         metavar="I/N",
         help="write only shards k with k %% N == I (one store, N machines)",
     )
-    p.add_argument("--shard-size", type=int, default=256, help="inputs per shard (default 256)")
+    p.add_argument("--shard-size", type=int, default=256, help="inputs per shard")
     p.add_argument(
         "--model",
         default="bundled:base",
@@ -243,9 +401,7 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
         metavar="F,F,...",
         help="augment: speed factors, one drawn per clip, e.g. 0.9,1.0,1.1",
     )
-    p.add_argument(
-        "--augment-splits", default="train", help="splits to augment (comma list, default train)"
-    )
+    p.add_argument("--augment-splits", default="train", help="splits to augment (comma list)")
     p.add_argument("--seed", type=int, default=0, help="seed of the augmentation draws")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_features)
@@ -379,11 +535,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "tokenizer.json, preprocessor_config.json) for a run's best checkpoint or any model.",
     )
     p.add_argument("run", metavar="RUN", help="run folder (its best/) or any model reference")
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default RUN/ct2)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (not given: RUN/ct2)")
     p.add_argument(
         "--quantization",
         default="float16",
-        help="weight type (default float16; quantise at load time, e.g. compute_type=int8)",
+        help="weight type (quantise at load time, e.g. compute_type=int8)",
     )
     p.set_defaults(func=_cmd_export)
 
@@ -402,55 +558,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     from whisper_sv.demo import DemoOptions
 
-    d = DemoOptions()
     p = sub.add_parser(
         "demo",
         help="the whole job on synthetic Swedish speech",
         description="synthetic Swedish speech -> feature store -> baseline WER on unseen voices "
         "-> short fine-tune -> WER after -> CTranslate2 export -> one transcript.",
     )
-    p.add_argument("--out", type=Path, default=d.out, help=f"output folder (default {d.out})")
-    p.add_argument("--model", default=d.model, help=f"model to fine-tune (default {d.model})")
-    p.add_argument("--train-clips", type=int, default=d.train_clips, help="training sentences")
-    p.add_argument("--test-clips", type=int, default=d.test_clips, help="test sentences")
-    p.add_argument(
-        "--pack-clips",
-        type=int,
-        default=d.pack_clips,
-        help=f"training clips per 30 s window (default {d.pack_clips}; 1: off)",
-    )
-    p.add_argument("--max-steps", type=int, default=d.max_steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per step")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
-    p.add_argument("--eval-steps", type=int, default=d.eval_steps)
-    p.add_argument("--workers", type=int, default=d.workers, help="feature-pipeline processes")
-    p.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        default=d.precision,
-        help="training precision (default auto: bf16 where the CPU or GPU has it)",
-    )
+    for name in ("out", "model", "seed", "train_clips", "validation_clips", "test_clips"):
+        option_flag(p, DemoOptions, name)
+    for name in ("pack_clips", "max_steps", "batch_size", "lr", "warmup_steps", "eval_steps"):
+        option_flag(p, DemoOptions, name)
+    option_flag(p, DemoOptions, "workers")
+    option_flag(p, DemoOptions, "precision", choices=("auto", "fp32", "bf16", "fp16"))
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from whisper_sv.demo import DemoOptions, run_demo
 
-    run_demo(
-        DemoOptions(
-            out=args.out,
-            model=args.model,
-            train_clips=args.train_clips,
-            test_clips=args.test_clips,
-            pack_clips=args.pack_clips,
-            max_steps=args.max_steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            eval_steps=args.eval_steps,
-            workers=args.workers,
-            precision=args.precision,
-        )
-    )
+    run_demo(options_from(DemoOptions, args))
     return 0
 
 
@@ -487,51 +613,52 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def _add_app(sub: argparse._SubParsersAction) -> None:
+    from whisper_sv.app import LANGUAGE_NAMES
+    from whisper_sv.app import AppOptions as A
+
     p = sub.add_parser(
         "app",
         help="Gradio chat app: recording, file or YouTube link -> Swedish text + English",
         description="Serve the Gradio app (on 127.0.0.1 unless --host says otherwise), or "
-        "write a Hugging Face Space folder with --export-space.",
+        "write a Hugging Face Space folder with --export-space. The README's Security section "
+        "says what the app exposes.",
     )
-    p.add_argument(
-        "--model", default="bundled:base", help="model selected at start (any model reference)"
+    option_flag(p, A, "model")
+    option_flag(
+        p,
+        A,
+        "runs_dir",
+        "--runs",
+        action=_Replace,
+        metavar="DIR",
+        help="folder of runs (or one run folder) listed in the model picker; repeatable",
     )
-    p.add_argument(
-        "--runs", default="runs", metavar="DIR", help="run registry listed in the model picker"
-    )
-    p.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="interface to bind (0.0.0.0: reachable from the network)",
-    )
-    p.add_argument("--port", type=int, default=7860, help="TCP port")
-    p.add_argument(
-        "--translator",
-        choices=("whisper", "google", "none"),
-        default="whisper",
-        help="translation preselected: Whisper (offline), Google (online) or none",
-    )
-    p.add_argument("--max-file-size", default="200mb", help="largest upload, e.g. 200mb")
-    p.add_argument(
-        "--max-duration",
-        type=float,
-        default=3600.0,
-        metavar="S",
-        help="longest recording accepted, seconds",
-    )
-    p.add_argument(
-        "--concurrency",
-        type=int,
-        default=2,
-        metavar="N",
-        help="requests decoded at once; the others wait in a queue",
-    )
-    p.add_argument(
+    option_flag(p, A, "host", help="interface to bind (0.0.0.0: reachable from the network)")
+    option_flag(p, A, "port")
+    option_flag(p, A, "translator", choices=("whisper", "google", "none"))
+    option_flag(p, A, "language", choices=tuple(LANGUAGE_NAMES), help="spoken language")
+    option_flag(p, A, "beam_size", choices=(1, 5), help="quality: 1 = fast (greedy), 5 = accurate")
+    option_flag(p, A, "max_file_size", type=_file_size, help="largest upload (b, kb, mb, gb)")
+    option_flag(p, A, "max_duration_s", "--max-duration", metavar="S")
+    option_flag(p, A, "concurrency_limit", "--concurrency", metavar="N")
+    option_flag(p, A, "max_queue", metavar="N")
+    option_flag(p, A, "translate_timeout_s", "--translate-timeout", metavar="S")
+    option_flag(p, A, "timestamps_after_s", "--timestamps-after", metavar="S")
+    option_flag(
+        p,
+        A,
+        "link_hosts",
         "--allow-host",
-        action="append",
-        default=[],
+        action=_AddTo,
         metavar="HOST",
-        help="also accept links to HOST (or HOST:PORT); repeatable; default: YouTube only",
+        help="also accept links to HOST (or HOST:PORT); repeatable",
+    )
+    option_flag(p, A, "link_timeout_s", "--link-timeout", metavar="S")
+    option_flag(
+        p,
+        A,
+        "allow_private_links",
+        help="links may reach private, loopback and link-local addresses (a LAN media server)",
     )
     p.add_argument(
         "--export-space",
@@ -542,24 +669,15 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
-    from whisper_sv import app, links, models
+    from whisper_sv import app, models
 
     models.resolve(args.model)  # a bad reference fails here, before anything starts
-    options = app.AppOptions(
-        model=args.model,
-        runs_dir=args.runs,
-        host=args.host,
-        port=args.port,
-        translator=args.translator,
-        max_file_size=args.max_file_size,
-        max_duration_s=args.max_duration,
-        concurrency_limit=args.concurrency,
-        link_hosts=(*links.YOUTUBE_HOSTS, *args.allow_host),
-    )
+    options = options_from(app.AppOptions, args)
     if args.export_space:
         out = app.export_space(args.export_space, options, progress=print)
         print(f"Space written to {out}")
         return 0
+    _check_port(args.host, args.port)
     print(f"whisper-sv app on http://{args.host}:{args.port} (Ctrl+C stops it)")
     app.serve(options)
     return 0
@@ -582,12 +700,14 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         "--space", required=True, metavar="YAML", help="search space (see examples/space.yaml)"
     )
     p.add_argument("--out", required=True, metavar="STUDY", help="study folder")
-    p.add_argument("--sampler", choices=("grid", "random", "tpe"), default="tpe")
+    p.add_argument(
+        "--sampler", choices=("grid", "random", "tpe"), default="tpe", help="search strategy"
+    )
     p.add_argument(
         "--trials",
         type=int,
         default=0,
-        help="finished trials wanted in the study (default: the grid size, or 10)",
+        help="finished trials wanted in the study (0: the grid size, or 10)",
     )
     p.add_argument("--model", default=None, metavar="REF", help="model to start from")
     p.add_argument("--config", default=None, metavar="YAML", help="base training options")
@@ -600,7 +720,9 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         help="override one base training option (repeatable)",
     )
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, default=0, help="optimizer steps per trial")
+    budget.add_argument(
+        "--steps", type=int, default=0, help="optimizer steps per trial (0: base max_steps)"
+    )
     budget.add_argument(
         "--equal-epochs",
         type=float,
@@ -609,14 +731,18 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         help="every trial sees E x the train clips (steps = E * clips / batch size)",
     )
     p.add_argument(
-        "--time-budget", type=float, default=0.0, metavar="S", help="stop a trial after S seconds"
+        "--time-budget",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="stop a trial after S seconds (0: no limit)",
     )
     p.add_argument(
         "--evals",
         type=int,
         default=4,
         metavar="N",
-        help="evaluations per trial, the pruning points (default 4; 0: base eval_steps)",
+        help="evaluations per trial, the pruning points (0: base eval_steps)",
     )
     p.add_argument("--no-prune", action="store_true", help="run every trial to its end")
     p.add_argument(
@@ -633,7 +759,9 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument(
-        "--keep-models", action="store_true", help="keep best/ of every trial (default: best only)"
+        "--keep-models",
+        action="store_true",
+        help="keep best/ of every trial, not only the best trial's",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_tune)
@@ -731,7 +859,9 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         "held-out words. Re-runs reuse finished stores, runs and evaluations.",
     )
     p.add_argument("name", choices=("voices", "noise", "speaker"), help="which experiment")
-    p.add_argument("--out", default=None, metavar="DIR", help="folder (default experiments/NAME)")
+    p.add_argument(
+        "--out", default=None, metavar="DIR", help="folder (not given: experiments/NAME)"
+    )
     p.add_argument(
         "--budget",
         action="append",
@@ -792,17 +922,30 @@ _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="whisper-sv", description="Fine-tune and serve Whisper for Swedish."
+        prog="whisper-sv",
+        description="Fine-tune and serve Whisper for Swedish.",
+        epilog=EXIT_CODES,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _COMMANDS:
         add(sub)
+    for command in sub.choices.values():  # every --help shows defaults and exit codes
+        command.formatter_class = _HelpFormatter
+        command.epilog = EXIT_CODES
     return parser
+
+
+def _terminate(signum: int, frame) -> None:
+    """SIGTERM as a normal exit, so temporary files are removed (atexit, finally blocks)."""
+    raise SystemExit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -1,24 +1,34 @@
-"""Audio from a link: yt-dlp (as a library, no shell) downloads the sound track.
+"""Audio from a link: yt-dlp (as a library, no shell) for YouTube, a checked HTTP client for
+direct media links.
 
-Only YouTube links are accepted by default. Other hosts are added with
+Only YouTube links are accepted by default, and yt-dlp runs with its YouTube extractors only
+(never the generic one, which follows links anywhere). Other hosts are added with
 ``LinkOptions(allowed_hosts=...)`` or the environment variable ``WHISPER_SV_LINK_HOSTS``
 (comma-separated, e.g. ``127.0.0.1:8000`` for a local test server; a host without a port
-allows every port). Only the audio is fetched, into a temporary folder that is removed
-before :func:`fetch_audio` returns. Length and size are checked before the download where
-the site says them, and again after it. Every failure is a :class:`LinkError` whose message
-can be shown to the user as it is.
+allows every port); on those hosts a link must point at a media file, which is fetched by
+:func:`_direct_download`: every redirect hop is checked against the allow-list again, and
+every address a host name resolves to is checked before connecting (private, loopback,
+link-local and other non-public addresses are refused unless allowed, see
+:meth:`LinkOptions.address_allowed`). The connection goes to the address that was checked, so
+a second DNS answer cannot swap it.
+
+Only the audio is fetched, into a temporary folder that is removed before :func:`fetch_audio`
+returns. Length and size are checked before the download where the site says them, and again
+after it. Every failure is a :class:`LinkError` whose message can be shown to the user as it is.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import numpy as np
 
@@ -36,6 +46,10 @@ YOUTUBE_HOSTS: tuple[str, ...] = (
     "www.youtube-nocookie.com",
 )
 HOSTS_ENV = "WHISPER_SV_LINK_HOSTS"  # extra allowed hosts, comma-separated
+PRIVATE_ENV = "WHISPER_SV_LINK_PRIVATE"  # "1": private/loopback addresses allowed too
+# yt-dlp extractors that may run (regexes on extractor names): YouTube's, never "generic".
+YOUTUBE_EXTRACTORS: tuple[str, ...] = (r"youtube(:.*)?",)
+MAX_REDIRECTS = 5  # hops followed on direct media links, each one checked
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,9 @@ class LinkOptions:
     max_duration_s: float = 3_600.0  # longer recordings are refused (before download if known)
     max_bytes: int = 200 * 1024 * 1024  # larger downloads are refused / aborted
     timeout_s: float = 20.0  # network timeout of each request, seconds
+    allow_private: bool = (
+        False  # private/loopback/link-local addresses too; + $WHISPER_SV_LINK_PRIVATE
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.allowed_hosts, str):
@@ -59,6 +76,28 @@ class LinkOptions:
         """The allowed hosts, lower case, with those of $WHISPER_SV_LINK_HOSTS added."""
         extra = [h.strip() for h in os.environ.get(HOSTS_ENV, "").split(",") if h.strip()]
         return tuple(dict.fromkeys(h.lower() for h in (*self.allowed_hosts, *extra)))
+
+    def address_allowed(self, host: str, address: str) -> bool:
+        """Whether ``host`` may be reached at ``address`` (one of its DNS answers).
+
+        Public addresses always; any other (private, loopback, link-local, multicast,
+        reserved) only with ``allow_private`` (or $WHISPER_SV_LINK_PRIVATE=1), or when the
+        allow-list names that very address (``127.0.0.1:8000`` allows 127.0.0.1, while
+        ``localhost`` does not allow what it resolves to).
+        """
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if ip.is_global and not ip.is_multicast:
+            return True
+        if self.allow_private or os.environ.get(PRIVATE_ENV, "").strip() in ("1", "true", "yes"):
+            return True
+        return host == address and address in {_entry_host(h) for h in self.hosts()}
+
+
+def _entry_host(entry: str) -> str:
+    """The host of an allow-list entry: "host", "host:port", "[v6]:port" or a bare IPv6."""
+    if entry.startswith("["):
+        return entry[1:].split("]", 1)[0]
+    return entry.rsplit(":", 1)[0] if entry.count(":") == 1 else entry
 
 
 class LinkError(ValueError):
@@ -115,6 +154,10 @@ def check_link(url: str, options: LinkOptions | None = None) -> str:
     return url
 
 
+def _is_youtube(url: str) -> bool:
+    return (urlsplit(url).hostname or "").lower() in YOUTUBE_HOSTS
+
+
 def fetch_audio(
     url: str,
     options: LinkOptions | None = None,
@@ -130,7 +173,11 @@ def fetch_audio(
     options = options or LinkOptions()
     url = check_link(url, options)
     with tempfile.TemporaryDirectory(prefix="whisper-sv-link-") as folder:
-        path, title = _download(url, Path(folder), options, on_progress)
+        if _is_youtube(url):
+            _resolve_checked(urlsplit(url).hostname or "", options)
+            path, title = _download(url, Path(folder), options, on_progress)
+        else:
+            path, title = _direct_download(url, Path(folder), options, on_progress)
         try:
             audio = load_audio(path, name=title)
         except AudioError as err:
@@ -163,6 +210,7 @@ def _download(
         "outtmpl": str(folder / "%(id).80B.%(ext)s"),
         "restrictfilenames": True,
         "noplaylist": True,
+        "allowed_extractors": list(YOUTUBE_EXTRACTORS),  # never the generic extractor
         "extract_flat": "in_playlist",  # a playlist is listed, not downloaded (refused below)
         "max_filesize": options.max_bytes,
         "socket_timeout": options.timeout_s,
@@ -190,6 +238,120 @@ def _download(
         # yt-dlp skips (does not fail) a download over max_filesize.
         raise LinkError(f"the file is larger than the limit of {_mb(options.max_bytes)}")
     return max(files, key=lambda p: p.stat().st_size), title
+
+
+def _resolve_checked(host: str, options: LinkOptions, port: int = 443) -> list[str]:
+    """The addresses of ``host``, every one allowed by ``options``; raises LinkError."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as err:
+        raise LinkError(
+            f"cannot reach {host}: no internet connection, or the site is down"
+        ) from err
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    refused = [a for a in addresses if not options.address_allowed(host, a)]
+    if refused or not addresses:
+        raise LinkError(
+            f"links to {host} are not accepted: it is a private or local address ({refused[0] if refused else '?'})"
+        )
+    return addresses
+
+
+def _connection(url: str, options: LinkOptions):
+    """An http.client connection to ``url``'s host, pinned to a checked address."""
+    import http.client
+    import ssl
+
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    https = parts.scheme == "https"
+    port = parts.port or (443 if https else 80)
+    address = _resolve_checked(host, options, port)[0]
+    base = http.client.HTTPSConnection if https else http.client.HTTPConnection
+
+    class Pinned(base):  # connects to the checked address, not a fresh DNS answer
+        def connect(self) -> None:
+            self.sock = socket.create_connection((address, port), self.timeout)
+            if https:
+                self.sock = ssl.create_default_context().wrap_socket(
+                    self.sock, server_hostname=host
+                )
+
+    return Pinned(host, port, timeout=options.timeout_s)
+
+
+def _direct_download(
+    url: str,
+    folder: Path,
+    options: LinkOptions,
+    on_progress: Callable[[float], None] | None,
+) -> tuple[Path, str]:
+    """A media file fetched hop by hop: each redirect target is checked like the first link."""
+    for hop in range(MAX_REDIRECTS + 1):
+        try:
+            url = check_link(url, options)
+        except LinkError as err:
+            if not hop:
+                raise
+            raise LinkError(f"the link redirects elsewhere: {err}") from err
+        parts = urlsplit(url)
+        conn = _connection(url, options)
+        try:
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            conn.request("GET", path, headers={"User-Agent": "whisper-sv", "Accept": "*/*"})
+            response = conn.getresponse()
+            location = response.getheader("Location")
+            if response.status in (301, 302, 303, 307, 308) and location:
+                url = urljoin(url, location)
+                continue
+            return _save_body(response, url, folder, options, on_progress)
+        except OSError as err:  # refused, timed out, TLS failure
+            raise LinkError(f"cannot reach {parts.hostname}: {_reason(err)}") from err
+        finally:
+            conn.close()
+    raise LinkError(f"too many redirects (more than {MAX_REDIRECTS})")
+
+
+def _reason(err: OSError) -> str:
+    if isinstance(err, TimeoutError):
+        return "the site did not answer in time"
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused (no server there)"
+    return "no internet connection, or the site is down"
+
+
+def _save_body(
+    response, url: str, folder: Path, options: LinkOptions, on_progress
+) -> tuple[Path, str]:
+    """Write a 200 response's body to ``folder`` (size-limited); other statuses: LinkError."""
+    if response.status != 200:
+        if response.status == 404:
+            raise LinkError("nothing at this link (HTTP 404: not found)")
+        if response.status == 403:
+            raise LinkError("the site refused the download (HTTP 403: forbidden)")
+        raise LinkError(f"the site answered HTTP {response.status} {response.reason}")
+    kind = (response.getheader("Content-Type") or "").split(";", 1)[0].strip().lower()
+    if kind in ("text/html", "application/xhtml+xml"):
+        raise LinkError("no audio or video found at this link (it is a web page)")
+    total = int(response.getheader("Content-Length") or 0)
+    if total > options.max_bytes:
+        raise LinkError(
+            f"the file ({_mb(total)}) is larger than the limit of {_mb(options.max_bytes)}"
+        )
+    name = unquote(Path(urlsplit(url).path).name) or "link"
+    target = folder / "download"
+    done = 0
+    with open(target, "wb") as out:
+        while chunk := response.read(1 << 16):
+            done += len(chunk)
+            if done > options.max_bytes:
+                raise LinkError(f"the file is larger than the limit of {_mb(options.max_bytes)}")
+            out.write(chunk)
+            if on_progress and total:
+                on_progress(min(1.0, done / total))
+    if on_progress:
+        on_progress(1.0)
+    return target, Path(name).stem or name
 
 
 def _check_info(info: dict | None, options: LinkOptions) -> None:
@@ -230,7 +392,7 @@ _REASONS: tuple[tuple[tuple[str, ...], str], ...] = (
         "the video is unavailable (removed, or blocked where this server is)",
     ),
     (("incomplete youtube id", "invalid url", "is not a valid url"), "not a valid video link"),
-    (("unsupported url",), "no audio or video found at this link"),
+    (("unsupported url", "no suitable extractor"), "no audio or video found at this link"),
     (("http error 404", "not found"), "nothing at this link (HTTP 404: not found)"),
     (("http error 403", "forbidden"), "the site refused the download (HTTP 403: forbidden)"),
     (

@@ -246,8 +246,11 @@ def resolve(ref: str | ModelRef = DEFAULT_MODEL) -> ModelRef:
         raise ValueError(
             f"{ref!r} is a file; pass its folder instead. Valid forms: " + "; ".join(VALID_FORMS)
         )
-    if _looks_like_hub_id(ref):
+    local_parent = p.parent != Path(".") and p.parent.is_dir()  # "runs/my-runn": a typo
+    if _looks_like_hub_id(ref) and not local_parent:
         return ModelRef(ref=ref, kind="hub", path=None)
+    if local_parent:
+        raise ValueError(f"no such folder: {ref!r} (not in {str(p.parent)!r}); check the name")
     raise ValueError(
         f"model {ref!r} not found; a model reference is one of: " + "; ".join(VALID_FORMS)
     )
