@@ -236,3 +236,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def own_output_store(root: Path, processor, model, n: int = 8) -> Path:
+    """A store of speech-like clips whose transcripts are ``model``'s own greedy output: a
+    guard the model gets right, so any change of its output is a regression."""
+    from whisper_sv.evaluation import evaluate_split
+    from whisper_sv.features import BuildOptions, build_store
+
+    clips = [(f"g{i}", "ett ord", speechlike(0.7 + 0.1 * i, seed=40 + i)) for i in range(n)]
+    opts = BuildOptions(progress=False)
+    build_store(ArraySource({"validation": clips}), root / "draft", opts, processor=processor)
+    hyps = evaluate_split(
+        model, root / "draft", "validation", processor=processor, max_new_tokens=16
+    )
+    own = [(c[0], h, c[2]) for c, h in zip(clips, hyps.hypotheses, strict=True) if h.strip()]
+    assert len(own) >= n // 2, hyps.hypotheses
+    build_store(ArraySource({"validation": own}), root / "own", opts, processor=processor)
+    return root / "own"

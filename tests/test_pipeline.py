@@ -47,8 +47,8 @@ def test_pipeline_runs_every_stage_then_skips_them(tmp_path, tiny_model_dir, cap
     first = _stages(capsys.readouterr().out)
     assert all(" ran " in first[s] for s in ("features", "train", "evaluate"))
     (run,) = (tmp_path / "runs").iterdir()
-    # Training exported best/ after writing it, so the export stage finds ct2/ up to date.
-    assert "up to date" in first["export"] and str(run / "ct2") in first["export"]
+    # Exporting is the pipeline's own stage (after the guard check), not training's.
+    assert " ran " in first["export"] and str(run / "ct2") in first["export"]
     assert (run / "ct2" / "model.bin").is_file() and (run / "metrics.csv").is_file()
 
     # The evaluate stage wrote the scores of the run's best model on the test split.
@@ -112,3 +112,51 @@ def test_demo_runs_end_to_end(tmp_path, tiny_model_dir):
     assert report["wer_before"] == pytest.approx(res.wer_before)
     assert (res.run / "ct2" / "model.bin").is_file()
     assert "relative WER reduction" in (tmp_path / "demo" / "demo.md").read_text()
+
+
+def test_pipeline_refuses_to_promote_a_run_that_lost_its_guards(
+    tmp_path, tiny_model_dir, tiny_model, capsys
+):
+    from conftest import own_output_store
+
+    import soundfile as sf
+    from conftest import ToySource
+
+    model, processor = tiny_model
+    guard = own_output_store(tmp_path / "guard", processor, model)
+    # Tone clips, one tone per sentence: the tiny model's validation WER falls from its
+    # babble (several hundred percent) within a few steps, while its output on the guard moves.
+    toy, rows = ToySource(n_train=16, n_val=4), ["path\tsentence\tsplit"]
+    for split in ("train", "validation"):
+        for item in toy.items(split):
+            sf.write(tmp_path / f"{item.id}.wav", toy.load(item), 16000)
+            rows.append(f"{item.id}.wav\t{item.sentence}\t{split}")
+    (tmp_path / "toy.tsv").write_text("\n".join(rows) + "\n")
+    config = _config(tmp_path, tiny_model_dir)
+    data = yaml.safe_load(config.read_text())
+    data.update(
+        source=f"manifest:{tmp_path / 'toy.tsv'}", source_options={}, eval_split="validation"
+    )
+    data["train"] = {
+        **TINY_TRAIN,
+        "max_steps": 6,
+        "eval_max_new_tokens": 16,
+        "precision": "fp32",
+        "guards": [{"name": "own", "path": str(guard), "split": "validation"}],
+    }
+    config.write_text(yaml.safe_dump(data))
+    assert main(["pipeline", "--config", str(config)]) == 1
+    captured = capsys.readouterr()
+    out = _stages(captured.out)
+    assert "refused" in out["promote"] and "own WER" in out["promote"]
+    assert "best/ is the start model" in out["promote"] and "export" not in out
+    assert "--force overrides" in captured.err
+    (run,) = (tmp_path / "runs").iterdir()
+    assert not (run / "ct2").exists()
+    # A re-run refuses again without training again; --force exports it.
+    assert main(["pipeline", "--config", str(config)]) == 1
+    assert "up to date" in _stages(capsys.readouterr().out)["train"]
+    assert main(["pipeline", "--config", str(config), "--force"]) == 0
+    forced = _stages(capsys.readouterr().out)
+    assert "forced" in forced["promote"] and " ran " in forced["export"]
+    assert (run / "ct2" / "model.bin").is_file()

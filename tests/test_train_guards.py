@@ -14,7 +14,7 @@ import json
 import logging
 
 import pytest
-from conftest import ArraySource, make_store, speechlike
+from conftest import make_store, own_output_store
 
 FAST = dict(
     lr=1e-3,
@@ -44,20 +44,8 @@ def store(tmp_path_factory, processor):
 
 @pytest.fixture(scope="module")
 def own_guard(tmp_path_factory, processor, tiny_model):
-    """A store whose transcripts are the tiny start model's own greedy output."""
-    from whisper_sv.evaluation import evaluate_split
-    from whisper_sv.features import BuildOptions, build_store
-
-    root = tmp_path_factory.mktemp("guard")
-    clips = [(f"g{i}", "ett ord", speechlike(0.7 + 0.1 * i, seed=40 + i)) for i in range(8)]
-    opts = BuildOptions(progress=False)
-    build_store(ArraySource({"validation": clips}), root / "draft", opts, processor=processor)
     model, proc = tiny_model
-    hyps = evaluate_split(model, root / "draft", "validation", processor=proc, max_new_tokens=16)
-    own = [(c[0], h, c[2]) for c, h in zip(clips, hyps.hypotheses, strict=True) if h.strip()]
-    assert len(own) >= 4, hyps.hypotheses
-    build_store(ArraySource({"validation": own}), root / "own", opts, processor=processor)
-    return root / "own"
+    return own_output_store(tmp_path_factory.mktemp("guard"), proc, model)
 
 
 def config(**changes):

@@ -592,6 +592,11 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, required=True, help="pipeline.yaml")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override options")
     p.add_argument("--push-to-hub", metavar="REPO", help="publish best/ + card (online only)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="export and publish even a run whose best/ did not keep its real-speech guards",
+    )
     p.set_defaults(func=_cmd_pipeline)
 
 
@@ -602,10 +607,16 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
     if args.push_to_hub:
         overrides["push_to_hub"] = args.push_to_hub
+    if args.force:
+        overrides["force"] = True
     config = load_options(PipelineConfig, args.config, overrides)
-    for r in run_pipeline(config):
-        state = "ran" if r.ran else "up to date"
+    reports = run_pipeline(config)
+    for r in reports:
+        state = "refused" if r.refused else "ran" if r.ran else "up to date"
         print(f"{r.stage:<9} {state:<11} {r.seconds:7.1f} s  {r.detail}")
+    if any(r.refused for r in reports):
+        print("whisper-sv: not promoted (see the promote line); --force overrides", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -37,6 +37,9 @@ class PipelineConfig:
     train: dict = field(default_factory=dict)  # TrainConfig fields (lr, max_steps, ...)
     eval_split: str = "test"  # store split scored after training
     push_to_hub: str = ""  # hub repo id to publish best/ + model card to ("" = don't)
+    # Export and publish even a run whose best/ did not keep its real-speech guards (train:
+    # guards). Without it such a run is kept for inspection but never promoted.
+    force: bool = False
 
     def __post_init__(self) -> None:
         if not self.store or not self.runs:
@@ -47,10 +50,33 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class StageReport:
-    stage: str  # features | train | evaluate | export | push
+    stage: str  # features | train | evaluate | promote | export | push
     ran: bool  # False: output was up to date, skipped
     seconds: float
     detail: str  # one line for the summary
+    refused: bool = False  # the stage stopped the pipeline (promote: guards regressed)
+
+
+def promotion_refusal(run: Path) -> str:
+    """Why ``run`` must not be exported or published ("" when it may be): its best/ regressed
+    on a real-speech guard, or no fine-tuned model kept the guards (best/ is the start model).
+    Runs trained without guards have no RUN/guards.json and are not judged here."""
+    from whisper_sv.run_guards import GUARDS_JSON
+
+    path = run / GUARDS_JSON
+    if not path.is_file():
+        return ""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("regressed"):
+        return "best/ regressed on real-speech guards: " + "; ".join(data["regressed"])
+    if data.get("kept_start"):
+        raw = data.get("best_validation_any_guards", {})
+        return (
+            f"no fine-tuned model kept its real-speech guards (the best validation model, "
+            f"step {raw.get('step')}, regressed: {'; '.join(raw.get('regressed') or ['-'])}); "
+            "best/ is the start model"
+        )
+    return ""
 
 
 def check_hub_reachable(repo: str) -> None:
@@ -84,7 +110,8 @@ def run_pipeline(config: PipelineConfig) -> list[StageReport]:
 
     # Every option is validated before the first stage, so a typo fails in a second.
     build_opts = from_mapping(BuildOptions, {"model": config.model, **config.features})
-    train_cfg = from_mapping(TrainConfig, config.train)
+    # Exporting is the pipeline's own stage, after the guard check (promote).
+    train_cfg = from_mapping(TrainConfig, {**config.train, "export_ct2": False})
     source = open_source(config.source, **config.source_options)
     if config.push_to_hub:
         check_hub_reachable(config.push_to_hub)
@@ -106,6 +133,14 @@ def run_pipeline(config: PipelineConfig) -> list[StageReport]:
     run = Path(config.runs) / store_id(store)
     reports.append(_train_stage(config, run, train_cfg))
     reports.append(_evaluate_stage(run, store, config.eval_split))
+    refusal = promotion_refusal(run)
+    if refusal:
+        detail = f"{run}: {refusal}"
+        if not config.force:
+            log.error("not exporting or publishing %s: %s (force: true overrides)", run, refusal)
+            reports.append(StageReport("promote", False, 0.0, "refused: " + detail, refused=True))
+            return reports
+        reports.append(StageReport("promote", True, 0.0, "forced: " + detail))
     reports.append(_export_stage(run))
     if config.push_to_hub:
         t = time.perf_counter()

@@ -333,8 +333,11 @@ def summary(trainer: Any) -> dict[str, Any]:
             "values": raw_values,
             "regressed": [c.describe() for c in trainer.guard_regressions(raw_values)],
         },
-        # best/ is the start model although training ran: no fine-tuned model kept the guards.
-        "kept_start": bool(trainer.guards) and st.best_step == 0 and st.step > 0,
+        # best/ is the start model although a fine-tuned model scored better on validation:
+        # every such model regressed on a guard.
+        "kept_start": bool(trainer.guards)
+        and st.best_step == 0
+        and st.raw_best_step not in (None, 0),
         "regressed": [c.describe() for c in best_checks],
         "tasks": ["transcribe"] + (["translate"] if any(g.translate for g in cfg.guards) else []),
     }
