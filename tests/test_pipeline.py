@@ -117,10 +117,8 @@ def test_demo_runs_end_to_end(tmp_path, tiny_model_dir):
 def test_pipeline_refuses_to_promote_a_run_that_lost_its_guards(
     tmp_path, tiny_model_dir, tiny_model, capsys
 ):
-    from conftest import own_output_store
-
     import soundfile as sf
-    from conftest import ToySource
+    from conftest import ToySource, own_output_store
 
     model, processor = tiny_model
     guard = own_output_store(tmp_path / "guard", processor, model)
