@@ -613,3 +613,51 @@ def test_cancel_marks_a_running_reply_only(tiny_app):
     assert shown[0] == history[0] and button["visible"] is False
     done = [{"role": "assistant", "content": "**Svenska** · a.wav\n\nHej"}]
     assert tiny_app.cancelled(done)[0] == done  # a finished reply is left as it is
+
+
+def test_a_run_not_checked_on_translation_translates_with_its_start_model(
+    tmp_path, tiny_ct2_dir, tiny_model_dir, clips
+):
+    """A run folder whose guards never checked the translate task: the English comes from the
+    model it started from, and the reply names that model and says why."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run / "best")
+    shutil.copytree(tiny_ct2_dir, run / "ct2")
+    train = {"guards": [{"name": "words", "path": "w.tsv", "translate": False}]}
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": str(tiny_ct2_dir), "train": train}))
+    chat = ChatApp(AppOptions(model=str(run), runs_dir=None))
+    last = list(chat.run(str(clips["speech"]), None, str(run), "whisper"))[-1]
+    assert not last.error and last.english
+    assert last.model == chat.model_label(str(run))
+    assert last.translation_model == chat.model_label(str(tiny_ct2_dir)) != last.model
+    shown = render_markdown(last)
+    assert "not checked on translation" in shown and "translate: true" in shown
+    # Guarded for translation: the run translates itself.
+    train["guards"][0]["translate"] = True
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": str(tiny_ct2_dir), "train": train}))
+    last = list(chat.run(str(clips["speech"]), None, str(run), "whisper"))[-1]
+    assert last.translation_model == last.model and not last.translation_note
+    chat.close()
+
+
+def test_cli_translate_with_an_unchecked_run_uses_its_start_model(
+    tmp_path, tiny_ct2_dir, tiny_model_dir, clips, capsys
+):
+    import shutil
+
+    import yaml
+
+    from whisper_sv.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run / "best")
+    shutil.copytree(tiny_ct2_dir, run / "ct2")
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": str(tiny_ct2_dir), "train": {}}))
+    args = ["transcribe", "--model", str(run), "--task", "translate", str(clips["speech"])]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"note: English by {tiny_ct2_dir}" in err and "not checked on translation" in err

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from whisper_sv import links, models, translate
+from whisper_sv import links, models, tasks, translate
 from whisper_sv.audio import AudioError, duration_s, load_audio
 
 if TYPE_CHECKING:
@@ -153,7 +153,9 @@ class Reply:
     english_text: str = ""  # online translation (whole text)
     translator: str = "none"  # which translation is shown
     translation_model: str = ""  # which model or service wrote the English (a label)
-    translation_note: str = ""  # why there is no translation (online translator unreachable)
+    # Why there is no translation (online translator unreachable), or why another model than
+    # the transcript's wrote the English (a run not checked on translation: tasks.py).
+    translation_note: str = ""
     error: str = ""  # a failure, in words; nothing else is shown then
     files: list[str] = field(default_factory=list)  # SRT / VTT / TXT to download
     timestamps: bool = False  # long audio: segments with their times
@@ -352,7 +354,13 @@ class ChatApp:
     ) -> Iterator[Reply]:
         reply.translator = request.translator
         if request.translator == "whisper":
-            reply.translation_model = reply.model
+            # A run never checked on translation answers in Swedish: its start model translates,
+            # and the English head says so.
+            choice = tasks.translation_model(request.model)
+            if choice.model != request.model:
+                transcriber = self.transcriber(choice.model)
+                reply.translation_note = choice.note
+            reply.translation_model = self.model_label(choice.model)
             reply.status = "Translating…"
             yield reply
             source = translate.TranslateOptions(source=request.language)
@@ -730,6 +738,8 @@ def render_markdown(reply: Reply) -> str:
     by = f" · model {_md(reply.translation_model)}" if reply.translation_model else ""
     if reply.translator == "whisper" and (reply.english or not reply.status):
         parts.append("**English** · Whisper (offline)" + by)
+        if reply.translation_note:  # the English came from another model than the transcript
+            parts.append(f"ℹ️ {_md(reply.translation_note)}")
         parts.append(_lines(reply.english, reply.timestamps) or "…")
     elif reply.translator == "google" and not reply.status:
         parts.append("**English** · Google Translate (online)")

@@ -249,7 +249,16 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     if not audios:
         return 1
     _check_device(args.device, args.backend)
-    transcriber = Transcriber(args.model, backend=args.backend, device=args.device)
+    model = args.model
+    if options.task == "translate":
+        from whisper_sv.tasks import translation_model
+
+        # A run never checked on translation answers in Swedish: its start model translates.
+        choice = translation_model(model)
+        if choice.note:
+            print(f"note: {choice.note}", file=sys.stderr)
+        model = choice.model
+    transcriber = Transcriber(model, backend=args.backend, device=args.device)
     results = transcriber.transcribe_many(audios, options, progress=len(audios) > 1)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -326,7 +335,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     read_manifest(args.manifest, limit=args.limit)  # bad manifests fail before model loading
     _check_device(args.device, args.backend)
-    transcriber = Transcriber(args.model, backend=args.backend, device=args.device)
+    model = args.model
+    if options.task == "translate":
+        from whisper_sv.tasks import translation_model
+
+        # A run never checked on translation answers in Swedish: its start model translates.
+        choice = translation_model(model)
+        if choice.note:
+            print(f"note: {choice.note}", file=sys.stderr)
+        model = choice.model
+    transcriber = Transcriber(model, backend=args.backend, device=args.device)
     report = evaluate(
         args.manifest, options=options, limit=args.limit, transcriber=transcriber, progress=True
     )
@@ -570,6 +588,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         option_flag(p, DemoOptions, name)
     option_flag(p, DemoOptions, "workers")
     option_flag(p, DemoOptions, "precision", choices=("auto", "fp32", "bf16", "fp16"))
+    for name in ("real_data", "guard_clips", "long_form_s", "timestamp_share", "translate_share"):
+        option_flag(p, DemoOptions, name)
+    option_flag(p, DemoOptions, "wise_ft", "--no-wise-ft")
+    option_flag(p, DemoOptions, "train_set", "--set", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_demo)
 
 

@@ -1,13 +1,20 @@
 """The main job on the embedded default, end to end, within a CPU budget.
 
-synthetic Swedish speech -> feature store -> WER of the pretrained model on the test split
-(voices never heard in training) -> short fine-tune of the decoder (encoder outputs computed
-once, short clips packed into 30 s windows so that computing them is cheap) -> WER after -> CTranslate2 export ->
-one test clip transcribed with the exported model -> the before/after table.
+synthetic Swedish speech -> feature store -> real speech cut into guard and held-out test
+parts -> scores of the pretrained model -> short fine-tune of the decoder (encoder outputs
+computed once, short clips packed into 30 s windows), guarded by real speech -> scores after
+-> CTranslate2 export -> one test clip transcribed with the export -> the before/after table.
 
-Every stage is the project's own public function (``build_store``, ``train``,
-``evaluate_dataset``, ``Transcriber``); the demo only chooses small settings. Re-running it
-reuses what is finished: the store skips done shards, and the run resumes or is left as is.
+Synthetic speech needs nothing, but it is a proxy: a fine-tune that helps it can make Whisper
+worse on real Swedish and make it forget translation. So when real recordings are found
+(``realsets.find_real_data``: lexin-phrases and sv-words), the demo cuts them by theme and by
+word into a *guard* part, which training checks at every evaluation (``best/`` never loses on
+it), and a *held-out* part with other phrases and words, scored before and after along with a
+2-minute long-form file of held-out phrases and the English translation.
+
+Every stage is the project's own public function (``build_store``, ``train``, ``Evaluator``,
+``Transcriber``); the demo only chooses small settings. Re-running it reuses what is finished:
+the store skips done shards, and the run resumes or is left as is.
 """
 
 from __future__ import annotations
@@ -42,28 +49,60 @@ class DemoOptions:
     batch_size: int = 4  # windows (of up to pack_clips clips) per step
     lr: float = 1e-4  # peak learning rate (decoder only: a higher rate than the blog's 1e-5)
     warmup_steps: int = 10  # linear warm-up steps
-    eval_steps: int = 30  # validation WER every N steps (the table's rows)
+    eval_steps: int = 50  # validation and guard scores every N steps (the table's rows)
     workers: int = 2  # feature-pipeline processes
     precision: str = "auto"  # training precision (TrainConfig.precision): auto, fp32, bf16
+    # Real speech: a folder holding lexin-phrases/ and/or sv-words/ ("": looked up beside the
+    # checkout or in $WHISPER_SV_REAL_DATA; "none": synthetic rows only).
+    real_data: str = ""
+    guard_clips: int = 96  # clips of each real guard scored at every evaluation (0: all)
+    long_form_s: float = 120.0  # seconds of the long-form file of held-out phrases (0: none)
+    # Anti-forgetting (docs/experiments.md, section 8): WiSE-FT weights tried after training,
+    timestamp_share: float = 0.5  # share of windows trained with timestamps,
+    translate_share: float = 0.25  # share of windows labelled with the start model's English,
+    wise_ft: bool = True  # interpolate with the start model at 0.25 / 0.5 / 0.75 when it helps
+    train_set: tuple[str, ...] = ()  # further training options, KEY=VALUE (TrainConfig)
 
     def __post_init__(self) -> None:
         if min(self.train_clips, self.validation_clips, self.test_clips) < 1:
             raise ValueError("train_clips, validation_clips and test_clips must be >= 1")
         if min(self.max_steps, self.eval_steps, self.batch_size, self.pack_clips) < 1:
             raise ValueError("max_steps, eval_steps, batch_size and pack_clips must be >= 1")
+        if self.guard_clips < 0 or self.long_form_s < 0:
+            raise ValueError("guard_clips and long_form_s must be >= 0")
+
+
+@dataclass(frozen=True)
+class DemoRow:
+    """One line of the before/after table."""
+
+    name: str  # what was scored
+    clips: int  # how many clips (1 for a long-form file)
+    metric: str  # "WER %" (lower is better) or "chrF" (higher is better)
+    before: float  # the pretrained model
+    after: float  # the fine-tuned run's best/
+    cer_before: float | None = None
+    cer_after: float | None = None
+
+    @property
+    def change(self) -> str:
+        if self.metric == "chrF":
+            return f"{self.after - self.before:+.1f}"
+        return f"{100.0 * (self.after - self.before) / max(self.before, 1e-9):+.0f}%"
 
 
 @dataclass(frozen=True)
 class DemoResult:
-    wer_before: float  # percent, test split, pretrained model
+    wer_before: float  # percent, synthetic test split, pretrained model
     cer_before: float
-    wer_after: float  # percent, test split, fine-tuned best/
+    wer_after: float  # percent, synthetic test split, fine-tuned best/
     cer_after: float
-    n_test: int  # test clips scored
+    n_test: int  # synthetic test clips scored
     run: Path  # the run folder (metrics, curves, best/, ct2/)
     sample_reference: str  # one test clip's transcript ...
     sample_hypothesis: str  # ... and what the exported model heard
     seconds: dict[str, float]  # wall time per stage
+    rows: tuple[DemoRow, ...] = ()  # every scored set, the synthetic test first
 
     @property
     def relative_reduction(self) -> float:
@@ -71,24 +110,16 @@ class DemoResult:
         return 100.0 * (self.wer_before - self.wer_after) / max(self.wer_before, 1e-9)
 
     def table(self) -> str:
-        return "\n".join(
-            [
-                "| model | test WER % | test CER % |",
-                "|---|---|---|",
-                f"| pretrained ({self.n_test} clips, unseen voices) | "
-                f"{self.wer_before:.1f} | {self.cer_before:.1f} |",
-                f"| fine-tuned | {self.wer_after:.1f} | {self.cer_after:.1f} |",
-                f"| relative WER reduction | {self.relative_reduction:.0f}% | |",
-            ]
-        )
-
-
-def _test_wer(model_ref: str, store, batch_size: int = 16):
-    """WER/CER on the store's test split: identical features and greedy decoding for every
-    model, so the before/after numbers differ only by the weights."""
-    from whisper_sv.evaluation import evaluate_split
-
-    return evaluate_split(model_ref, store, "test", batch_size=batch_size)
+        lines = [
+            "| set | clips | metric | pretrained | fine-tuned | change |",
+            "|---|---:|---|---:|---:|---:|",
+        ]
+        for r in self.rows:
+            cer = r.cer_before is not None and r.cer_after is not None
+            before = f"{r.before:.1f}" + (f" (CER {r.cer_before:.1f})" if cer else "")
+            after = f"{r.after:.1f}" + (f" (CER {r.cer_after:.1f})" if cer else "")
+            lines.append(f"| {r.name} | {r.clips} | {r.metric} | {before} | {after} | {r.change} |")
+        return "\n".join(lines)
 
 
 class _Stages:
@@ -108,8 +139,6 @@ class _Stages:
 
 def run_demo(options: DemoOptions | None = None) -> DemoResult:
     """Run the whole job; see the module docstring. Prints progress; returns the figures."""
-    from whisper_sv.features import BuildOptions, build_store
-    from whisper_sv.sources import open_source
     from whisper_sv.store import FeatureStore
 
     o = options or DemoOptions()
@@ -118,69 +147,270 @@ def run_demo(options: DemoOptions | None = None) -> DemoResult:
     stage = _Stages()
 
     with stage("features"):
-        source = open_source(
-            "synthetic",
-            seed=o.seed,
-            train=o.train_clips,
-            validation=o.validation_clips,
-            test=o.test_clips,
-        )
-        summary = build_store(
-            source, out / "store", BuildOptions(model=o.model, workers=o.workers, seed=o.seed)
-        )
-        print(summary.table())
+        source = _synthetic_store(o, out)
         store = FeatureStore(out / "store")
-
-    with stage(f"baseline: {o.model} on the test split"):
-        before = _test_wer(o.model, store)
-        print(f"   WER {before.wer:.1f}%  CER {before.cer:.1f}%  ({before.n} clips)")
-
-    with stage("fine-tune (decoder on cached encoder outputs, clips packed in 30 s windows)"):
-        run = _fine_tune(o, out)
+    with stage("real speech: guard and held-out parts"):
+        real = _real_sets(o, out)
+    with stage(f"baseline: {o.model} on the test sets"):
+        before = score_sets(o.model, store, real, o)
+        _print_scores(before)
+    with stage("fine-tune (decoder on cached encoder outputs, guarded by real speech)"):
+        run = _fine_tune(o, out, real)
         print((run / "metrics.md").read_text(encoding="utf-8"))
-
-    with stage("fine-tuned model on the test split"):
-        after = _test_wer(str(run), store)
-        print(f"   WER {after.wer:.1f}%  CER {after.cer:.1f}%  ({after.n} clips)")
-
+    with stage("fine-tuned model on the test sets"):
+        after = score_sets(str(run), store, real, o, start=before)
+        _print_scores(after)
     with stage("transcribe one test clip with the CTranslate2 export"):
         reference, hypothesis = _sample_transcript(source, out, run)
         print(f"   reference:  {reference}\n   fine-tuned: {hypothesis}")
 
+    syn_before, syn_after = before["synthetic"], after["synthetic"]
     res = DemoResult(
-        wer_before=before.wer,
-        cer_before=before.cer,
-        wer_after=after.wer,
-        cer_after=after.cer,
-        n_test=after.n,
+        wer_before=syn_before.wer,
+        cer_before=syn_before.cer,
+        wer_after=syn_after.wer,
+        cer_after=syn_after.cer,
+        n_test=syn_after.n,
         run=run,
         sample_reference=reference,
         sample_hypothesis=hypothesis,
         seconds=stage.seconds,
+        rows=_rows(before, after, real),
     )
     _write_report(out, res)
     return res
 
 
-def _fine_tune(o: DemoOptions, out: Path) -> Path:
-    """Train the decoder on the store's train split; the run folder."""
+def _synthetic_store(o: DemoOptions, out: Path) -> Any:
+    from whisper_sv.features import BuildOptions, build_store
+    from whisper_sv.sources import open_source
+
+    source = open_source(
+        "synthetic",
+        seed=o.seed,
+        train=o.train_clips,
+        validation=o.validation_clips,
+        test=o.test_clips,
+    )
+    summary = build_store(
+        source, out / "store", BuildOptions(model=o.model, workers=o.workers, seed=o.seed)
+    )
+    print(summary.table())
+    return source
+
+
+@dataclass(frozen=True)
+class RealSet:
+    """A held-out real test set and the guard cut from the same recordings."""
+
+    name: str  # "lexin-phrases"
+    label: str  # how the table names its held-out part
+    guard: Path  # manifest of the guard part
+    test: Path  # manifest of the held-out part
+    translate: bool  # score (and guard) the translate task on it
+
+
+def _real_sets(o: DemoOptions, out: Path) -> list[RealSet]:
+    """The real sets found, each cut into guard and held-out parts (``out/real/``)."""
+    from whisper_sv.realsets import REAL_SETS, find_real_data, split_by_group
+
+    if o.real_data == "none":
+        print("   real speech turned off (--real-data none): synthetic rows only")
+        return []
+    root = Path(o.real_data) if o.real_data else find_real_data()
+    if root is None:
+        print(
+            "   no real speech found (set WHISPER_SV_REAL_DATA to a folder holding "
+            "lexin-phrases/ or sv-words/): synthetic rows only, no guards"
+        )
+        return []
+    sets = []
+    labels = {"lexin-phrases": "held-out themes", "sv-words": "held-out words"}
+    for name, group in REAL_SETS.items():
+        if not (root / name / "manifest.tsv").is_file():
+            continue
+        cut = split_by_group(
+            root / name, out / "real", shares={"guard": 0.5, "test": 0.5}, group_column=group
+        )
+        print(f"   {name}: guard {cut.counts['guard']} clips, held out {cut.counts['test']}")
+        sets.append(
+            RealSet(
+                name=name,
+                label=f"real: {name}, {labels.get(name, 'held out')}",
+                guard=cut.parts["guard"],
+                test=cut.parts["test"],
+                translate=name == "lexin-phrases",
+            )
+        )
+    return sets
+
+
+def _fine_tune(o: DemoOptions, out: Path, real: list[RealSet]) -> Path:
+    """Train the decoder on the store's train split, guarded by the real sets; the run."""
+    from whisper_sv.config import from_mapping, parse_overrides
     from whisper_sv.train import TrainConfig, train
 
-    config = TrainConfig(
-        lr=o.lr,
-        warmup_steps=o.warmup_steps,
-        batch_size=o.batch_size,
-        max_steps=o.max_steps,
-        eval_steps=o.eval_steps,
-        save_steps=o.eval_steps,
-        eval_at_start=True,
-        freeze_encoder=True,
-        cache_encoder=True,
-        pack_clips=o.pack_clips,
-        precision=o.precision,
-        seed=o.seed,
-    )
+    guards = [
+        {"name": r.name, "path": str(r.guard), "translate": r.translate, "limit": o.guard_clips}
+        for r in real
+    ]
+    options = {
+        "lr": o.lr,
+        "warmup_steps": o.warmup_steps,
+        "batch_size": o.batch_size,
+        "max_steps": o.max_steps,
+        "eval_steps": o.eval_steps,
+        "save_steps": o.eval_steps,
+        "eval_at_start": True,
+        "freeze_encoder": True,
+        "cache_encoder": True,
+        "pack_clips": o.pack_clips,
+        "precision": o.precision,
+        "seed": o.seed,
+        "guards": guards,
+        "timestamp_share": o.timestamp_share,
+        "translate_share": o.translate_share,
+        "interpolate": [0.25, 0.5, 0.75] if o.wise_ft else [],
+        **parse_overrides(list(o.train_set)),
+    }
+    config = from_mapping(TrainConfig, options)
     return train(out / "store", out / "run", model=o.model, config=config).run
+
+
+@dataclass(frozen=True)
+class SetScore:
+    """One model on one test set."""
+
+    wer: float  # percent, normalised text
+    cer: float
+    n: int  # clips (1 for a long-form file)
+    translations: tuple[str, ...] = ()  # English of each clip (translate sets)
+    chrf: float | None = None  # that English against the pretrained model's (100: the same)
+    segments: int = 0  # long-form: segments (subtitle cues) transcribed
+
+
+# Encoder outputs of the test sets by (encoder weights, store, split): the fine-tune keeps the
+# encoder frozen, so "after" decodes the very outputs "before" computed (half the encoder time).
+_ENCODED: dict[tuple[str, str, str], list[Any]] = {}
+
+
+def score_sets(
+    model_ref: str,
+    store: Any,
+    real: list[RealSet],
+    o: DemoOptions,
+    start: dict[str, SetScore] | None = None,
+) -> dict[str, SetScore]:
+    """``model_ref`` on the synthetic test split, each real held-out part (and its English),
+    and the long-form file. ``start``: the pretrained model's scores, for the chrF."""
+    from whisper_sv import models
+    from whisper_sv.fsutil import cache_dir
+    from whisper_sv.guards import GuardSpec, chrf, prepare_guard_store
+
+    model, processor = models.load_model(model_ref)
+    scores = {"synthetic": _score_split(model, processor, store, "test", o)}
+    for r in real:
+        spec = GuardSpec(f"{r.name}-test", str(r.test))
+        test_store, split = prepare_guard_store(
+            spec, model=o.model, cache_root=cache_dir(), processor=processor
+        )
+        score = _score_split(model, processor, test_store, split, o, translate=r.translate)
+        if r.translate and start and r.name in start:
+            agree = chrf(score.translations, start[r.name].translations)
+            score = dataclasses.replace(score, chrf=agree)
+        scores[r.name] = score
+    lexin = next((r for r in real if r.translate), real[0] if real else None)
+    if lexin is not None and o.long_form_s > 0:
+        scores["long-form"] = _long_form(model_ref, lexin.test, Path(o.out), o)
+    return scores
+
+
+def _encoder_digest(model: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, tensor in model.get_encoder().state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _score_split(
+    model: Any, processor: Any, store: Any, split: str, o: DemoOptions, translate: bool = False
+) -> SetScore:
+    """Greedy WER/CER (and English) of ``model`` on a store split, in the training precision."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from whisper_sv.evaluation import Evaluator, finish_eval
+    from whisper_sv.runtime import resolve_precision
+    from whisper_sv.store import collate
+
+    lang = store.config.language
+    ev = Evaluator(processor, model, language=lang, task="transcribe", max_new_tokens=225)
+    tr = Evaluator(processor, model, language=lang, task="translate", max_new_tokens=225)
+    key = (_encoder_digest(model), str(Path(store.path).resolve()), split)
+    cached = _ENCODED.get(key)
+    fresh: list[Any] = []
+    bf16 = resolve_precision(o.precision, cuda=False) == "bf16"
+    parts, english = [], []
+    model.eval()
+    loader = DataLoader(store.torch_dataset(split), batch_size=16, collate_fn=collate)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for b, batch in enumerate(loader):
+            if cached is not None:
+                hidden = cached[b].float()
+            else:
+                hidden = model.get_encoder()(batch["input_features"]).last_hidden_state
+                fresh.append(hidden.to(torch.float16))
+            parts.append(ev.batch(model, hidden, batch["labels"]))
+            if translate:
+                english += tr.batch(model, hidden, batch["labels"])[3]
+    if cached is None:
+        _ENCODED[key] = fresh
+    res = finish_eval(parts, 0.0)
+    return SetScore(res.wer, res.cer, res.n, translations=tuple(english))
+
+
+def _long_form(model_ref: str, manifest: Path, out: Path, o: DemoOptions) -> SetScore:
+    """WER of the whole long-form file transcribed by the CTranslate2 model (as users run it)."""
+    from whisper_sv.infer import Transcriber
+    from whisper_sv.longform import join_clips
+    from whisper_sv.text import error_rates
+
+    long = join_clips(manifest, out / "real" / "long-form.wav", seconds=o.long_form_s, seed=o.seed)
+    transcript = Transcriber(model_ref).transcribe(long.path)
+    rates = error_rates([long.reference], [transcript.text])
+    return SetScore(rates.wer, rates.cer, 1, segments=len(transcript.segments))
+
+
+def _print_scores(scores: dict[str, SetScore]) -> None:
+    for name, s in scores.items():
+        extra = f", English chrF vs pretrained {s.chrf:.1f}" if s.chrf is not None else ""
+        cues = f", {s.segments} segments" if s.segments else ""
+        print(f"   {name}: WER {s.wer:.1f}%  CER {s.cer:.1f}%  ({s.n} clips{cues}){extra}")
+
+
+def _rows(
+    before: dict[str, SetScore], after: dict[str, SetScore], real: list[RealSet]
+) -> tuple[DemoRow, ...]:
+    def row(name: str, key: str) -> DemoRow:
+        b, a = before[key], after[key]
+        return DemoRow(name, a.n, "WER %", b.wer, a.wer, b.cer, a.cer)
+
+    rows = [row("synthetic test, unseen voices", "synthetic")]
+    rows += [row(r.label, r.name) for r in real]
+    if "long-form" in after:
+        b, a = before["long-form"], after["long-form"]
+        name = (
+            f"real long-form: one file of held-out phrases ({b.segments} -> {a.segments} segments)"
+        )
+        rows.append(DemoRow(name, 1, "WER %", b.wer, a.wer, b.cer, a.cer))
+    for r in real:
+        if r.translate and after[r.name].chrf is not None:
+            name = f"translate: {r.name} held out, English vs the pretrained model's"
+            rows.append(DemoRow(name, after[r.name].n, "chrF", 100.0, after[r.name].chrf))
+    return tuple(rows)
 
 
 def _sample_transcript(source: Any, out: Path, run: Path) -> tuple[str, str]:
@@ -200,6 +430,7 @@ def _write_report(out: Path, res: DemoResult) -> None:
     """``demo.json`` and ``demo.md`` in ``out``; the table printed too."""
     report = {k: v for k, v in dataclasses.asdict(res).items() if k != "run"}
     report.update(run=str(res.run), relative_reduction=res.relative_reduction)
+    report["rows"] = [{**dataclasses.asdict(r), "change": r.change} for r in res.rows]
     (out / "demo.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), "utf-8")
     (out / "demo.md").write_text(res.table() + "\n", encoding="utf-8")
     print("\n" + res.table())
