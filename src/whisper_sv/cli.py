@@ -885,13 +885,17 @@ def _cmd_average(args: argparse.Namespace) -> int:
 def _add_experiment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "experiment",
-        help="data-centric experiments: voices | noise | speaker",
+        help="experiments: voices | noise | speaker | forgetting",
         description="voices: 1 vs 8 synthetic voices at equal data, tested on unseen voices. "
         "noise: noise augmentation at several SNRs, tested clean and noisy. speaker: "
         "fine-tune on some of one real speaker's words (../shared/data/sv-words), test on the "
-        "held-out words. Re-runs reuse finished stores, runs and evaluations.",
+        "held-out words. forgetting: anti-forgetting methods at equal compute, scored on real "
+        "held-out speech, long-form and English (--budget takes demo options, e.g. "
+        "max_steps=75, and methods=[plain,all]). Re-runs reuse finished stores and runs.",
     )
-    p.add_argument("name", choices=("voices", "noise", "speaker"), help="which experiment")
+    p.add_argument(
+        "name", choices=("voices", "noise", "speaker", "forgetting"), help="which experiment"
+    )
     p.add_argument(
         "--out", default=None, metavar="DIR", help="folder (not given: experiments/NAME)"
     )
@@ -922,6 +926,15 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     budget = parse_overrides(args.budget)
     if args.model:
         budget["model"] = args.model
+    if args.name == "forgetting":
+        from whisper_sv.forgetting import run_study
+
+        methods = budget.pop("methods", None)
+        extra = tuple(args.overrides)
+        out = Path(args.out or "experiments/forgetting")
+        run_study(out, methods, **budget, **({"train_set": extra} if extra else {}))
+        print(f"report: {out / 'results.md'}")
+        return 0
     options = from_mapping(ExperimentOptions, budget)
     result = run_experiment(
         args.name,

@@ -155,7 +155,7 @@ def run_demo(options: DemoOptions | None = None) -> DemoResult:
         before = score_sets(o.model, store, real, o)
         _print_scores(before)
     with stage("fine-tune (decoder on cached encoder outputs, guarded by real speech)"):
-        run = _fine_tune(o, out, real)
+        run = _fine_tune(o, out / "store", out / "run", real)
         print((run / "metrics.md").read_text(encoding="utf-8"))
     with stage("fine-tuned model on the test sets"):
         after = score_sets(str(run), store, real, o, start=before)
@@ -245,7 +245,7 @@ def _real_sets(o: DemoOptions, out: Path) -> list[RealSet]:
     return sets
 
 
-def _fine_tune(o: DemoOptions, out: Path, real: list[RealSet]) -> Path:
+def _fine_tune(o: DemoOptions, store: Path, run: Path, real: list[RealSet]) -> Path:
     """Train the decoder on the store's train split, guarded by the real sets; the run."""
     from whisper_sv.config import from_mapping, parse_overrides
     from whisper_sv.train import TrainConfig, train
@@ -274,7 +274,7 @@ def _fine_tune(o: DemoOptions, out: Path, real: list[RealSet]) -> Path:
         **parse_overrides(list(o.train_set)),
     }
     config = from_mapping(TrainConfig, options)
-    return train(out / "store", out / "run", model=o.model, config=config).run
+    return train(store, run, model=o.model, config=config).run
 
 
 @dataclass(frozen=True)
@@ -361,8 +361,10 @@ def _score_split(
             if cached is not None:
                 hidden = cached[b].float()
             else:
-                hidden = model.get_encoder()(batch["input_features"]).last_hidden_state
-                fresh.append(hidden.to(torch.float16))
+                # Rounded to float16 as stored, so the first model decodes what later ones do.
+                out = model.get_encoder()(batch["input_features"]).last_hidden_state
+                fresh.append(out.to(torch.float16))
+                hidden = fresh[-1].float()
             parts.append(ev.batch(model, hidden, batch["labels"]))
             if translate:
                 english += tr.batch(model, hidden, batch["labels"])[3]
