@@ -22,15 +22,24 @@ The URL given is kept in ``STUDY/storage.url`` (mode 600: it may hold a password
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STORAGE_FILE", "open_storage", "parse_url", "retry_stale_trial", "seed_salt"]
+__all__ = [
+    "STORAGE_FILE",
+    "create_or_join",
+    "open_storage",
+    "parse_url",
+    "retry_stale_trial",
+    "seed_salt",
+]
 
 DB_FILE = "study.db"  # the default storage in the study folder (tune.DB_FILE)
 STORAGE_FILE = "storage.url"  # the storage URL of a study, kept in its folder
@@ -126,6 +135,43 @@ def _redact(url: str) -> str:
     scheme, rest = url.split("://", 1)
     cred, host = rest.rsplit("@", 1)
     return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}" if ":" in cred else url
+
+
+# Study settings every worker must share (paths to the store and model may differ per machine;
+# the number of trials, the seed and the like may differ as they may for a re-run).
+_SHARED_SETTINGS = ("space", "train", "tune")
+_SHARED_TUNE = ("steps", "equal_epochs", "evals_per_trial", "time_budget_s", "prune")
+
+
+def create_or_join(storage: Any, name: str, settings: Mapping[str, Any], worker: bool) -> Any:
+    """The study ``name`` in ``storage``: created (or continued) by a lead process, joined by a
+    worker, which refuses a study that does not exist or searches something else."""
+    import optuna
+
+    tune = {k: v for k, v in settings.get("tune", {}).items() if k in _SHARED_TUNE}
+    mine = json.loads(json.dumps({**settings, "tune": tune}, default=str))
+    if not worker:
+        study = optuna.create_study(
+            study_name=name, storage=storage, direction="minimize", load_if_exists=True
+        )
+        if "settings" not in study.user_attrs:
+            study.set_user_attr("settings", mine)
+        return study
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise ValueError(
+            "--worker joins an existing study, and this storage holds none: start the study "
+            "first with `whisper-sv tune ... --storage URL` (without --worker)"
+        ) from None
+    theirs = study.user_attrs.get("settings") or {}
+    differ = [k for k in _SHARED_SETTINGS if k in theirs and theirs[k] != mine[k]]
+    if differ:
+        raise ValueError(
+            f"the study in this storage was started with other settings ({', '.join(differ)} "
+            "differ): give a worker the same search space, --config/--set and tune options"
+        )
+    return study
 
 
 def heartbeat_enabled(storage: Any) -> bool:

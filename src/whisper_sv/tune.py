@@ -348,6 +348,9 @@ class TuneOptions:
     keep_models: bool = False  # keep best/ of every trial (default: only the study's best)
     max_failures: int = 3  # stop a study after this many failed trials in one call
     poll_s: float = 1.0  # how often a running trial's metrics.csv is read, seconds
+    storage: str = ""  # Optuna storage URL (study_storage); "": study.db in the study folder
+    worker: bool = False  # join the existing study in `storage` (one of N machines/processes)
+    heartbeat_s: int = 60  # a shared storage's trial heartbeat; 3 missed: the trial is retried
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -375,6 +378,7 @@ class TuneOptions:
         need(self.repeat in ("best", "each"), f"repeat must be best or each ({self.repeat!r})")
         need(self.max_failures >= 1, "max_failures must be >= 1")
         need(self.poll_s > 0, "poll_s must be > 0")
+        need(self.heartbeat_s >= 1, f"heartbeat_s must be >= 1 (got {self.heartbeat_s})")
 
 
 def planned_steps(cfg: TrainConfig, n_train: int, processes: int = 1) -> int:
@@ -774,12 +778,13 @@ def _study_lock(root: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _storage(root: Path) -> optuna.storages.RDBStorage:
-    import optuna
+def _storage(root: Path, options: TuneOptions | None = None) -> Any:
+    from whisper_sv import study_storage
 
-    url = f"sqlite:///{(root / DB_FILE).resolve()}"
-    # A long timeout: the report reader (or a test) may hold the file for a moment.
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    if options is None or not (options.storage or options.worker):
+        return study_storage.open_storage(root)
+    url, beat = options.storage or None, options.heartbeat_s
+    return study_storage.open_storage(root, url, heartbeat_s=beat, max_retries=MAX_RETRIES)
 
 
 def _recover(study: optuna.Study, storage: Any) -> int:
@@ -842,7 +847,8 @@ def _study_settings(
     from whisper_sv.config import to_dict
 
     opts = to_dict(options)
-    opts.pop("poll_s", None)
+    for how in ("poll_s", "storage", "worker", "heartbeat_s"):  # how it runs, not what
+        opts.pop(how, None)
     return {
         "features": str(features),
         "model": model,
@@ -897,6 +903,7 @@ def tune(
     from optuna.trial import TrialState
     from tqdm.auto import tqdm
 
+    from whisper_sv import study_storage
     from whisper_sv.train import open_store
 
     options = options or TuneOptions()
@@ -927,7 +934,8 @@ def tune(
     target = options.trials or (space.grid_size() if options.sampler == "grid" else 10)
     settings = _study_settings(features, model, space, base, options)
 
-    with _study_lock(root):
+    # Workers of one study may share its folder (a shared disk): only a lead process locks it.
+    with contextlib.nullcontext() if options.worker else _study_lock(root):
         settings_path = root / STUDY_FILE
         if settings_path.is_file():
             _check_same_study(yaml.safe_load(settings_path.read_text("utf-8")), settings, root)
@@ -936,12 +944,12 @@ def tune(
         settings_path.write_text(yaml.safe_dump(settings, sort_keys=False), "utf-8")
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = _storage(root)
-        probe_study = optuna.create_study(
-            study_name=STUDY_NAME, storage=storage, direction="minimize", load_if_exists=True
-        )
-        _recover(probe_study, storage)
+        storage = _storage(root, options)
+        probe_study = study_storage.create_or_join(storage, STUDY_NAME, settings, options.worker)
+        if not (options.worker or study_storage.heartbeat_enabled(storage)):
+            _recover(probe_study, storage)  # else RUNNING trials may be other workers' live ones
         n_existing = len(probe_study.get_trials(deepcopy=False))
+        n_existing += study_storage.seed_salt(options.worker)
         sampler = _sampler(options, space, target, n_existing)
         study = optuna.load_study(
             study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=_pruner(options)
