@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -113,12 +114,28 @@ def open_storage(
             "heartbeat_stale_trial_callback": _Retry(max_retries),
         }
     try:
-        return optuna.storages.RDBStorage(target, **kwargs)
+        return _rdb(target, kwargs)
     except ModuleNotFoundError as err:
         raise RuntimeError(
             f"the storage {_redact(url)} needs a database driver ({err.name}): "
             "pip install 'whisper-sv[tune]' (psycopg for postgresql://)"
         ) from err
+
+
+def _rdb(target: str, kwargs: dict[str, Any], attempts: int = 5) -> Any:
+    """RDBStorage, tried again when another process creates the same tables at the same moment
+    (workers starting together on an empty database: PostgreSQL reports a duplicate type)."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(target, **kwargs)
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _record(path: Path, url: str) -> None:

@@ -935,6 +935,7 @@ def tune(
     settings = _study_settings(features, model, space, base, options)
 
     # Workers of one study may share its folder (a shared disk): only a lead process locks it.
+    root.mkdir(parents=True, exist_ok=True)
     with contextlib.nullcontext() if options.worker else _study_lock(root):
         settings_path = root / STUDY_FILE
         if settings_path.is_file():
