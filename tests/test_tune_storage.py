@@ -50,6 +50,27 @@ def test_journal_storage_is_recorded_in_the_study_folder(tmp_path):
     assert (tmp_path / "study" / "storage.url").stat().st_mode & 0o777 == 0o600
 
 
+def test_options_name_the_fix(tiny_store, tiny_model_dir, tmp_path):  # noqa: F811
+    from whisper_sv.features import BuildOptions
+    from whisper_sv.train import TrainConfig
+    from whisper_sv.tune import SearchSpace, TuneOptions, tune
+
+    with pytest.raises(ValueError, match="engine must be 'local' or 'ray'"):
+        BuildOptions(engine="spark")
+    with pytest.raises(ValueError, match="--engine ray"):
+        BuildOptions(ray_address="auto")
+    with pytest.raises(ValueError, match="heartbeat_s must be >= 1"):
+        TuneOptions(heartbeat_s=0)
+    # A worker joins a study; it does not start one.
+    opts = TuneOptions(storage=f"sqlite:///{tmp_path / 's.db'}", worker=True, steps=2,
+                       model=str(tiny_model_dir))  # fmt: skip
+    space = SearchSpace.parse({"lr": {"type": "float", "values": [1e-4]}})
+    with pytest.raises(ValueError, match="start the study first"):
+        tune(
+            tiny_store, tmp_path / "w", space, opts, base=TrainConfig(**TINY_TRAIN), progress=False
+        )
+
+
 # --------------------------------------------------------------------------- PostgreSQL
 
 
