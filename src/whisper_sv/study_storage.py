@@ -79,11 +79,13 @@ def open_storage(
     *,
     heartbeat_s: int | None = None,
     max_retries: int = 2,
+    shared: bool = False,
 ) -> Any:
     """The Optuna storage of the study in ``root``.
 
     ``url`` None: the one recorded in ``root`` (or the default SQLite file); a non-empty
-    ``url`` is recorded there. ``heartbeat_s`` turns on the heartbeat (database storages).
+    ``url`` is recorded there. ``heartbeat_s`` turns on the heartbeat of a database storage
+    other than the default file, or of any when ``shared`` (a worker's).
     """
     import optuna
 
@@ -107,7 +109,7 @@ def open_storage(
     else:
         # Connections of a pool die with a server restart or a network hiccup: test first.
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}
-    if heartbeat_s:
+    if heartbeat_s and (url or shared):
         kwargs |= {
             "heartbeat_interval": int(heartbeat_s),
             "grace_period": GRACE_HEARTBEATS * int(heartbeat_s),
@@ -189,6 +191,21 @@ def create_or_join(storage: Any, name: str, settings: Mapping[str, Any], worker:
             "differ): give a worker the same search space, --config/--set and tune options"
         )
     return study
+
+
+def settle(study: Any, poll_s: float = 1.0) -> None:
+    """Wait until no trial of ``study`` is RUNNING: each ends, or its worker's heartbeat goes
+    stale and the trial is failed (and queued again). For the study's lead before its report."""
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    said = False
+    while running := study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not said:
+            log.info("waiting for %d running trial(s) of other workers", len(running))
+            said = True
+        fail_stale_trials(study)
+        time.sleep(poll_s)
 
 
 def heartbeat_enabled(storage: Any) -> bool:

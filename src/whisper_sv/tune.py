@@ -781,10 +781,12 @@ def _study_lock(root: Path) -> Iterator[None]:
 def _storage(root: Path, options: TuneOptions | None = None) -> Any:
     from whisper_sv import study_storage
 
-    if options is None or not (options.storage or options.worker):
+    if options is None:
         return study_storage.open_storage(root)
     url, beat = options.storage or None, options.heartbeat_s
-    return study_storage.open_storage(root, url, heartbeat_s=beat, max_retries=MAX_RETRIES)
+    return study_storage.open_storage(
+        root, url, heartbeat_s=beat, max_retries=MAX_RETRIES, shared=options.worker
+    )
 
 
 def _recover(study: optuna.Study, storage: Any) -> int:
@@ -993,7 +995,9 @@ def tune(
             )
             bar.update(n_done() - before)
         bar.close()
-        seeds = _repeat_seeds(ctx, study) if options.seeds else ()
+        if not options.worker and study_storage.heartbeat_enabled(storage):
+            study_storage.settle(study)  # the report waits for the workers' running trials
+        seeds = _repeat_seeds(ctx, study) if options.seeds and not options.worker else ()
         report, plots = write_report(root, plots=True)
     rows = _trial_rows(study)
     best = _best_trial(study)
