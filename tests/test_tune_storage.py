@@ -137,14 +137,18 @@ def _start(
 
 
 def _trials(url: str) -> list:
+    """The study's trials; one storage (one connection pool) for every poll of the test."""
     import optuna
 
+    if url not in _POLLERS:
+        _POLLERS[url] = open_storage(Path(tempfile.mkdtemp(prefix="wsv-poll-")), url)
     try:
-        return optuna.load_study(
-            study_name="whisper-sv", storage=open_storage(Path("."), url)
-        ).trials
+        return optuna.load_study(study_name="whisper-sv", storage=_POLLERS[url]).trials
     except KeyError:  # not created yet
         return []
+
+
+_POLLERS: dict[str, object] = {}
 
 
 def _runs(root: Path) -> set[int]:

@@ -47,6 +47,7 @@ STORAGE_FILE = "storage.url"  # the storage URL of a study, kept in its folder
 GRACE_HEARTBEATS = 3  # heartbeats missed before a running trial counts as dead
 
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
+_OPEN: dict[tuple, Any] = {}  # database storages opened by this process (not SQLite files)
 
 
 def parse_url(url: str, root: Path) -> tuple[str, str]:
@@ -115,13 +116,21 @@ def open_storage(
             "grace_period": GRACE_HEARTBEATS * int(heartbeat_s),
             "heartbeat_stale_trial_callback": _Retry(max_retries),
         }
+    # One storage per server and settings in a process: each holds a pool of connections, and
+    # the report re-opens the storage after every trial (a server allows ~100 connections).
+    key = (target, heartbeat_s if "heartbeat_interval" in kwargs else None, max_retries)
+    if not target.startswith("sqlite") and key in _OPEN:
+        return _OPEN[key]
     try:
-        return _rdb(target, kwargs)
+        storage = _rdb(target, kwargs)
     except ModuleNotFoundError as err:
         raise RuntimeError(
             f"the storage {_redact(url)} needs a database driver ({err.name}): "
             "pip install 'whisper-sv[tune]' (psycopg for postgresql://)"
         ) from err
+    if not target.startswith("sqlite"):
+        _OPEN[key] = storage
+    return storage
 
 
 def _rdb(target: str, kwargs: dict[str, Any], attempts: int = 5) -> Any:
