@@ -16,7 +16,7 @@ The journal has no heartbeat: a killed worker's trial is failed and retried when
 next started without ``--worker`` (as with the default SQLite file).
 
 The URL given is kept in ``STUDY/storage.url`` (mode 600: it may hold a password) so that
-``whisper-sv tune-report STUDY`` and later runs find the trials.
+the report (``tune.write_report(STUDY)``) and later runs find the trials.
 """
 
 from __future__ import annotations
