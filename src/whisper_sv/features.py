@@ -131,8 +131,14 @@ class BuildOptions:
     silence_dbfs: float = -60.0  # reject clips whose peak is below this (dB full scale)
     chunk_size: int = 32  # inputs per worker task (and per log-mel batch)
     progress: bool = True  # show a tqdm progress bar on stderr
+    engine: str = "local"  # "local": worker processes here; "ray": tasks on a Ray cluster
+    ray_address: str | None = None  # Ray cluster to join ("auto", "ray://h:10001"); None: start one
 
     def __post_init__(self) -> None:
+        if self.engine not in ("local", "ray"):
+            raise ValueError(f"engine must be 'local' or 'ray', got {self.engine!r}")
+        if self.ray_address and self.engine != "ray":
+            raise ValueError("ray_address needs engine 'ray' (--engine ray)")
         index, count = self.shard
         if count < 1 or not 0 <= index < count:
             raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
@@ -596,17 +602,22 @@ def _claim(root: Path, base: Mapping[str, Any], config: FeatureConfig) -> None:
         write_manifest(root, base)
 
 
+def _splits(source: Source, options: BuildOptions) -> list[str]:
+    splits = list(options.splits) or source.splits()
+    known = source.splits()
+    unknown = [s for s in splits if s not in known]
+    if unknown:
+        raise ValueError(f"source {source.name} has no split(s) {unknown}; it has {known}")
+    return splits
+
+
 def _plan(
     source: Source, root: Path, options: BuildOptions, config: FeatureConfig
 ) -> tuple[list[_Job], int, dict[str, int]]:
     """Shards this run must make, how many are already done, and inputs listed per split."""
     from itertools import islice
 
-    splits = list(options.splits) or source.splits()
-    known = source.splits()
-    unknown = [s for s in splits if s not in known]
-    if unknown:
-        raise ValueError(f"source {source.name} has no split(s) {unknown}; it has {known}")
+    splits = _splits(source, options)
     index, count = options.shard
     jobs: list[_Job] = []
     skipped = 0
@@ -691,6 +702,10 @@ def build_store(
     removed = remove_stale_tmp(root)
     if removed:
         log.info("removed %d temporary file(s) left by an interrupted run", removed)
+    if options.engine == "ray":
+        from whisper_sv.features_ray import build_with_ray
+
+        return build_with_ray(source, root, options, config, processor, base, started)
     jobs, skipped, listed = _plan(source, root, options, config)
 
     tokenizer = processor.tokenizer
@@ -700,15 +715,7 @@ def build_store(
         job.chunks = [
             todo[i : i + options.chunk_size] for i in range(0, len(todo), options.chunk_size)
         ]
-    settings = _Settings(
-        mel_filters=np.ascontiguousarray(processor.feature_extractor.mel_filters, dtype=np.float32),
-        max_duration_s=config.max_duration_s,
-        silence_peak=10 ** (options.silence_dbfs / 20),
-        noise_snr_db=options.noise_snr_db,
-        speed=tuple(options.speed) if options.augmenting else (),
-        augment_splits=tuple(options.augment_splits),
-        seed=options.seed,
-    )
+    settings = _settings(processor, config, options)
     tasks = [[job.items[p] for p in chunk] for job in jobs for chunk in job.chunks]
     total = sum(len(job.items) for job in jobs)
     log.info(
@@ -726,6 +733,18 @@ def build_store(
         processed=processed,
         seconds=time.perf_counter() - started,
         options=options,
+    )
+
+
+def _settings(processor: Any, config: FeatureConfig, options: BuildOptions) -> _Settings:
+    return _Settings(
+        mel_filters=np.ascontiguousarray(processor.feature_extractor.mel_filters, dtype=np.float32),
+        max_duration_s=config.max_duration_s,
+        silence_peak=10 ** (options.silence_dbfs / 20),
+        noise_snr_db=options.noise_snr_db,
+        speed=tuple(options.speed) if options.augmenting else (),
+        augment_splits=tuple(options.augment_splits),
+        seed=options.seed,
     )
 
 

@@ -24,6 +24,7 @@ checkpoint) and runs until ``trials`` trials have finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -50,11 +51,11 @@ from whisper_sv.tune_report import (
 )
 from whisper_sv.tune_runner import (
     DB_FILE,
+    MAX_RETRIES,
     STUDY_FILE,
     STUDY_NAME,
     Outcome,
     log_tail,
-    open_storage,
     read_json,
     recover,
     run_training,
@@ -131,6 +132,9 @@ class TuneOptions:
     keep_models: bool = False  # keep best/ of every trial (default: only the study's best)
     max_failures: int = 3  # stop a study after this many failed trials in one call
     poll_s: float = 1.0  # how often a running trial's metrics.csv is read, seconds
+    storage: str = ""  # Optuna storage URL (study_storage); "": study.db in the study folder
+    worker: bool = False  # join the existing study in `storage` (one of N machines/processes)
+    heartbeat_s: int = 60  # a shared storage's trial heartbeat; 3 missed: the trial is retried
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -158,6 +162,7 @@ class TuneOptions:
         need(self.repeat in ("best", "each"), f"repeat must be best or each ({self.repeat!r})")
         need(self.max_failures >= 1, "max_failures must be >= 1")
         need(self.poll_s > 0, "poll_s must be > 0")
+        need(self.heartbeat_s >= 1, f"heartbeat_s must be >= 1 (got {self.heartbeat_s})")
 
 
 def trial_config(
@@ -403,7 +408,8 @@ def _study_settings(
     from whisper_sv.config import to_dict
 
     opts = to_dict(options)
-    opts.pop("poll_s", None)
+    for how in ("poll_s", "storage", "worker", "heartbeat_s"):  # how it runs, not what
+        opts.pop(how, None)
     return {
         "features": str(features),
         "model": model,
@@ -462,11 +468,17 @@ def tune(
     space = ctx.space
     target = options.trials or (space.grid_size() if options.sampler == "grid" else 10)
     root = ctx.root
-    with study_lock(root):
+    from whisper_sv import study_storage
+
+    # Workers of one study may share its folder (a shared disk): only a lead process locks it.
+    root.mkdir(parents=True, exist_ok=True)
+    with contextlib.nullcontext() if options.worker else study_lock(root):
         _write_settings(root, ctx.settings)
-        study, sampler = _open_study(root, options, space, target)
+        study, sampler, storage = _open_study(root, options, space, target, ctx.settings)
         _run_trials(ctx, study, sampler, target, progress)
-        seeds = _repeat_seeds(ctx, study) if options.seeds else ()
+        if not options.worker and study_storage.heartbeat_enabled(storage):
+            study_storage.settle(study)  # the report waits for the workers' running trials
+        seeds = _repeat_seeds(ctx, study) if options.seeds and not options.worker else ()
         report, plots = write_report(root, plots=True)
     rows = trial_rows(study)
     best = best_trial(study)
@@ -537,23 +549,34 @@ def _write_settings(root: Path, settings: dict[str, Any]) -> None:
 
 
 def _open_study(
-    root: Path, options: TuneOptions, space: SearchSpace, target: int
-) -> tuple[optuna.Study, Any]:
-    """(the study, its sampler), after recovering the trials a killed study left running."""
+    root: Path, options: TuneOptions, space: SearchSpace, target: int, settings: dict[str, Any]
+) -> tuple[optuna.Study, Any, Any]:
+    """(the study, its sampler, its storage), after recovering the trials a killed study left
+    running (on a storage with heartbeats the heartbeat does that: RUNNING trials there may
+    be other workers' live ones)."""
     import optuna
 
+    from whisper_sv import study_storage
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(root)
-    probe_study = optuna.create_study(
-        study_name=STUDY_NAME, storage=storage, direction="minimize", load_if_exists=True
+    storage = study_storage.open_storage(
+        root,
+        options.storage or None,
+        heartbeat_s=options.heartbeat_s,
+        max_retries=MAX_RETRIES,
+        shared=options.worker,
     )
-    recover(probe_study, storage)
+    probe_study = study_storage.create_or_join(storage, STUDY_NAME, settings, options.worker)
+    if not (options.worker or study_storage.heartbeat_enabled(storage)):
+        recover(probe_study, storage)
     n_existing = len(probe_study.get_trials(deepcopy=False))
+    # Workers starting together must not draw the same values: their sampler seeds differ.
+    n_existing += study_storage.seed_salt(options.worker)
     sampler = _sampler(options, space, target, n_existing)
     study = optuna.load_study(
         study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=_pruner(options)
     )
-    return study, sampler
+    return study, sampler, storage
 
 
 def _run_trials(ctx: _Study, study: optuna.Study, sampler: Any, target: int, progress: bool):

@@ -190,12 +190,11 @@ def study_lock(root: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def open_storage(root: Path) -> optuna.storages.RDBStorage:
-    import optuna
+def open_storage(root: Path) -> Any:
+    """The study's storage: the one recorded in ``root`` (study_storage), else its SQLite file."""
+    from whisper_sv import study_storage
 
-    url = f"sqlite:///{(root / DB_FILE).resolve()}"
-    # A long timeout: the report reader (or a test) may hold the file for a moment.
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return study_storage.open_storage(root)
 
 
 def recover(study: optuna.Study, storage: Any) -> int:
