@@ -11,14 +11,18 @@ import csv
 import numpy as np
 import pytest
 
-from whisper_sv.audio import SAMPLE_RATE, AudioError
+from whisper_sv.audio import SAMPLE_RATE, AudioError, load_audio
 from whisper_sv.infer import (
     Segment,
     TranscribeOptions,
     Transcriber,
     Transcript,
     _tokens_to_segments,
+    compression_ratio,
+    is_looping,
+    max_new_tokens_for,
     speech_windows,
+    trim_repetition,
 )
 
 TS = 50_364  # <|0.00|>
@@ -107,8 +111,9 @@ def test_bad_options_name_the_fix(kwargs, message):
 
 
 def test_temperature_ladder():
-    assert TranscribeOptions().temperatures() == (0.0,)
-    assert TranscribeOptions(temperature_fallback=True).temperatures() == (
+    assert TranscribeOptions(loop_guard=False).temperatures() == (0.0,)
+    assert TranscribeOptions().temperatures() == (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    assert TranscribeOptions(loop_guard=False, temperature_fallback=True).temperatures() == (
         0.0,
         0.2,
         0.4,
@@ -125,7 +130,9 @@ def test_temperature_ladder():
 
 # ------------------------------------------------------------------ tiny model, both backends
 
-FAST = {"max_new_tokens": 8}  # the random model never stops on its own: cap its output
+# The random model never stops on its own: cap its output. Its every window fails OpenAI's
+# rules, so the loop guard would sample at every temperature: off here, tested on its own.
+FAST = {"max_new_tokens": 8, "loop_guard": False}
 
 
 # batched=True: exercise the batched path (the CUDA default) on this CPU.
@@ -273,14 +280,29 @@ def test_long_audio_vad_skips_noise(ct2, hf):
     assert_well_formed(result, 50.0)
 
 
-def test_speech_windows_fit_30_s(tmp_path):
-    # A spoken-like signal: 1 s bursts of a voiced tone with 1 s pauses, 75 s long.
-    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
-    burst = (0.3 * np.sin(2 * np.pi * 150 * t) * np.sin(2 * np.pi * 3 * t) ** 2).astype(np.float32)
-    clip = np.concatenate([np.concatenate([burst, np.zeros_like(burst)]) for _ in range(38)])
-    for start, end in speech_windows(clip):
-        assert 0 <= start < end <= len(clip)
+def test_speech_windows_fit_30_s(sv_words_dir):
+    # Real words with 1 s pauses, about 75 s: every word inside a window, windows <= 30 s.
+    with open(sv_words_dir / "manifest.tsv", encoding="utf-8") as fh:
+        names = [r["path"] for r in csv.DictReader(fh, delimiter="\t")]
+    pause = np.zeros(SAMPLE_RATE, np.float32)
+    parts, words = [], []
+    at = 0
+    for name in names:
+        clip = load_audio(sv_words_dir / name)
+        parts += [clip, pause]
+        words.append(at + len(clip) // 2)  # a word's middle is speech
+        at += len(clip) + len(pause)
+        if at > 75 * SAMPLE_RATE:
+            break
+    audio = np.concatenate(parts)
+    windows = speech_windows(audio)
+    assert len(windows) >= 3  # 75 s cannot fit in fewer 30 s windows
+    for start, end in windows:
+        assert 0 <= start < end <= len(audio)
         assert end - start <= 30 * SAMPLE_RATE
+    assert all(a <= b for (_, a), (b, _) in zip(windows, windows[1:], strict=False))
+    covered = [any(a <= mid < b for a, b in windows) for mid in words]
+    assert sum(covered) >= 0.9 * len(words), f"{covered.count(False)} words outside windows"
 
 
 def test_option_errors(ct2, hf):
@@ -349,3 +371,46 @@ def test_real_model_long_audio_vad(sv_words_dir):
         result = Transcriber("bundled:base", backend=backend).transcribe(clip)
         assert_well_formed(result, len(clip) / SAMPLE_RATE)
         assert result.segments[-1].end > 50.0
+
+
+# ------------------------------------------------------------------ loop guard
+
+
+def test_compression_ratio_and_is_looping():
+    loop = "Det var det. " * 40
+    assert compression_ratio(loop) > 2.4
+    assert compression_ratio("Hej, hur mår du i dag?") < 2.4
+    assert is_looping(loop, duration_s=30.0)  # compresses like a loop
+    assert is_looping("abcdefghij klmnopqrst uvwxyzåäö " * 3, duration_s=1.0)  # too long for 1 s
+    assert not is_looping("Hej, hur mår du i dag?", duration_s=2.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("det var det var det var det var", "det var"),
+        ("Jag sa att. Jag sa att. Jag sa att.", "Jag sa att."),
+        ("ja ja ja", "ja ja ja"),  # speech, not a loop
+        ("nej nej nej nej nej", "nej"),
+        ("hej på dig", "hej på dig"),
+    ],
+)
+def test_trim_repetition(text, expected):
+    assert trim_repetition(text) == expected
+
+
+def test_max_new_tokens_bounded_by_duration():
+    assert max_new_tokens_for(1.0) < max_new_tokens_for(10.0) <= 445
+    assert max_new_tokens_for(60.0) == 445
+
+
+def test_loop_guard_bounds_the_random_model(ct2, hf):
+    # The random model never stops: with the guard its output is bounded by the clip's length.
+    for transcriber in (ct2, hf):
+        guarded = transcriber.transcribe(noise(1.0, seed=40))
+        free = transcriber.transcribe(noise(1.0, seed=40), loop_guard=False, max_new_tokens=200)
+        assert len(guarded.text) < len(free.text)
+        assert not any(
+            a.text.strip(" .,!?").lower() == b.text.strip(" .,!?").lower()
+            for a, b in zip(guarded.segments, guarded.segments[1:], strict=False)
+        )
