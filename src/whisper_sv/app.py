@@ -263,7 +263,11 @@ class ChatApp:
             reply.status = "Translating…"
             yield reply
             for segment in translate.translate_speech(
-                transcriber, audio, translate.TranslateOptions(), beam_size=opts.beam_size
+                transcriber,
+                audio,
+                translate.TranslateOptions(),
+                beam_size=opts.beam_size,
+                swedish=reply.swedish,
             ):
                 reply.english.append(segment)
                 reply.status = _progress("Translating", segment.end, reply.duration)

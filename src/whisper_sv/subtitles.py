@@ -7,8 +7,8 @@ included, so a segment's cue stays on screen through the silence after it. Two s
    times when it has them, else the speech spans silero VAD finds (``speech_spans``);
 2. ``cues`` cuts segments into cues of at most ``max_cue_s`` seconds and ``max_lines`` lines of
    ``max_line_chars`` characters (the usual subtitle conventions: 7 s, two lines of 42),
-   timing each cue by its share of the segment's speech, and makes cues follow each other
-   without overlap and without zero length.
+   timing each cue by its share of the segment's speech, starting a new cue after a pause,
+   and makes cues follow each other without overlap and without zero length.
 
 Works the same for Swedish and English (translated) segments.
 """
@@ -41,6 +41,7 @@ class SubtitleOptions:
     max_line_chars: int = 42  # characters a line (a longer single word gets its own line)
     max_lines: int = 2  # lines a cue
     min_cue_s: float = 0.3  # shortest cue; a shorter one is lengthened into the gap after it
+    max_pause_s: float = 1.0  # a pause this long inside a segment starts a new cue
 
     def __post_init__(self) -> None:
         if not self.max_cue_s > 0:
@@ -106,6 +107,14 @@ class _Timeline:
         self.parts = _inside(start, end, spans) or [(start, end)]
         self.total = sum(b - a for a, b in self.parts)
 
+    def word(self, begin: float, end: float) -> Span:
+        """The time of the text between fractions ``begin`` and ``end``, kept inside the
+        speech span that holds its middle (a word is not spoken across a pause)."""
+        middle = self.at((begin + end) / 2, opening=True)
+        a, b = next(((a, b) for a, b in self.parts if a <= middle <= b), self.parts[-1])
+        start = min(max(self.at(begin, opening=True), a), b)
+        return start, max(min(self.at(end, opening=False), b), start)
+
     def at(self, fraction: float, *, opening: bool) -> float:
         """The time ``fraction`` of the way through the speech (opening: skip a pause)."""
         left = fraction * self.total
@@ -137,15 +146,13 @@ def _segment_cues(s: Segment, spans: Sequence[Span], opts: SubtitleOptions) -> l
     edges = [0.0]
     for w in words:
         edges.append(edges[-1] + (len(w) + 1) / n_chars)
-    word_times = [(w.start, w.end) for w in s.words] if len(s.words) == len(words) else None
+    if len(s.words) == len(words):
+        word_times = [(w.start, w.end) for w in s.words]
+    else:
+        word_times = [timeline.word(edges[i], edges[i + 1]) for i in range(len(words))]
 
     def span_of(first: int, last: int) -> Span:
-        if word_times:
-            return word_times[first][0], word_times[last][1]
-        return (
-            timeline.at(edges[first], opening=True),
-            timeline.at(edges[last + 1], opening=False),
-        )
+        return word_times[first][0], word_times[last][1]
 
     out: list[Cue] = []
     first = 0
@@ -153,7 +160,9 @@ def _segment_cues(s: Segment, spans: Sequence[Span], opts: SubtitleOptions) -> l
         if i < len(words):
             lines = _wrap(words[first : i + 1], opts.max_line_chars)
             start, end = span_of(first, i)
-            if len(lines) <= opts.max_lines and end - start <= opts.max_cue_s:
+            pause = span_of(i, i)[0] - span_of(i - 1, i - 1)[1]
+            fits = len(lines) <= opts.max_lines and end - start <= opts.max_cue_s
+            if fits and pause < opts.max_pause_s:
                 continue
         start, end = span_of(first, i - 1)
         lines = _wrap(words[first:i], opts.max_line_chars)
