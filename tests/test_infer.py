@@ -414,3 +414,13 @@ def test_loop_guard_bounds_the_random_model(ct2, hf):
             a.text.strip(" .,!?").lower() == b.text.strip(" .,!?").lower()
             for a, b in zip(guarded.segments, guarded.segments[1:], strict=False)
         )
+
+
+def test_digital_silence_is_not_decoded_without_vad():
+    from whisper_sv.infer import _sounding
+
+    audio = np.zeros(70 * SAMPLE_RATE, np.float32)
+    audio[2 * SAMPLE_RATE : 10 * SAMPLE_RATE] = noise(8.0)
+    audio[12 * SAMPLE_RATE : 20 * SAMPLE_RATE] = noise(8.0, seed=1)
+    assert _sounding(audio) == [2.0, 20.0]  # the 2 s pause kept, the 50 s tail skipped
+    assert _sounding(noise(40.0)) == "0"

@@ -457,6 +457,29 @@ def _guarded(segments: Iterator[Segment]) -> Iterator[Segment]:
         yield s if text == s.text else dataclasses.replace(s, text=text, words=())
 
 
+def _sounding(samples: np.ndarray, min_gap_s: int = 3) -> list[float] | str:
+    """[start, end, start, end ...] seconds around digital silences of ``min_gap_s`` or more.
+
+    faster-whisper's ``clip_timestamps``; "0" (everything) when there is no such silence.
+    """
+    seconds = math.ceil(len(samples) / SAMPLE_RATE)
+    loud = [
+        not _is_silent(samples[i * SAMPLE_RATE : (i + 1) * SAMPLE_RATE]) for i in range(seconds)
+    ]
+    spans: list[list[int]] = []
+    for i, sounding in enumerate(loud):
+        if not sounding:
+            continue
+        if spans and i - spans[-1][1] < min_gap_s:
+            spans[-1][1] = i + 1
+        else:
+            spans.append([i, i + 1])
+    if spans == [[0, seconds]]:
+        return "0"
+    end = len(samples) / SAMPLE_RATE
+    return [float(min(t, end)) for span in spans for t in span] or [0.0, 0.0]
+
+
 def _is_silent(samples: np.ndarray) -> bool:
     return len(samples) == 0 or float(np.max(np.abs(samples))) < SILENCE_PEAK
 
@@ -668,6 +691,9 @@ class _Ct2Backend(_Backend):
             no_speech_threshold=NO_SPEECH_THRESHOLD,
             log_prob_threshold=LOG_PROB_THRESHOLD,
             max_new_tokens=_new_tokens(opts, min(len(samples) / SAMPLE_RATE, CHUNK_LENGTH)),
+            # Without VAD, stretches of digital silence are skipped, not decoded: Whisper
+            # writes its last sentence again and again over trailing silence.
+            clip_timestamps=_sounding(samples) if long and not opts.vad else "0",
         )
         for piece in pieces:  # a generator: each window is decoded when asked for
             words = tuple(
@@ -711,16 +737,22 @@ class _Ct2Backend(_Backend):
         longest = max(len(w) for w in windows) / SAMPLE_RATE
         max_length = _max_length(len(prompt), opts, self.model.max_length, longest)
         temps = opts.temperatures()
-        first = self._generate(features, prompt, tokenizer, max_length, temps[0], opts.beam_size)
+        encoded = self._encode(features)
+        first = self._generate(
+            encoded, len(windows), prompt, tokenizer, max_length, temps[0], opts.beam_size
+        )
         out = []
         for i, (window, attempt) in enumerate(zip(windows, first, strict=True)):
             tried = [attempt]
+            # The encoder runs once per window: a bad window of a batch is encoded alone
+            # once, then decoded at each temperature from that output.
+            alone = encoded if len(windows) == 1 else None
             for temperature in temps[1:]:
                 if not tried[-1].needs_fallback:
                     break
-                tried += self._generate(
-                    features[i : i + 1], prompt, tokenizer, max_length, temperature, 1
-                )
+                if alone is None:
+                    alone = self._encode(features[i : i + 1])
+                tried += self._generate(alone, 1, prompt, tokenizer, max_length, temperature, 1)
             chosen = tried[-1] if not tried[-1].needs_fallback else _best(tried)
             if chosen.is_silence:
                 out.append([])
@@ -735,9 +767,17 @@ class _Ct2Backend(_Backend):
             out.append(segments)
         return out
 
+    def _encode(self, features: np.ndarray):
+        """The encoder output of a batch of log-mels (kept on the device)."""
+        import ctranslate2
+
+        view = ctranslate2.StorageView.from_array(np.ascontiguousarray(features))
+        return self.model.model.encode(view, to_cpu=False)
+
     def _generate(
         self,
-        features: np.ndarray,
+        encoded,
+        n: int,
         prompt: list[int],
         tokenizer,
         max_length: int,
@@ -749,9 +789,6 @@ class _Ct2Backend(_Backend):
         from faster_whisper.transcribe import get_suppressed_tokens
 
         model = self.model
-        encoded = model.model.encode(
-            ctranslate2.StorageView.from_array(np.ascontiguousarray(features)), to_cpu=False
-        )
         if temperature > 0:
             # Seeded: the same audio gives the same text on every run.
             ctranslate2.set_random_seed(SAMPLING_SEED)
@@ -765,7 +802,7 @@ class _Ct2Backend(_Backend):
             sampling = {"beam_size": beam_size}
         results = model.model.generate(
             encoded,
-            [prompt] * len(features),
+            [prompt] * n,
             max_length=max_length,
             return_scores=True,
             return_no_speech_prob=True,
