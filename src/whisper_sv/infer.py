@@ -76,6 +76,8 @@ MAX_CHARS_PER_SECOND = 30
 MIN_CHARS = 40
 # Fallback sampling is seeded so that a file decodes to the same text on every run.
 SAMPLING_SEED = 0
+# Beam of the first re-decoding of a bad greedy window (OpenAI's and faster-whisper's beam).
+FALLBACK_BEAM = 5
 # Samples drawn per fallback temperature (faster-whisper's and OpenAI's best_of).
 BEST_OF = 5
 # The fallback ladder when asked for: up from the given temperature in OpenAI's 0.2 steps.
@@ -747,12 +749,15 @@ class _Ct2Backend(_Backend):
             # The encoder runs once per window: a bad window of a batch is encoded alone
             # once, then decoded at each temperature from that output.
             alone = encoded if len(windows) == 1 else None
-            for temperature in temps[1:]:
-                if not tried[-1].needs_fallback:
+            for temperature, beam in _ladder(opts, temps):
+                last = tried[-1]
+                # Sampling only to escape a loop: on a window that is merely unsure it cost
+                # 3x the time for less than beam search gives (docs/benchmarks.md).
+                if not last.needs_fallback or (temperature > 0 and not last.loops):
                     break
                 if alone is None:
                     alone = self._encode(features[i : i + 1])
-                tried += self._generate(alone, 1, prompt, tokenizer, max_length, temperature, 1)
+                tried += self._generate(alone, 1, prompt, tokenizer, max_length, temperature, beam)
             chosen = tried[-1] if not tried[-1].needs_fallback else _best(tried)
             if chosen.is_silence:
                 out.append([])
@@ -837,12 +842,23 @@ class _Attempt:
         return self.no_speech_prob > NO_SPEECH_THRESHOLD and self.avg_logprob < LOG_PROB_THRESHOLD
 
     @property
+    def loops(self) -> bool:
+        return self.compression > COMPRESSION_RATIO_THRESHOLD
+
+    @property
     def needs_fallback(self) -> bool:
         if self.is_silence:
             return False
         return (
             self.compression > COMPRESSION_RATIO_THRESHOLD or self.avg_logprob < LOG_PROB_THRESHOLD
         )
+
+
+def _ladder(opts: TranscribeOptions, temps: tuple[float, ...]) -> list[tuple[float, int]]:
+    """The re-decodings of a bad window in order, as (temperature, beam size): beam search
+    at the first temperature when decoding was greedy, then the hotter temperatures."""
+    steps = [(temps[0], FALLBACK_BEAM)] if len(temps) > 1 and opts.beam_size < FALLBACK_BEAM else []
+    return steps + [(t, 1) for t in temps[1:]]
 
 
 def _best(tried: list[_Attempt]) -> _Attempt:
