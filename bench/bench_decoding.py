@@ -16,7 +16,9 @@ against its reference (characters; also how many hypotheses are over 3x their re
 The target: ``default`` within 1 WER point of ``faster-whisper`` at <= 0.6x its time.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_decoding.py`` (about 6 minutes on 2
-idle CPU cores with the default 40 clips a set).
+idle CPU cores with the default 40 clips a set). ``--padding --sets sv-words`` measures the
+ct2/transformers gap instead: log-mel zero padding against audio padding, with and without
+timestamp tokens (the time column is then against the first of them).
 """
 
 from __future__ import annotations
@@ -80,6 +82,36 @@ def decoders(transcriber: Transcriber) -> dict[str, Callable[[np.ndarray], str]]
     }
 
 
+def padding_variants(transcriber: Transcriber) -> dict[str, Callable[[np.ndarray], str]]:
+    """The backend gap: log-mel zero padding (faster-whisper) against audio padding, with and
+    without timestamp tokens, against the transformers backend; all greedy, no fallback."""
+    from whisper_sv.audio import N_SAMPLES
+
+    model = transcriber._impl.model
+    hf = Transcriber("bundled:base", backend="transformers", device="cpu")
+
+    def fw(audio: np.ndarray, pad: bool, timestamps: bool) -> str:
+        if pad:  # silence to 30 s before the log-mel, as OpenAI's Whisper does
+            audio = np.pad(audio, (0, max(0, N_SAMPLES - len(audio))))
+        pieces, _ = model.transcribe(
+            audio,
+            language="sv",
+            beam_size=1,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            without_timestamps=not timestamps,
+        )
+        return " ".join(p.text.strip() for p in pieces)
+
+    return {
+        "ct2 log-mel padded": lambda a: fw(a, False, True),
+        "ct2 audio padded": lambda a: fw(a, True, True),
+        "ct2 log-mel padded, no timestamps": lambda a: fw(a, False, False),
+        "ct2 audio padded, no timestamps": lambda a: fw(a, True, False),
+        "transformers": lambda a: hf.transcribe(a, loop_guard=False, fit_to_speech=False).text,
+    }
+
+
 def run_set(name, clips, refs, decode: dict[str, Callable]) -> list[dict]:
     rows = []
     for label, fn in decode.items():
@@ -112,11 +144,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=40, help="clips per set")
     parser.add_argument("--sets", default="synthetic,sv-words,lexin-phrases")
+    parser.add_argument(
+        "--padding",
+        action="store_true",
+        help="measure the backend gap instead (slow: transformers)",
+    )
     args = parser.parse_args()
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
 
     transcriber = Transcriber("bundled:base", backend="ct2", device="cpu")
-    decode = decoders(transcriber)
+    decode = padding_variants(transcriber) if args.padding else decoders(transcriber)
     results = []
     for name in args.sets.split(","):
         clips, refs = (
@@ -130,7 +167,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        fw = next(x for x in results if x["set"] == r["set"] and x["decoder"] == "faster-whisper")
+        base = "ct2 log-mel padded" if args.padding else "faster-whisper"
+        fw = next(x for x in results if x["set"] == r["set"] and x["decoder"] == base)
         print(
             f"| {r['set']} | {r['decoder']} | {r['wer_kblab']:.1f} | {r['wer']:.1f} | "
             f"{r['seconds']:.1f} | {r['seconds'] / fw['seconds']:.2f} | {r['longest']} "

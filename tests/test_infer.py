@@ -424,3 +424,21 @@ def test_digital_silence_is_not_decoded_without_vad():
     audio[12 * SAMPLE_RATE : 20 * SAMPLE_RATE] = noise(8.0, seed=1)
     assert _sounding(audio) == [2.0, 20.0]  # the 2 s pause kept, the 50 s tail skipped
     assert _sounding(noise(40.0)) == "0"
+
+
+def test_fallback_ladder_beam_first_then_hotter():
+    from whisper_sv.infer import _ladder
+
+    opts = TranscribeOptions()
+    assert _ladder(opts, opts.temperatures()) == [
+        (0.0, 5),
+        (0.2, 1),
+        (0.4, 1),
+        (0.6, 1),
+        (0.8, 1),
+        (1.0, 1),
+    ]
+    beam = TranscribeOptions(beam_size=5)
+    assert _ladder(beam, beam.temperatures())[0] == (0.2, 1)
+    off = TranscribeOptions(loop_guard=False)
+    assert _ladder(off, off.temperatures()) == []

@@ -1,8 +1,9 @@
 """Transcription: one ``Transcriber`` over two backends with the same typed results.
 
-- ``ct2`` (default): faster-whisper on CTranslate2, int8 on CPU and float16 on CUDA. One file
-  goes through faster-whisper's own decoding loop (its silero VAD for long audio); many short
-  files are decoded in batches straight on the CTranslate2 model (see ``transcribe_many``).
+- ``ct2`` (default): faster-whisper on CTranslate2, int8 on CPU and float16 on CUDA. Clips of
+  up to 30 s are decoded straight on the CTranslate2 model (in batches on CUDA, see
+  ``transcribe_many``); longer audio goes through faster-whisper's own decoding loop (its
+  silero VAD for long audio). Word timestamps always take faster-whisper's loop.
 - ``transformers``: ``WhisperForConditionalGeneration.generate`` (float32 on CPU, float16 on
   CUDA); long audio is cut at the pauses silero VAD finds into windows of at most 30 s,
   decoded in batches, or without VAD decoded 30 s at a time from the last timestamp on.
@@ -13,9 +14,11 @@ guesses wrong on short and synthetic Swedish clips.
 The loop guard (``TranscribeOptions.loop_guard``, on by default) keeps greedy decoding's
 speed and removes its loops: every 30 s window is decoded greedily first; only a window whose
 output fails OpenAI's rules (compression ratio > 2.4 or average log-prob < -1.0, unless its
-no-speech probability says it is silence) is decoded again at 0.2, 0.4 ... 1.0 (five samples
-each, the best kept), so the cost is paid by bad windows only. The output of a window is
-bounded by the audio's length (``max_new_tokens_for``), a repeated tail is cut
+no-speech probability says it is silence) is decoded again, from the same encoder output,
+with beam 5, and if that still loops, sampled at 0.2, 0.4 ... 1.0 (best of five, seeded),
+so the cost is paid by bad windows only. Long audio goes through faster-whisper's own
+fallback with the same thresholds; the transformers backend re-decodes a bad window with
+transformers' temperature fallback. The output of a window is bounded by the audio's length (``max_new_tokens_for``), a repeated tail is cut
 (``trim_repetition``) and a segment that repeats the previous one is dropped. Short clips are
 decoded with their audio padded to 30 s of silence before the log-mel, as Whisper was trained
 (faster-whisper pads the log-mel with zeros instead, which cost 17.5 WER points on sv-words:
@@ -1111,15 +1114,18 @@ def speech_windows(samples: np.ndarray, max_samples: int = N_SAMPLES) -> list[tu
 FORMATS = ("txt", "srt", "vtt", "json")
 
 
-def format_transcript(transcript: Transcript, fmt: str = "txt") -> str:
-    """``transcript`` as plain text (one segment a line), SubRip, WebVTT or JSON."""
+def format_transcript(transcript: Transcript, fmt: str = "txt", subtitle_options=None) -> str:
+    """``transcript`` as plain text (one segment a line), SubRip, WebVTT or JSON.
+
+    ``subtitle_options``: a ``whisper_sv.subtitles.SubtitleOptions`` (cue and line limits).
+    """
     if fmt == "json":
         import json
 
         return json.dumps(dataclasses.asdict(transcript), ensure_ascii=False, indent=2) + "\n"
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
-    return subtitles(transcript.segments, fmt, spans=transcript.speech)
+    return subtitles(transcript.segments, fmt, subtitle_options, spans=transcript.speech)
 
 
 def subtitles(

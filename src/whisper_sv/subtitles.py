@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 Span = tuple[float, float]
 
+SLOWEST_CHARS_PER_S = 2.0
+
 
 @dataclass(frozen=True)
 class SubtitleOptions:
@@ -140,8 +142,11 @@ def _segment_cues(s: Segment, spans: Sequence[Span], opts: SubtitleOptions) -> l
     words = s.text.split()
     if not words:
         return []
-    timeline = _Timeline(s.start, s.end, spans)
     n_chars = sum(len(w) + 1 for w in words)
+    # Nobody speaks slower than 2 characters a second: a segment that lasts longer (Whisper's
+    # times run over pauses and silence) is cut to that when no speech spans say otherwise.
+    end = min(s.end, s.start + max(1.0, n_chars / SLOWEST_CHARS_PER_S)) if not spans else s.end
+    timeline = _Timeline(s.start, end, spans)
     # Word i spans [edges[i], edges[i + 1]] of the text (as a fraction of its characters).
     edges = [0.0]
     for w in words:
