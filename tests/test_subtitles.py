@@ -141,3 +141,11 @@ def test_real_model_subtitles_fit_speech(sv_words_dir, vad):
     assert sum(b - a for a, b, _ in cue_list) <= 1.3 * speech
     texts = [t.strip(" .,!?").lower() for s in result.segments for t in [s.text]]
     assert all(a != b for a, b in zip(texts, texts[1:], strict=False))  # no repeated lines
+
+
+def test_fitted_starts_never_go_back():
+    # Whisper's segments may overlap; moving a start onto speech must not pass the next one.
+    segments = [Segment(22.0, 23.5, "blus"), Segment(23.016, 23.016, "kalsonger")]
+    fitted = list(fit_to_speech(segments, [(23.064, 24.0)]))
+    assert [s.start for s in fitted] == sorted(s.start for s in fitted)
+    assert all(s.start <= s.end for s in fitted)

@@ -91,14 +91,20 @@ def fit_to_speech(segments: Iterable[Segment], spans: Sequence[Span]) -> Iterato
     A segment with word times takes them; one with no detected speech inside keeps its
     times (VAD misses some quiet speech, and its text is still worth showing).
     """
+    last = 0.0  # start times stay non-decreasing, as Transcript promises
     for s in segments:
         if s.words:
             start, end = max(s.start, s.words[0].start), min(s.end, s.words[-1].end)
         else:
             inside = _inside(s.start, s.end, spans)
             start, end = (inside[0][0], inside[-1][1]) if inside else (s.start, s.end)
-        if end > start and (start, end) != (s.start, s.end):
-            s = dataclasses.replace(s, start=round(start, 3), end=round(end, 3))
+        if end <= start:
+            start, end = s.start, s.end
+        start = round(max(start, last), 3)
+        end = round(max(end, start), 3)
+        if (start, end) != (s.start, s.end):
+            s = dataclasses.replace(s, start=start, end=end)
+        last = start
         yield s
 
 
