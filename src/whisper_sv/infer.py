@@ -15,8 +15,9 @@ The loop guard (``TranscribeOptions.loop_guard``, on by default) keeps greedy de
 speed and removes its loops: every 30 s window is decoded greedily first; only a window whose
 output fails OpenAI's rules (compression ratio > 2.4 or average log-prob < -1.0, unless its
 no-speech probability says it is silence) is decoded again, from the same encoder output,
-with beam 5, and if that still loops, sampled at 0.2, 0.4 ... 1.0 (best of five, seeded),
-so the cost is paid by bad windows only. Long audio goes through faster-whisper's own
+with beam 5, and if that still loops, with beam 5 barred from repeating any 4 tokens; both
+deterministic, and the cost is paid by bad windows only (``temperature_fallback`` adds
+sampling at 0.2 ... 1.0 after that). Long audio goes through faster-whisper's own
 fallback with the same thresholds; the transformers backend re-decodes a bad window with
 transformers' temperature fallback. The output of a window is bounded by the audio's length (``max_new_tokens_for``), a repeated tail is cut
 (``trim_repetition``) and a segment that repeats the previous one is dropped. Short clips are
@@ -77,10 +78,13 @@ MIN_NEW_TOKENS = 24
 # Characters a second no speech reaches (fast speech: about 15), for is_looping.
 MAX_CHARS_PER_SECOND = 30
 MIN_CHARS = 40
-# Fallback sampling is seeded so that a file decodes to the same text on every run.
+# Seed of fallback sampling (temperature_fallback; long audio through faster-whisper).
 SAMPLING_SEED = 0
 # Beam of the first re-decoding of a bad greedy window (OpenAI's and faster-whisper's beam).
 FALLBACK_BEAM = 5
+# Against a loop that beam search repeated too: beam search with no repeated 4-gram of tokens
+# (deterministic, unlike sampling, whose CTranslate2 generator cannot be re-seeded per call).
+NO_REPEAT_NGRAM_SIZE = 4
 # Samples drawn per fallback temperature (faster-whisper's and OpenAI's best_of).
 BEST_OF = 5
 # The fallback ladder when asked for: up from the given temperature in OpenAI's 0.2 steps.
@@ -752,15 +756,18 @@ class _Ct2Backend(_Backend):
             # The encoder runs once per window: a bad window of a batch is encoded alone
             # once, then decoded at each temperature from that output.
             alone = encoded if len(windows) == 1 else None
-            for temperature, beam in _ladder(opts, temps):
+            for step, (temperature, beam, no_repeat) in enumerate(_ladder(opts, temps)):
                 last = tried[-1]
-                # Sampling only to escape a loop: on a window that is merely unsure it cost
-                # 3x the time for less than beam search gives (docs/benchmarks.md).
-                if not last.needs_fallback or (temperature > 0 and not last.loops):
+                # Past the first beam search, only to escape a loop: sampling a window that
+                # is merely unsure cost 3x the time for less than beam search gives
+                # (docs/benchmarks.md).
+                if not last.needs_fallback or (step > 0 and not last.loops):
                     break
                 if alone is None:
                     alone = self._encode(features[i : i + 1])
-                tried += self._generate(alone, 1, prompt, tokenizer, max_length, temperature, beam)
+                tried += self._generate(
+                    alone, 1, prompt, tokenizer, max_length, temperature, beam, no_repeat
+                )
             chosen = tried[-1] if not tried[-1].needs_fallback else _best(tried)
             if chosen.is_silence:
                 out.append([])
@@ -791,6 +798,7 @@ class _Ct2Backend(_Backend):
         max_length: int,
         temperature: float,
         beam_size: int,
+        no_repeat_ngram_size: int = 0,
     ) -> list[_Attempt]:
         """One decoding of each window at ``temperature`` (> 0: best of BEST_OF samples)."""
         import ctranslate2
@@ -798,7 +806,8 @@ class _Ct2Backend(_Backend):
 
         model = self.model
         if temperature > 0:
-            # Seeded: the same audio gives the same text on every run.
+            # Seeded, though CTranslate2 keeps a generator per worker thread, so sampled text
+            # may still differ between runs (the loop guard alone never samples here).
             ctranslate2.set_random_seed(SAMPLING_SEED)
             sampling = {
                 "beam_size": 1,
@@ -817,6 +826,7 @@ class _Ct2Backend(_Backend):
             suppress_blank=True,
             suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
             max_initial_timestamp_index=int(round(1.0 / TIME_PRECISION_S)),
+            no_repeat_ngram_size=no_repeat_ngram_size,
             **sampling,
         )
         attempts = []
@@ -857,11 +867,19 @@ class _Attempt:
         )
 
 
-def _ladder(opts: TranscribeOptions, temps: tuple[float, ...]) -> list[tuple[float, int]]:
-    """The re-decodings of a bad window in order, as (temperature, beam size): beam search
-    at the first temperature when decoding was greedy, then the hotter temperatures."""
-    steps = [(temps[0], FALLBACK_BEAM)] if len(temps) > 1 and opts.beam_size < FALLBACK_BEAM else []
-    return steps + [(t, 1) for t in temps[1:]]
+def _ladder(opts: TranscribeOptions, temps: tuple[float, ...]) -> list[tuple[float, int, int]]:
+    """The re-decodings of a bad window in order, as (temperature, beam size, n-gram size no
+    n-gram of which may repeat; 0: no limit): beam search when decoding was greedy; against
+    a loop, beam search that cannot repeat itself; hotter temperatures only when
+    ``temperature_fallback`` asks for them. All but the last are deterministic."""
+    steps: list[tuple[float, int, int]] = []
+    if len(temps) > 1 and opts.beam_size < FALLBACK_BEAM:
+        steps.append((temps[0], FALLBACK_BEAM, 0))
+    if opts.loop_guard:
+        steps.append((temps[0], max(opts.beam_size, FALLBACK_BEAM), NO_REPEAT_NGRAM_SIZE))
+    if opts.temperature_fallback:
+        steps += [(t, 1, 0) for t in temps[1:]]
+    return steps
 
 
 def _best(tried: list[_Attempt]) -> _Attempt:
