@@ -29,6 +29,10 @@ from whisper_sv.audio import SAMPLE_RATE, load_audio
 from whisper_sv.infer import TranscribeOptions, Transcriber, Transcript
 from whisper_sv.text import error_rates
 
+# The engines alone: no loop guard re-decoding, no VAD pass for segment times (those are
+# measured in bench_decoding.py).
+ENGINE_ONLY = {"loop_guard": False, "fit_to_speech": False}
+
 SV_WORDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sv-words"
 
 
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "transformers fp32": Transcriber(args.model, backend="transformers", device="cpu"),
     }
     for t in engines.values():  # warm-up: first calls allocate and load kernels
-        t.transcribe(clips[0])
+        t.transcribe(clips[0], **ENGINE_ONLY)
 
     # 1. one ~10 s clip
     single: dict[tuple[str, int], float] = {}
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     for beam in (1, 5):
         for name, t in engines.items():
             single[name, beam], _ = timed(
-                lambda t=t, b=beam: t.transcribe(clip10, beam_size=b), args.repeats
+                lambda t=t, b=beam: t.transcribe(clip10, beam_size=b, **ENGINE_ONLY), args.repeats
             )
         base = single["transformers fp32", beam]
         for name in engines:
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. many short clips
     ct2, hf = engines["faster-whisper int8"], engines["transformers fp32"]
-    opts = TranscribeOptions(batch_size=args.batch_size)
+    opts = TranscribeOptions(batch_size=args.batch_size, **ENGINE_ONLY)
     batched = f"batched ({args.batch_size})"
 
     def many(t: Transcriber) -> list:
@@ -120,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             t.batched = t.device == "cuda"
 
     runs = {
-        "transformers fp32, one by one": lambda: [hf.transcribe(c) for c in clips],
-        "faster-whisper int8, one by one": lambda: [ct2.transcribe(c) for c in clips],
+        "transformers fp32, one by one": lambda: [hf.transcribe(c, **ENGINE_ONLY) for c in clips],
+        "faster-whisper int8, one by one": lambda: [
+            ct2.transcribe(c, **ENGINE_ONLY) for c in clips
+        ],
         f"faster-whisper int8, {batched}": lambda: many(ct2),
         f"transformers fp32, {batched}": lambda: many(hf),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from whisper_sv.evaluate import evaluate, read_manifest, write_report
 from whisper_sv.infer import TranscribeOptions, Transcriber
 from whisper_sv.text import error_rates
 
-FAST = TranscribeOptions(max_new_tokens=8)  # the tiny random model never stops on its own
+# The tiny random model never stops on its own; every window of it fails the loop guard's rules.
+FAST = TranscribeOptions(max_new_tokens=8, loop_guard=False)
 
 
 def write_wav(path, seconds: float, seed: int) -> None:
@@ -123,6 +125,45 @@ def test_evaluate_report(manifest, ct2, tmp_path):
     assert "| reference | hypothesis | errors |" in md
     assert "| missing.mp3 | file not found |" in md
     assert "Hej, hur mår du?" in md
+
+
+def test_named_normalisers_and_speakers(tmp_path, ct2):
+    write_wav(tmp_path / "a.wav", 1.0, 0)
+    write_wav(tmp_path / "b.wav", 1.0, 1)
+    rows = [("anna", "a.wav", "Det är 3 katter."), ("bo", "b.wav", "Hej!"), ("anna", "b.wav", "ja")]
+    lines = ["client_id\tpath\tsentence"] + ["\t".join(r) for r in rows]
+    (tmp_path / "m.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = evaluate(tmp_path / "m.tsv", transcriber=ct2, options=FAST)
+    assert list(report.scores) == ["orthographic", "whisper_basic", "kblab_swedish"]
+    assert [(sp.speaker, sp.n) for sp in report.speakers] == [("anna", 2), ("bo", 1)]
+    data = json.loads(write_report(report, tmp_path / "out")[0].read_text(encoding="utf-8"))
+    assert set(data["normalisers"]) == {"orthographic", "whisper_basic", "kblab_swedish"}
+    assert data["normalisers"]["kblab_swedish"]["wer"] == round(
+        report.scores["kblab_swedish"].wer, 2
+    )
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "| kblab_swedish |" in md and "KB-Whisper base 8.7" in md
+    assert "| anna | 2 |" in md
+    assert "kblab_swedish" in report.summary()
+
+
+def test_long_file_scored_whole(tmp_path, ct2):
+    write_wav(tmp_path / "long.wav", 45.0, 3)
+    (tmp_path / "m.tsv").write_text("path\tsentence\nlong.wav\tett långt stycke\n")
+    report = evaluate(tmp_path / "m.tsv", transcriber=ct2, options=replace(FAST, vad=False))
+    assert report.rates.n == 1
+    assert report.audio_seconds == pytest.approx(45.0, abs=0.01)
+    assert [u.name for u in report.utterances] == ["long.wav"]  # one file, one score
+
+
+def test_default_options_decode_long_files_in_sequence(tmp_path, ct2):
+    # Without options, evaluate decodes long files 30 s after 30 s (as published WERs are
+    # measured), with the loop guard on.
+    write_wav(tmp_path / "a.wav", 1.0, 4)
+    (tmp_path / "m.tsv").write_text("path\tsentence\na.wav\tx\n")
+    report = evaluate(tmp_path / "m.tsv", transcriber=ct2)
+    assert report.options.vad is False and report.options.loop_guard is True
+    assert len(report.utterances[0].hypothesis) <= 30 * 1.0 + 40  # bounded by is_looping
 
 
 def test_evaluate_limit(manifest, ct2):

@@ -11,14 +11,18 @@ import csv
 import numpy as np
 import pytest
 
-from whisper_sv.audio import SAMPLE_RATE, AudioError
+from whisper_sv.audio import SAMPLE_RATE, AudioError, load_audio
 from whisper_sv.infer import (
     Segment,
     TranscribeOptions,
     Transcriber,
     Transcript,
     _tokens_to_segments,
+    compression_ratio,
+    is_looping,
+    max_new_tokens_for,
     speech_windows,
+    trim_repetition,
 )
 
 TS = 50_364  # <|0.00|>
@@ -107,8 +111,9 @@ def test_bad_options_name_the_fix(kwargs, message):
 
 
 def test_temperature_ladder():
-    assert TranscribeOptions().temperatures() == (0.0,)
-    assert TranscribeOptions(temperature_fallback=True).temperatures() == (
+    assert TranscribeOptions(loop_guard=False).temperatures() == (0.0,)
+    assert TranscribeOptions().temperatures() == (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    assert TranscribeOptions(loop_guard=False, temperature_fallback=True).temperatures() == (
         0.0,
         0.2,
         0.4,
@@ -125,7 +130,9 @@ def test_temperature_ladder():
 
 # ------------------------------------------------------------------ tiny model, both backends
 
-FAST = {"max_new_tokens": 8}  # the random model never stops on its own: cap its output
+# The random model never stops on its own: cap its output. Its every window fails OpenAI's
+# rules, so the loop guard would sample at every temperature: off here, tested on its own.
+FAST = {"max_new_tokens": 8, "loop_guard": False}
 
 
 # batched=True: exercise the batched path (the CUDA default) on this CPU.
@@ -273,14 +280,29 @@ def test_long_audio_vad_skips_noise(ct2, hf):
     assert_well_formed(result, 50.0)
 
 
-def test_speech_windows_fit_30_s(tmp_path):
-    # A spoken-like signal: 1 s bursts of a voiced tone with 1 s pauses, 75 s long.
-    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
-    burst = (0.3 * np.sin(2 * np.pi * 150 * t) * np.sin(2 * np.pi * 3 * t) ** 2).astype(np.float32)
-    clip = np.concatenate([np.concatenate([burst, np.zeros_like(burst)]) for _ in range(38)])
-    for start, end in speech_windows(clip):
-        assert 0 <= start < end <= len(clip)
+def test_speech_windows_fit_30_s(sv_words_dir):
+    # Real words with 1 s pauses, about 75 s: every word inside a window, windows <= 30 s.
+    with open(sv_words_dir / "manifest.tsv", encoding="utf-8") as fh:
+        names = [r["path"] for r in csv.DictReader(fh, delimiter="\t")]
+    pause = np.zeros(SAMPLE_RATE, np.float32)
+    parts, words = [], []
+    at = 0
+    for name in names:
+        clip = load_audio(sv_words_dir / name)
+        parts += [clip, pause]
+        words.append(at + len(clip) // 2)  # a word's middle is speech
+        at += len(clip) + len(pause)
+        if at > 75 * SAMPLE_RATE:
+            break
+    audio = np.concatenate(parts)
+    windows = speech_windows(audio)
+    assert len(windows) >= 3  # 75 s cannot fit in fewer 30 s windows
+    for start, end in windows:
+        assert 0 <= start < end <= len(audio)
         assert end - start <= 30 * SAMPLE_RATE
+    assert all(a <= b for (_, a), (b, _) in zip(windows, windows[1:], strict=False))
+    covered = [any(a <= mid < b for a, b in windows) for mid in words]
+    assert sum(covered) >= 0.9 * len(words), f"{covered.count(False)} words outside windows"
 
 
 def test_option_errors(ct2, hf):
@@ -332,8 +354,8 @@ def test_real_model_reads_swedish_words(sv_words_dir, backend):
     assert cer(refs, [r.text for r in many]) < 80.0
     for r in many:
         assert_well_formed(r, r.duration)
-    # Batched decoding gives what decoding each file alone gives (ct2: faster-whisper's own
-    # loop; transformers: the same generate call with a batch of one).
+    # Batched decoding gives what decoding each file alone gives (the same generate call with
+    # a batch of one).
     assert [transcriber.transcribe(p).text for p in paths[:4]] == [r.text for r in many[:4]]
 
 
@@ -349,3 +371,89 @@ def test_real_model_long_audio_vad(sv_words_dir):
         result = Transcriber("bundled:base", backend=backend).transcribe(clip)
         assert_well_formed(result, len(clip) / SAMPLE_RATE)
         assert result.segments[-1].end > 50.0
+
+
+@pytest.mark.slow
+def test_real_model_never_loops_on_synthetic_speech():
+    # Greedy decoding without the guard turned a 29-character sentence of this split into
+    # 735 characters (docs/benchmarks.md); with it no hypothesis is over 3x its reference.
+    from whisper_sv.sources.synthetic import SyntheticOptions, SyntheticSource
+
+    source = SyntheticSource(SyntheticOptions(train=0, validation=0, test=40))
+    items = list(source.items("test"))
+    transcriber = Transcriber("bundled:base")
+    for item in items:
+        text = transcriber.transcribe(source.load(item)).text
+        assert len(text) <= 3 * len(item.sentence), (item.sentence, text)
+
+
+# ------------------------------------------------------------------ loop guard
+
+
+def test_compression_ratio_and_is_looping():
+    loop = "Det var det. " * 40
+    assert compression_ratio(loop) > 2.4
+    assert compression_ratio("Hej, hur mår du i dag?") < 2.4
+    assert is_looping(loop, duration_s=30.0)  # compresses like a loop
+    assert is_looping("abcdefghij klmnopqrst uvwxyzåäö " * 3, duration_s=1.0)  # too long for 1 s
+    assert not is_looping("Hej, hur mår du i dag?", duration_s=2.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("det var det var det var det var", "det var"),
+        ("Jag sa att. Jag sa att. Jag sa att.", "Jag sa att."),
+        ("ja ja ja", "ja ja ja"),  # speech, not a loop
+        ("nej nej nej nej nej", "nej"),
+        ("hej på dig", "hej på dig"),
+    ],
+)
+def test_trim_repetition(text, expected):
+    assert trim_repetition(text) == expected
+
+
+def test_max_new_tokens_bounded_by_duration():
+    assert max_new_tokens_for(1.0) < max_new_tokens_for(10.0) <= 445
+    assert max_new_tokens_for(60.0) == 445
+
+
+def test_loop_guard_bounds_the_random_model(ct2, hf):
+    # The random model never stops: with the guard its output is bounded by the clip's length.
+    for transcriber in (ct2, hf):
+        guarded = transcriber.transcribe(noise(1.0, seed=40))
+        free = transcriber.transcribe(noise(1.0, seed=40), loop_guard=False, max_new_tokens=200)
+        assert len(guarded.text) < len(free.text)
+        assert not any(
+            a.text.strip(" .,!?").lower() == b.text.strip(" .,!?").lower()
+            for a, b in zip(guarded.segments, guarded.segments[1:], strict=False)
+        )
+
+
+def test_digital_silence_is_not_decoded_without_vad():
+    from whisper_sv.infer import _sounding
+
+    audio = np.zeros(70 * SAMPLE_RATE, np.float32)
+    audio[2 * SAMPLE_RATE : 10 * SAMPLE_RATE] = noise(8.0)
+    audio[12 * SAMPLE_RATE : 20 * SAMPLE_RATE] = noise(8.0, seed=1)
+    assert _sounding(audio) == [2.0, 20.0]  # the 2 s pause kept, the 50 s tail skipped
+    assert _sounding(noise(40.0)) == "0"
+
+
+def test_fallback_ladder_beam_first_then_hotter():
+    from whisper_sv.infer import _ladder
+
+    opts = TranscribeOptions()
+    assert _ladder(opts, opts.temperatures()) == [(0.0, 5, 0), (0.0, 5, 4)]  # deterministic
+    hot = TranscribeOptions(temperature_fallback=True)
+    assert _ladder(hot, hot.temperatures())[2:] == [(t, 1, 0) for t in (0.2, 0.4, 0.6, 0.8, 1.0)]
+    beam = TranscribeOptions(beam_size=5)
+    assert _ladder(beam, beam.temperatures()) == [(0.0, 5, 4)]
+    off = TranscribeOptions(loop_guard=False)
+    assert _ladder(off, off.temperatures()) == []
+
+
+def test_loop_guard_is_deterministic(ct2):
+    # The random model fails every rule, so every step of the ladder runs.
+    clip = noise(2.0, seed=41)
+    assert ct2.transcribe(clip).text == ct2.transcribe(clip).text

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from whisper_sv.text import ErrorRates, cer, error_rates, normalize, wer, word_errors
+from whisper_sv.text import (
+    NORMALISERS,
+    ErrorRates,
+    cer,
+    error_rates,
+    kblab_swedish,
+    normalize,
+    scores,
+    wer,
+    whisper_basic,
+    word_errors,
+)
 
 NORMALIZE_TABLE = [
     # case and punctuation
@@ -121,3 +132,31 @@ def test_word_errors():
     assert (errors.substitutions, errors.deletions, errors.insertions) == (1, 0, 1)
     assert errors.reference_words == 4
     assert errors.errors == 2
+
+
+# ------------------------------------------------------------------ named normalisers
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Det är 3 katter.", "det är tre katter"),
+        ("Klockan 21, inte 3,5!", "klockan tjugoett inte tre komma fem"),
+        ("Åsa, ÖL och Ärtor", "åsa öl och ärtor"),
+        ("0,05 procent", "noll komma noll fem procent"),
+    ],
+)
+def test_kblab_swedish(text, expected):
+    assert kblab_swedish(text) == expected
+
+
+def test_whisper_basic_keeps_diacritics_and_drops_brackets():
+    assert whisper_basic("Hej, [musik] hur MÅR du? (skratt)") == "hej hur mår du"
+
+
+def test_scores_under_each_normaliser():
+    got = scores(["Det är 3 katter."], ["det är tre katter"])
+    assert list(got) == list(NORMALISERS) == ["orthographic", "whisper_basic", "kblab_swedish"]
+    assert got["orthographic"].wer == pytest.approx(75.0)  # Det/det, 3/tre, katter./katter
+    assert got["whisper_basic"].wer == pytest.approx(25.0)  # 3/tre
+    assert got["kblab_swedish"].wer == 0.0

@@ -94,3 +94,23 @@ def test_a_silent_server_is_abandoned_after_the_timeout(monkeypatch):
             conn.close()
         server.close()
     assert time.monotonic() - start < 3
+
+
+# ------------------------------------------------------------------ speech translation
+
+
+def test_no_swedish_text_no_translation(tiny_ct2_dir):
+    # Digital silence has no Swedish text: nothing is translated, whether the caller passes
+    # the transcript or not. Noise that the random model "reads" is translated.
+    import numpy as np
+
+    from whisper_sv.infer import Segment, Transcriber
+
+    ct2 = Transcriber(str(tiny_ct2_dir), device="cpu")
+    silence = np.zeros(16_000 * 3, np.float32)
+    assert list(translate.translate_speech(ct2, silence)) == []
+    noise = np.random.default_rng(0).normal(0, 0.1, 16_000 * 2).astype(np.float32)
+    fast = {"max_new_tokens": 8, "loop_guard": False}
+    assert list(translate.translate_speech(ct2, noise, swedish=[], **fast)) == []
+    said = [Segment(0.0, 1.0, "hej")]
+    assert list(translate.translate_speech(ct2, noise, swedish=said, **fast))

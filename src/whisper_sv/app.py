@@ -365,7 +365,11 @@ class ChatApp:
             yield reply
             source = translate.TranslateOptions(source=request.language)
             for segment in translate.translate_speech(
-                transcriber, audio, source, beam_size=request.beam_size
+                transcriber,
+                audio,
+                source,
+                beam_size=request.beam_size,
+                swedish=reply.swedish,
             ):
                 reply.english.append(segment)
                 reply.status = _progress("Translating", segment.end, reply.duration)

@@ -2,7 +2,14 @@
 
 A manifest is a tab-separated file with a header holding at least ``path`` and ``sentence``
 (Common Voice's column names); paths are relative to the manifest's folder, any audio format.
-Files that cannot be decoded are reported with the reason and left out of the rates.
+Files that cannot be decoded are reported with the reason and left out of the rates. A
+``client_id`` column (Common Voice's speaker id) adds a per-speaker table.
+
+Rates are given under the project's Swedish-safe normaliser (``wer``/``cer``) and under the
+three named normalisers of ``whisper_sv.text.NORMALISERS``: ``orthographic``,
+``whisper_basic`` and ``kblab_swedish``, the one to set beside KBLab's published Swedish
+WERs (docs/benchmarks.md says which figure compares with which). A file longer than 30 s is
+scored whole, decoded window after window (``vad=False`` unless the options say otherwise).
 """
 
 from __future__ import annotations
@@ -17,11 +24,12 @@ from pathlib import Path
 from whisper_sv import models
 from whisper_sv.audio import AudioError
 from whisper_sv.infer import TranscribeOptions, Transcriber, Transcript
-from whisper_sv.text import ErrorRates, WordErrors, error_rates, word_errors
+from whisper_sv.text import ErrorRates, Score, WordErrors, error_rates, scores, word_errors
 
 __all__ = [
     "ManifestRow",
     "Report",
+    "SpeakerScore",
     "Utterance",
     "evaluate",
     "read_manifest",
@@ -31,6 +39,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("path", "sentence")
+SPEAKER_COLUMN = "client_id"
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class ManifestRow:
     path: Path  # the audio file, made absolute against the manifest's folder
     sentence: str  # the reference transcript
     name: str  # the path as written in the manifest (for reports)
+    speaker: str = ""  # the client_id column ("" when the manifest has none)
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,17 @@ class Utterance:
     hypothesis: str  # the model's text ("" when failed)
     errors: WordErrors | None  # word edits after normalisation (None when failed)
     error: str = ""  # why the file was left out ("" when it was evaluated)
+    speaker: str = ""  # the manifest's client_id ("" when none)
+
+
+@dataclass(frozen=True)
+class SpeakerScore:
+    """One speaker's rates (kblab_swedish normaliser)."""
+
+    speaker: str  # the manifest's client_id
+    n: int  # utterances scored
+    wer: float  # percent
+    cer: float  # percent
 
 
 @dataclass(frozen=True)
@@ -66,6 +87,8 @@ class Report:
     audio_seconds: float  # length of the audio transcribed
     utterances: tuple[Utterance, ...]  # in manifest order, failed ones included
     options: TranscribeOptions  # decoding options used
+    scores: dict[str, Score] | None = None  # WER/CER per named normaliser (text.NORMALISERS)
+    speakers: tuple[SpeakerScore, ...] = ()  # per speaker, when the manifest has client_id
 
     @property
     def rtf(self) -> float:
@@ -80,6 +103,11 @@ class Report:
             "cer": round(r.cer, 2),
             "wer_orthographic": round(r.wer_orthographic, 2),
             "cer_orthographic": round(r.cer_orthographic, 2),
+            "normalisers": {
+                name: {"wer": round(sc.wer, 2), "cer": round(sc.cer, 2)}
+                for name, sc in (self.scores or {}).items()
+            },
+            "speakers": [asdict(sp) for sp in self.speakers],
             "n": r.n,
             "n_failed": self.n_failed,
             "model": self.model,
@@ -110,7 +138,11 @@ class Report:
             f"{self.model} ({self.backend}) on {r.n} utterances{failed}: "
             f"WER {r.wer:.1f}%  CER {r.cer:.1f}%  "
             f"(orthographic WER {r.wer_orthographic:.1f}%  CER {r.cer_orthographic:.1f}%)\n"
-            f"{self.audio_seconds:.1f} s of audio in {self.seconds:.1f} s: RTF {self.rtf:.3f}"
+            + "".join(
+                f"{name}: WER {sc.wer:.1f}%  CER {sc.cer:.1f}%\n"
+                for name, sc in (self.scores or {}).items()
+            )
+            + f"{self.audio_seconds:.1f} s of audio in {self.seconds:.1f} s: RTF {self.rtf:.3f}"
         )
 
     def to_markdown(self) -> str:
@@ -138,6 +170,32 @@ class Report:
             "Normalised: lowercase, punctuation removed, numbers as written, å ä ö é kept "
             "(`whisper_sv.text.normalize`). Orthographic: text as written.",
         ]
+        if self.scores:
+            lines += [
+                "",
+                "## Named normalisers",
+                "",
+                "| normaliser | WER | CER |",
+                "|---|---|---|",
+            ]
+            lines += [
+                f"| {name} | {sc.wer:.2f} % | {sc.cer:.2f} % |" for name, sc in self.scores.items()
+            ]
+            lines += ["", _COMPARISON]
+        if self.speakers:
+            lines += [
+                "",
+                "## Speakers",
+                "",
+                "kblab_swedish normaliser.",
+                "",
+                "| speaker | utterances | WER | CER |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {_cell(sp.speaker)} | {sp.n} | {sp.wer:.2f} % | {sp.cer:.2f} % |"
+                for sp in self.speakers
+            ]
         failed = [u for u in self.utterances if u.error]
         if failed:
             lines += ["", "## Failed files", "", "| file | reason |", "|---|---|"]
@@ -161,6 +219,14 @@ class Report:
                 f"| {i} | {_cell(u.name)} | {_cell(u.reference)} | {_cell(u.hypothesis)} | {errs} |"
             )
         return "\n".join(lines) + "\n"
+
+
+_COMPARISON = (
+    "`kblab_swedish` (lowercase, numbers as Swedish words with num2words, punctuation "
+    "removed) is the figure to set beside KBLab's published WERs (KB-Whisper base 8.7, OpenAI "
+    "Whisper base 52.1 on Common Voice sv-SE test); `whisper_basic` beside leaderboards that "
+    "use Whisper's BasicTextNormalizer; `orthographic` counts case and punctuation."
+)
 
 
 def _cell(text: str) -> str:
@@ -195,7 +261,10 @@ def read_manifest(path: str | os.PathLike, *, limit: int | None = None) -> list[
         if not name:
             continue
         sentence = (record.fields.get("sentence") or "").strip()
-        rows.append(ManifestRow(path=manifest.parent / name, sentence=sentence, name=name))
+        speaker = (record.fields.get(SPEAKER_COLUMN) or "").strip()
+        rows.append(
+            ManifestRow(path=manifest.parent / name, sentence=sentence, name=name, speaker=speaker)
+        )
         if limit is not None and len(rows) >= limit:
             break
     if not rows:
@@ -219,7 +288,7 @@ def evaluate(
     Files that fail to decode, and rows with an empty sentence, are reported and skipped.
     """
     rows = read_manifest(manifest, limit=limit)
-    options = options or TranscribeOptions()
+    options = options or TranscribeOptions(vad=False)
     if transcriber is None:
         transcriber = Transcriber(model, backend=backend)  # type: ignore[arg-type]
     start = time.perf_counter()
@@ -242,7 +311,9 @@ def evaluate(
         assert isinstance(result, Transcript)
         audio_seconds += result.duration
         errors = word_errors(row.sentence, result.text)
-        utterances.append(Utterance(row.name, row.sentence, result.text, errors))
+        utterances.append(
+            Utterance(row.name, row.sentence, result.text, errors, speaker=row.speaker)
+        )
     for u in utterances:
         if u.error:
             log.debug("skipped %s: %s", u.name, u.error)
@@ -259,7 +330,22 @@ def evaluate(
         audio_seconds=audio_seconds,
         utterances=tuple(utterances),
         options=options,
+        scores=scores([u.reference for u in scored], [u.hypothesis for u in scored]),
+        speakers=_speakers(scored),
     )
+
+
+def _speakers(scored: list[Utterance]) -> tuple[SpeakerScore, ...]:
+    """Per-speaker rates under kblab_swedish, most utterances first (none without client_id)."""
+    groups: dict[str, list[Utterance]] = {}
+    for u in scored:
+        if u.speaker:
+            groups.setdefault(u.speaker, []).append(u)
+    out = []
+    for speaker, group in groups.items():
+        sc = scores([u.reference for u in group], [u.hypothesis for u in group])["kblab_swedish"]
+        out.append(SpeakerScore(speaker, len(group), sc.wer, sc.cer))
+    return tuple(sorted(out, key=lambda sp: (-sp.n, sp.speaker)))
 
 
 def write_report(report: Report, out_dir: str | os.PathLike) -> tuple[Path, Path]:

@@ -1,16 +1,29 @@
 """Transcription: one ``Transcriber`` over two backends with the same typed results.
 
-- ``ct2`` (default): faster-whisper on CTranslate2, int8 on CPU and float16 on CUDA. One file
-  goes through faster-whisper's own decoding loop (its silero VAD for long audio); many short
-  files are decoded in batches straight on the CTranslate2 model (see ``transcribe_many``).
+- ``ct2`` (default): faster-whisper on CTranslate2, int8 on CPU and float16 on CUDA. Clips of
+  up to 30 s are decoded straight on the CTranslate2 model (in batches on CUDA, see
+  ``transcribe_many``); longer audio goes through faster-whisper's own decoding loop (its
+  silero VAD for long audio). Word timestamps always take faster-whisper's loop.
 - ``transformers``: ``WhisperForConditionalGeneration.generate`` (float32 on CPU, float16 on
   CUDA); long audio is cut at the pauses silero VAD finds into windows of at most 30 s,
   decoded in batches, or without VAD decoded 30 s at a time from the last timestamp on.
 
 The language is always passed to Whisper (Swedish by default): its language detection
-guesses wrong on short and synthetic Swedish clips. Decoding is greedy at temperature 0 with
-no temperature fallback unless asked: the fallback re-decoded 60-90 times per pass over 20
-poorly recognised clips (facts.md), which made inference five times slower.
+guesses wrong on short and synthetic Swedish clips.
+
+The loop guard (``TranscribeOptions.loop_guard``, on by default) keeps greedy decoding's
+speed and removes its loops: every 30 s window is decoded greedily first; only a window whose
+output fails OpenAI's rules (compression ratio > 2.4 or average log-prob < -1.0, unless its
+no-speech probability says it is silence) is decoded again, from the same encoder output,
+with beam 5, and if that still loops, with beam 5 barred from repeating any 4 tokens; both
+deterministic, and the cost is paid by bad windows only (``temperature_fallback`` adds
+sampling at 0.2 ... 1.0 after that). Long audio goes through faster-whisper's own
+fallback with the same thresholds; the transformers backend re-decodes a bad window with
+transformers' temperature fallback. The output of a window is bounded by the audio's length (``max_new_tokens_for``), a repeated tail is cut
+(``trim_repetition``) and a segment that repeats the previous one is dropped. Short clips are
+decoded with their audio padded to 30 s of silence before the log-mel, as Whisper was trained
+(faster-whisper pads the log-mel with zeros instead, which cost 17.5 WER points on sv-words:
+docs/benchmarks.md). ``is_looping`` is the same check as a pure function for other decoders.
 """
 
 from __future__ import annotations
@@ -35,8 +48,12 @@ __all__ = [
     "Transcriber",
     "Transcript",
     "Word",
+    "compression_ratio",
     "format_transcript",
+    "is_looping",
+    "max_new_tokens_for",
     "speech_windows",
+    "trim_repetition",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,6 +69,24 @@ TASKS = ("transcribe", "translate")
 # silence or noise, and its text is dropped.
 NO_SPEECH_THRESHOLD = 0.6
 LOG_PROB_THRESHOLD = -1.0
+# OpenAI's rule on text: zlib compresses a loop far better than speech.
+COMPRESSION_RATIO_THRESHOLD = 2.4
+# Output bound of a window: fast Swedish speech is about 4 words (7 tokens) a second; twice
+# that plus room for timestamps and a short clip's single word.
+MAX_TOKENS_PER_SECOND = 12
+MIN_NEW_TOKENS = 24
+# Characters a second no speech reaches (fast speech: about 15), for is_looping.
+MAX_CHARS_PER_SECOND = 30
+MIN_CHARS = 40
+# Seed of fallback sampling (temperature_fallback; long audio through faster-whisper).
+SAMPLING_SEED = 0
+# Beam of the first re-decoding of a bad greedy window (OpenAI's and faster-whisper's beam).
+FALLBACK_BEAM = 5
+# Against a loop that beam search repeated too: beam search with no repeated 4-gram of tokens
+# (deterministic, unlike sampling, whose CTranslate2 generator cannot be re-seeded per call).
+NO_REPEAT_NGRAM_SIZE = 4
+# Samples drawn per fallback temperature (faster-whisper's and OpenAI's best_of).
+BEST_OF = 5
 # The fallback ladder when asked for: up from the given temperature in OpenAI's 0.2 steps.
 FALLBACK_STEP = 0.2
 # transformers measures the compression ratio on token ids (zlib over the id bytes), where
@@ -74,7 +109,9 @@ class TranscribeOptions:
     task: Literal["transcribe", "translate"] = "transcribe"  # translate: to English text
     beam_size: int = 1  # 1 = greedy; 5 is OpenAI's beam (about 1.6x slower on CPU)
     temperature: float = 0.0  # 0 = deterministic; > 0 samples
-    temperature_fallback: bool = False  # re-decode bad windows hotter (slow: module doc)
+    temperature_fallback: bool = False  # re-decode bad windows hotter even with loop_guard off
+    loop_guard: bool = True  # greedy first, bad windows re-decoded, output bounded (module doc)
+    fit_to_speech: bool = True  # segment times cut to the speech silero VAD finds in them
     vad: bool = True  # long audio (> 30 s): skip non-speech found by silero VAD
     word_timestamps: bool = False  # per-word times in Segment.words (ct2 backend only)
     condition_on_previous_text: bool = False  # prompt each 30 s window with the previous text;
@@ -107,8 +144,8 @@ class TranscribeOptions:
             )
 
     def temperatures(self) -> tuple[float, ...]:
-        """The temperatures tried in order (one unless temperature_fallback)."""
-        if not self.temperature_fallback:
+        """The temperatures tried in order (one unless loop_guard or temperature_fallback)."""
+        if not (self.temperature_fallback or self.loop_guard):
             return (self.temperature,)
         n = int(round((1.0 - self.temperature) / FALLBACK_STEP))
         return tuple(round(self.temperature + i * FALLBACK_STEP, 2) for i in range(n + 1))
@@ -145,6 +182,7 @@ class Transcript:
     task: str  # "transcribe" or "translate"
     source: str  # the file name, or "<bytes>"/"<array>"
     options: TranscribeOptions  # the options used
+    speech: tuple[tuple[float, float], ...] = ()  # VAD speech spans, s (fit_to_speech only)
 
 
 class Transcriber:
@@ -203,8 +241,9 @@ class Transcriber:
         """Transcribe (or translate) one input: a path, encoded bytes, or a 16 kHz array."""
         opts = self._options(options, overrides)
         samples, source = _as_samples(audio)
-        segments = tuple(self._segments(samples, opts))
-        return _transcript(segments, samples, source, opts)
+        spans = _speech(samples, opts)
+        segments = tuple(self._segments(samples, opts, spans))
+        return _transcript(segments, samples, source, opts, spans)
 
     def stream(
         self, audio: AudioInput, options: TranscribeOptions | None = None, **overrides
@@ -212,7 +251,7 @@ class Transcriber:
         """The Segments of one input as they are decoded (for live display)."""
         opts = self._options(options, overrides)
         samples, _ = _as_samples(audio)
-        yield from self._segments(samples, opts)
+        yield from self._segments(samples, opts, _speech(samples, opts))
 
     def transcribe_many(
         self,
@@ -249,15 +288,21 @@ class Transcriber:
                         bar.update()
                         continue
                     if one_by_one or len(samples) > N_SAMPLES:
-                        segments = tuple(self._segments(samples, opts))
-                        results[i] = _transcript(segments, samples, source, opts)
+                        spans = _speech(samples, opts)
+                        segments = tuple(self._segments(samples, opts, spans))
+                        results[i] = _transcript(segments, samples, source, opts, spans)
                         bar.update()
                     else:
                         batch.append((i, samples, source))
                 if batch:
                     decoded = self._decode_short([s for _, s, _ in batch], opts)
                     for (i, samples, source), segments in zip(batch, decoded, strict=True):
-                        results[i] = _transcript(tuple(segments), samples, source, opts)
+                        spans = _speech(samples, opts)
+                        if spans:
+                            from whisper_sv.subtitles import fit_to_speech
+
+                            segments = list(fit_to_speech(segments, spans))
+                        results[i] = _transcript(tuple(segments), samples, source, opts, spans)
                     bar.update(len(batch))
         return results  # type: ignore[return-value]
 
@@ -278,11 +323,20 @@ class Transcriber:
         self._impl.check(opts)
         return opts
 
-    def _segments(self, samples: np.ndarray, opts: TranscribeOptions) -> Iterator[Segment]:
+    def _segments(
+        self, samples: np.ndarray, opts: TranscribeOptions, spans: Sequence[tuple[float, float]]
+    ) -> Iterator[Segment]:
         if _is_silent(samples):
             return
         duration = len(samples) / SAMPLE_RATE
-        yield from _monotonic(self._impl.segments(_min_length(samples), opts), duration)
+        segments = _monotonic(self._impl.segments(_min_length(samples), opts), duration)
+        if opts.loop_guard:
+            segments = _guarded(segments)
+        if spans:
+            from whisper_sv.subtitles import fit_to_speech
+
+            segments = fit_to_speech(segments, spans)
+        yield from segments
 
     def _decode_short(
         self, clips: list[np.ndarray], opts: TranscribeOptions
@@ -294,7 +348,8 @@ class Transcriber:
             group = todo[first : first + opts.batch_size]
             decoded = self._impl.decode_windows([_min_length(clips[i]) for i in group], opts)
             for i, segments in zip(group, decoded, strict=True):
-                out[i] = list(_monotonic(segments, len(clips[i]) / SAMPLE_RATE))
+                kept = _monotonic(segments, len(clips[i]) / SAMPLE_RATE)
+                out[i] = list(_guarded(kept) if opts.loop_guard else kept)
         return out
 
 
@@ -315,8 +370,21 @@ def _as_samples(audio: AudioInput) -> tuple[np.ndarray, str]:
     return load_audio(audio), str(audio)
 
 
+def _speech(samples: np.ndarray, opts: TranscribeOptions) -> tuple[tuple[float, float], ...]:
+    """Speech spans for fit_to_speech (none for digital silence or with the option off)."""
+    if not opts.fit_to_speech or _is_silent(samples):
+        return ()
+    from whisper_sv.subtitles import speech_spans
+
+    return tuple(speech_spans(samples))
+
+
 def _transcript(
-    segments: tuple[Segment, ...], samples: np.ndarray, source: str, opts: TranscribeOptions
+    segments: tuple[Segment, ...],
+    samples: np.ndarray,
+    source: str,
+    opts: TranscribeOptions,
+    spans: tuple[tuple[float, float], ...] = (),
 ) -> Transcript:
     return Transcript(
         text=" ".join(s.text for s in segments if s.text),
@@ -326,13 +394,99 @@ def _transcript(
         task=opts.task,
         source=source,
         options=opts,
+        speech=spans,
     )
 
 
-def _max_length(prompt_length: int, opts: TranscribeOptions, model_max: int) -> int:
-    if opts.max_new_tokens is None:
+def _max_length(
+    prompt_length: int, opts: TranscribeOptions, model_max: int, duration_s: float
+) -> int:
+    """Decoder length (prompt included) for windows of at most ``duration_s`` seconds."""
+    new_tokens = _new_tokens(opts, duration_s)
+    if new_tokens is None:
         return model_max
-    return min(model_max, prompt_length + opts.max_new_tokens)
+    return min(model_max, prompt_length + new_tokens)
+
+
+def compression_ratio(text: str) -> float:
+    """Bytes of ``text`` over its zlib-compressed bytes (OpenAI's loop measure; > 2.4 loops)."""
+    import zlib
+
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+def max_new_tokens_for(duration_s: float) -> int:
+    """The most tokens worth generating for ``duration_s`` seconds of audio (one window)."""
+    bound = MIN_NEW_TOKENS + math.ceil(MAX_TOKENS_PER_SECOND * max(duration_s, 0.0))
+    return min(bound, MAX_NEW_TOKENS)
+
+
+def is_looping(text: str, duration_s: float) -> bool:
+    """Whether ``text`` decoded from ``duration_s`` seconds of audio is a decoding loop.
+
+    True when it compresses like a loop (ratio > 2.4, OpenAI's rule) or is longer than any
+    speech of that length (30 characters a second, 40 at least). A pure function for any
+    decoder's output, e.g. a validation loop's greedy decoding.
+    """
+    limit = max(MIN_CHARS, MAX_CHARS_PER_SECOND * duration_s)
+    return compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD or len(text) > limit
+
+
+def trim_repetition(text: str, min_repeats: int = 3) -> str:
+    """``text`` with a tail of one phrase repeated ``min_repeats`` times or more cut to one.
+
+    ``"det var det var det var det var"`` -> ``"det var"``. A single word must repeat one time
+    more than ``min_repeats`` (``"ja ja ja"`` is speech).
+    """
+    words = text.split()
+    n = len(words)
+    for size in range(1, n // min_repeats + 1):
+        phrase = words[n - size :]
+        repeats = 1
+        while (
+            repeats * size + size <= n
+            and words[n - (repeats + 1) * size : n - repeats * size] == phrase
+        ):
+            repeats += 1
+        if repeats >= min_repeats + (size == 1):
+            return " ".join(words[: n - (repeats - 1) * size])
+    return text
+
+
+def _guarded(segments: Iterator[Segment]) -> Iterator[Segment]:
+    """Segments with repeated tails cut and repeats of the previous segment dropped."""
+    previous = None
+    for s in segments:
+        text = trim_repetition(s.text)
+        key = text.strip(" .,!?").lower()
+        if key and key == previous:
+            continue
+        previous = key
+        yield s if text == s.text else dataclasses.replace(s, text=text, words=())
+
+
+def _sounding(samples: np.ndarray, min_gap_s: int = 3) -> list[float] | str:
+    """[start, end, start, end ...] seconds around digital silences of ``min_gap_s`` or more.
+
+    faster-whisper's ``clip_timestamps``; "0" (everything) when there is no such silence.
+    """
+    seconds = math.ceil(len(samples) / SAMPLE_RATE)
+    loud = [
+        not _is_silent(samples[i * SAMPLE_RATE : (i + 1) * SAMPLE_RATE]) for i in range(seconds)
+    ]
+    spans: list[list[int]] = []
+    for i, sounding in enumerate(loud):
+        if not sounding:
+            continue
+        if spans and i - spans[-1][1] < min_gap_s:
+            spans[-1][1] = i + 1
+        else:
+            spans.append([i, i + 1])
+    if spans == [[0, seconds]]:
+        return "0"
+    end = len(samples) / SAMPLE_RATE
+    return [float(min(t, end)) for span in spans for t in span] or [0.0, 0.0]
 
 
 def _is_silent(samples: np.ndarray) -> bool:
@@ -522,21 +676,33 @@ class _Ct2Backend(_Backend):
             raise ValueError("this model is English-only; use a multilingual Whisper model")
 
     def segments(self, samples: np.ndarray, opts: TranscribeOptions) -> Iterator[Segment]:
+        if len(samples) <= N_SAMPLES and not opts.word_timestamps:
+            # One window, its audio padded with silence (decode_windows' doc).
+            yield from self.decode_windows([samples], opts)[0]
+            return
+        import ctranslate2
+
         long = len(samples) > N_SAMPLES
         temps = opts.temperatures()
+        ctranslate2.set_random_seed(SAMPLING_SEED)
         pieces, _info = self.model.transcribe(
             samples,
             language=opts.language,
             task=opts.task,
             beam_size=opts.beam_size,
+            best_of=BEST_OF,
             temperature=list(temps) if len(temps) > 1 else temps[0],
+            compression_ratio_threshold=COMPRESSION_RATIO_THRESHOLD if len(temps) > 1 else None,
             condition_on_previous_text=opts.condition_on_previous_text,
             word_timestamps=opts.word_timestamps,
             vad_filter=opts.vad and long,
             without_timestamps=False,
             no_speech_threshold=NO_SPEECH_THRESHOLD,
             log_prob_threshold=LOG_PROB_THRESHOLD,
-            max_new_tokens=opts.max_new_tokens,
+            max_new_tokens=_new_tokens(opts, min(len(samples) / SAMPLE_RATE, CHUNK_LENGTH)),
+            # Without VAD, stretches of digital silence are skipped, not decoded: Whisper
+            # writes its last sentence again and again over trailing silence.
+            clip_timestamps=_sounding(samples) if long and not opts.vad else "0",
         )
         for piece in pieces:  # a generator: each window is decoded when asked for
             words = tuple(
@@ -545,62 +711,69 @@ class _Ct2Backend(_Backend):
             )
             yield Segment(start=piece.start, end=piece.end, text=piece.text.strip(), words=words)
 
+    def _features(self, window: np.ndarray) -> np.ndarray:
+        """Log-mel of ``window`` padded with silence to 30 s first, as OpenAI's Whisper does.
+
+        faster-whisper computes the log-mel of the clip and pads that with zeros, which the
+        model never saw in training: on 40 sv-words clips greedy WER went 97.5 -> 80.0 with
+        the audio padded instead (docs/benchmarks.md).
+        """
+        padded = np.pad(window, (0, max(0, N_SAMPLES - len(window))))
+        return self.model.feature_extractor(padded)[:, : N_SAMPLES // 160]
+
     def decode_windows(
         self, windows: list[np.ndarray], opts: TranscribeOptions
     ) -> list[list[Segment]]:
-        """Batched ``generate`` on the CTranslate2 model with faster-whisper's own inputs.
+        """Batched ``generate`` on the CTranslate2 model, a window re-decoded only when bad.
 
         faster-whisper's BatchedInferencePipeline batches the windows of one file only; here
-        the windows of many files share one encoder and one decoder call. Features, prompt,
-        suppressed tokens and the no-speech rule are those of ``WhisperModel.transcribe``.
+        the windows of many files share one encoder and one decoder call. Prompt, suppressed
+        tokens, the no-speech rule and the fallback rule are those of
+        ``WhisperModel.transcribe``; the audio is padded before the log-mel (``_features``).
         """
-        import ctranslate2
-        from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
-        from faster_whisper.transcribe import get_suppressed_tokens
 
         if not windows:
             return []
-        model = self.model
         tokenizer = Tokenizer(
-            model.hf_tokenizer, model.model.is_multilingual, task=opts.task, language=opts.language
+            self.model.hf_tokenizer,
+            self.model.model.is_multilingual,
+            task=opts.task,
+            language=opts.language,
         )
-        prompt = model.get_prompt(tokenizer, [], without_timestamps=False)
-        features = []
-        for window in windows:
-            mel = model.feature_extractor(window)
-            features.append(pad_or_trim(mel[:, : mel.shape[-1] - 1]))
-        batch = np.ascontiguousarray(np.stack(features).astype(np.float32))
-        encoded = model.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)
-        if opts.temperature > 0:
-            sampling = {
-                "beam_size": 1,
-                "sampling_topk": 0,
-                "sampling_temperature": opts.temperature,
-            }
-        else:
-            sampling = {"beam_size": opts.beam_size}
-        results = model.model.generate(
-            encoded,
-            [prompt] * len(windows),
-            max_length=_max_length(len(prompt), opts, model.max_length),
-            return_scores=True,
-            return_no_speech_prob=True,
-            suppress_blank=True,
-            suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
-            max_initial_timestamp_index=int(round(1.0 / TIME_PRECISION_S)),
-            **sampling,
+        prompt = self.model.get_prompt(tokenizer, [], without_timestamps=False)
+        features = np.stack([self._features(w) for w in windows]).astype(np.float32)
+        longest = max(len(w) for w in windows) / SAMPLE_RATE
+        max_length = _max_length(len(prompt), opts, self.model.max_length, longest)
+        temps = opts.temperatures()
+        encoded = self._encode(features)
+        first = self._generate(
+            encoded, len(windows), prompt, tokenizer, max_length, temps[0], opts.beam_size
         )
         out = []
-        for window, result in zip(windows, results, strict=True):
-            tokens = result.sequences_ids[0]
-            # faster-whisper's average log-prob: cumulative score over (length + 1) tokens.
-            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-            if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
+        for i, (window, attempt) in enumerate(zip(windows, first, strict=True)):
+            tried = [attempt]
+            # The encoder runs once per window: a bad window of a batch is encoded alone
+            # once, then decoded at each temperature from that output.
+            alone = encoded if len(windows) == 1 else None
+            for step, (temperature, beam, no_repeat) in enumerate(_ladder(opts, temps)):
+                last = tried[-1]
+                # Past the first beam search, only to escape a loop: sampling a window that
+                # is merely unsure cost 3x the time for less than beam search gives
+                # (docs/benchmarks.md).
+                if not last.needs_fallback or (step > 0 and not last.loops):
+                    break
+                if alone is None:
+                    alone = self._encode(features[i : i + 1])
+                tried += self._generate(
+                    alone, 1, prompt, tokenizer, max_length, temperature, beam, no_repeat
+                )
+            chosen = tried[-1] if not tried[-1].needs_fallback else _best(tried)
+            if chosen.is_silence:
                 out.append([])
                 continue
             segments, _ = _tokens_to_segments(
-                tokens,
+                chosen.tokens,
                 timestamp_begin=tokenizer.timestamp_begin,
                 eot=tokenizer.eot,
                 decode=tokenizer.decode,
@@ -608,6 +781,118 @@ class _Ct2Backend(_Backend):
             )
             out.append(segments)
         return out
+
+    def _encode(self, features: np.ndarray):
+        """The encoder output of a batch of log-mels (kept on the device)."""
+        import ctranslate2
+
+        view = ctranslate2.StorageView.from_array(np.ascontiguousarray(features))
+        return self.model.model.encode(view, to_cpu=False)
+
+    def _generate(
+        self,
+        encoded,
+        n: int,
+        prompt: list[int],
+        tokenizer,
+        max_length: int,
+        temperature: float,
+        beam_size: int,
+        no_repeat_ngram_size: int = 0,
+    ) -> list[_Attempt]:
+        """One decoding of each window at ``temperature`` (> 0: best of BEST_OF samples)."""
+        import ctranslate2
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        model = self.model
+        if temperature > 0:
+            # Seeded, though CTranslate2 keeps a generator per worker thread, so sampled text
+            # may still differ between runs (the loop guard alone never samples here).
+            ctranslate2.set_random_seed(SAMPLING_SEED)
+            sampling = {
+                "beam_size": 1,
+                "num_hypotheses": BEST_OF,
+                "sampling_topk": 0,
+                "sampling_temperature": temperature,
+            }
+        else:
+            sampling = {"beam_size": beam_size}
+        results = model.model.generate(
+            encoded,
+            [prompt] * n,
+            max_length=max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
+            max_initial_timestamp_index=int(round(1.0 / TIME_PRECISION_S)),
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            **sampling,
+        )
+        attempts = []
+        for result in results:
+            tokens = result.sequences_ids[0]
+            # faster-whisper's average log-prob: cumulative score over (length + 1) tokens.
+            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+            text = tokenizer.decode([t for t in tokens if t < tokenizer.eot])
+            attempts.append(
+                _Attempt(tokens, avg_logprob, result.no_speech_prob, compression_ratio(text))
+            )
+        return attempts
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One decoding of one window and OpenAI's judgement of it."""
+
+    tokens: list[int]  # generated ids, timestamps included
+    avg_logprob: float  # mean log-probability of the tokens and <|endoftext|>
+    no_speech_prob: float  # P(<|nospeech|>) after <|startoftranscript|>
+    compression: float  # compression_ratio of the text
+
+    @property
+    def is_silence(self) -> bool:
+        return self.no_speech_prob > NO_SPEECH_THRESHOLD and self.avg_logprob < LOG_PROB_THRESHOLD
+
+    @property
+    def loops(self) -> bool:
+        return self.compression > COMPRESSION_RATIO_THRESHOLD
+
+    @property
+    def needs_fallback(self) -> bool:
+        if self.is_silence:
+            return False
+        return (
+            self.compression > COMPRESSION_RATIO_THRESHOLD or self.avg_logprob < LOG_PROB_THRESHOLD
+        )
+
+
+def _ladder(opts: TranscribeOptions, temps: tuple[float, ...]) -> list[tuple[float, int, int]]:
+    """The re-decodings of a bad window in order, as (temperature, beam size, n-gram size no
+    n-gram of which may repeat; 0: no limit): beam search when decoding was greedy; against
+    a loop, beam search that cannot repeat itself; hotter temperatures only when
+    ``temperature_fallback`` asks for them. All but the last are deterministic."""
+    steps: list[tuple[float, int, int]] = []
+    if len(temps) > 1 and opts.beam_size < FALLBACK_BEAM:
+        steps.append((temps[0], FALLBACK_BEAM, 0))
+    if opts.loop_guard:
+        steps.append((temps[0], max(opts.beam_size, FALLBACK_BEAM), NO_REPEAT_NGRAM_SIZE))
+    if opts.temperature_fallback:
+        steps += [(t, 1, 0) for t in temps[1:]]
+    return steps
+
+
+def _best(tried: list[_Attempt]) -> _Attempt:
+    """faster-whisper's pick when every temperature failed: the likeliest non-loop."""
+    below = [a for a in tried if a.compression <= COMPRESSION_RATIO_THRESHOLD]
+    return max(below or tried, key=lambda a: a.avg_logprob)
+
+
+def _new_tokens(opts: TranscribeOptions, duration_s: float) -> int | None:
+    """Tokens allowed per window: the option, else the loop guard's bound, else the model's."""
+    if opts.max_new_tokens is not None:
+        return opts.max_new_tokens
+    return max_new_tokens_for(duration_s) if opts.loop_guard else None
 
 
 class _HfBackend(_Backend):
@@ -668,38 +953,49 @@ class _HfBackend(_Backend):
         }
         if temps[0] > 0:
             kwargs["temperature"] = temps[0]
-        if opts.max_new_tokens is not None:
+        longest = max(len(w) for w in windows) / SAMPLE_RATE
+        if opts.max_new_tokens is not None or opts.loop_guard:
             # As max_length (prompt included): max_new_tokens next to the config's max_length
             # makes transformers warn on every call.
             kwargs["max_length"] = _max_length(
-                len(self._prompt(opts)), opts, self.model.generation_config.max_length
+                len(self._prompt(opts)), opts, self.model.generation_config.max_length, longest
             )
         with torch.inference_mode():
-            if len(temps) > 1:
-                # The fallback needs transformers' own loop (re-decoding per window); it is
-                # slow anyway, so its built-in no-speech rule costs little extra here.
-                out = self.model.generate(
-                    features,
-                    **kwargs,
-                    temperature=temps,
-                    compression_ratio_threshold=HF_COMPRESSION_RATIO_THRESHOLD,
-                    logprob_threshold=LOG_PROB_THRESHOLD,
-                    no_speech_threshold=NO_SPEECH_THRESHOLD,
-                )
-                sequences = out["sequences"] if isinstance(out, dict) else out
-                return [row.tolist() for row in sequences]
             encoded = self.model.get_encoder()(features)
             out = self.model.generate(encoder_outputs=encoded, **kwargs)
             sequences = out["sequences"] if isinstance(out, dict) else out
             rows = [row.tolist() for row in sequences]
             prompt = self._prompt(opts)
-            for i, p_no_speech in enumerate(self._no_speech_probs(encoded.last_hidden_state)):
-                if p_no_speech <= NO_SPEECH_THRESHOLD:
+            hidden = encoded.last_hidden_state
+            for i, p_no_speech in enumerate(self._no_speech_probs(hidden)):
+                if p_no_speech <= NO_SPEECH_THRESHOLD and len(temps) == 1:
                     continue
-                hidden = encoded.last_hidden_state[i : i + 1]
-                if self._avg_logprob(hidden, prompt, rows[i]) < LOG_PROB_THRESHOLD:
+                logprob = self._avg_logprob(hidden[i : i + 1], prompt, rows[i])
+                if p_no_speech > NO_SPEECH_THRESHOLD and logprob < LOG_PROB_THRESHOLD:
                     rows[i] = []
+                elif len(temps) > 1 and (
+                    logprob < LOG_PROB_THRESHOLD
+                    or compression_ratio(self._decode(rows[i])) > COMPRESSION_RATIO_THRESHOLD
+                ):
+                    rows[i] = self._fallback(features[i : i + 1], kwargs, temps[1:])
         return rows
+
+    def _fallback(self, features, kwargs: dict, temps: tuple[float, ...]) -> list[int]:
+        """One bad window decoded again by transformers' own fallback loop, hotter each time."""
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SAMPLING_SEED)  # the same text on every run
+            out = self.model.generate(
+                features,
+                **{**kwargs, "do_sample": True, "num_beams": 1},
+                temperature=temps,
+                compression_ratio_threshold=HF_COMPRESSION_RATIO_THRESHOLD,
+                logprob_threshold=LOG_PROB_THRESHOLD,
+                no_speech_threshold=NO_SPEECH_THRESHOLD,
+            )
+        sequences = out["sequences"] if isinstance(out, dict) else out
+        return sequences[0].tolist()
 
     def _prompt(self, opts: TranscribeOptions) -> list[int]:
         """<|startoftranscript|><|xx|><|task|>, what generate puts before the output."""
@@ -836,36 +1132,36 @@ def speech_windows(samples: np.ndarray, max_samples: int = N_SAMPLES) -> list[tu
 FORMATS = ("txt", "srt", "vtt", "json")
 
 
-def format_transcript(transcript: Transcript, fmt: str = "txt") -> str:
-    """``transcript`` as plain text (one segment a line), SubRip, WebVTT or JSON."""
+def format_transcript(transcript: Transcript, fmt: str = "txt", subtitle_options=None) -> str:
+    """``transcript`` as plain text (one segment a line), SubRip, WebVTT or JSON.
+
+    ``subtitle_options``: a ``whisper_sv.subtitles.SubtitleOptions`` (cue and line limits).
+    """
     if fmt == "json":
         import json
 
         return json.dumps(dataclasses.asdict(transcript), ensure_ascii=False, indent=2) + "\n"
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
-    return subtitles(transcript.segments, fmt)
+    return subtitles(transcript.segments, fmt, subtitle_options, spans=transcript.speech)
 
 
-def subtitles(segments: Sequence[Segment], fmt: str = "srt") -> str:
-    """Segments as plain text (one a line), SubRip or WebVTT; empty segments are left out."""
-    texts = [(s, s.text.strip()) for s in segments if s.text.strip()]
+def subtitles(
+    segments: Sequence[Segment],
+    fmt: str = "srt",
+    options=None,
+    spans: Sequence[tuple[float, float]] = (),
+) -> str:
+    """Segments as plain text (one a line), SubRip or WebVTT; empty segments are left out.
+
+    Subtitle cues follow ``whisper_sv.subtitles.cues``: at most ``options.max_cue_s`` (7 s)
+    and two lines of 42 characters, no overlaps, none of zero length; ``spans`` (speech spans)
+    time the cues inside a segment.
+    """
+    from whisper_sv import subtitles as subs
+
     if fmt == "txt":
-        return "".join(f"{text}\n" for _, text in texts)
-    if fmt == "srt":
-        return "\n".join(
-            f"{i}\n{_stamp(s.start, ',')} --> {_stamp(s.end, ',')}\n{text}\n"
-            for i, (s, text) in enumerate(texts, start=1)
-        )
-    if fmt == "vtt":
-        cues = [f"{_stamp(s.start, '.')} --> {_stamp(s.end, '.')}\n{text}\n" for s, text in texts]
-        return "WEBVTT\n\n" + "\n".join(cues)
-    raise ValueError(f"unknown subtitle format {fmt!r}; use txt, srt or vtt")
-
-
-def _stamp(seconds: float, sep: str) -> str:
-    """HH:MM:SS,mmm (SubRip, sep ",") or HH:MM:SS.mmm (WebVTT, sep ".")."""
-    ms = round(seconds * 1000)
-    return (
-        f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
-    )
+        return "".join(f"{s.text.strip()}\n" for s in segments if s.text.strip())
+    if fmt not in ("srt", "vtt"):
+        raise ValueError(f"unknown subtitle format {fmt!r}; use txt, srt or vtt")
+    return subs.render(subs.cues(segments, options, spans), fmt)

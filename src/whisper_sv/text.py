@@ -18,22 +18,33 @@ does what is safe for Swedish:
 - whitespace collapsed to single spaces, none at either end.
 
 Error rates are corpus-level (total edits / total reference words or characters), in percent.
+
+Three more named normalisers (``NORMALISERS``) make the figures comparable with published
+ones: ``orthographic`` (text as written), ``whisper_basic`` (Whisper's ``BasicTextNormalizer``:
+lowercase, bracketed text and symbols out, diacritics kept; the multilingual leaderboards'
+choice) and ``kblab_swedish`` (KBLab's KB-Whisper evaluation style: lowercase, numbers written
+out as Swedish words with ``num2words``, punctuation removed; see docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "NORMALISERS",
     "ErrorRates",
+    "Score",
     "WordErrors",
     "cer",
     "error_rates",
+    "kblab_swedish",
     "normalize",
+    "scores",
     "wer",
+    "whisper_basic",
     "word_errors",
 ]
 
@@ -66,6 +77,68 @@ def normalize(text: str) -> str:
 def _orthographic(text: str) -> str:
     """As written, only whitespace collapsed (case and punctuation count as errors)."""
     return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
+
+
+_NUMBER = re.compile(r"\d+(?:,\d+)?")
+
+
+def _number_words(match: re.Match[str]) -> str:
+    """A number as Swedish words: "21" -> "tjugoett", "3,5" -> "tre komma fem"."""
+    from num2words import num2words
+
+    whole, _, decimals = match.group().partition(",")
+    words = num2words(int(whole), lang="sv")
+    if decimals:
+        # Read digit by digit after a leading zero ("0,05" -> "noll komma noll fem").
+        tail = [num2words(int(d), lang="sv") for d in decimals] if decimals[0] == "0" else []
+        words += " komma " + (" ".join(tail) or num2words(int(decimals), lang="sv"))
+    return f" {words} "
+
+
+def kblab_swedish(text: str) -> str:
+    """KBLab-style Swedish normalisation: lowercase, numbers as Swedish words, no punctuation.
+
+    ``3`` -> ``tre``, ``1999`` -> ``etttusen niohundranittionio`` (num2words' spelling),
+    ``3,5`` -> ``tre komma fem``; a thousands separator ``1 000`` reads as two numbers, as a
+    text normaliser cannot tell it from a list. Letters with diacritics stay.
+    """
+    text = unicodedata.normalize("NFC", text).lower()
+    text = _NUMBER.sub(_number_words, text)
+    text = "".join(ch if unicodedata.category(ch)[0] in "LMN" else " " for ch in text)
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def whisper_basic(text: str) -> str:
+    """Whisper's ``BasicTextNormalizer`` (diacritics kept), as the multilingual leaderboards use."""
+    from transformers.models.whisper.english_normalizer import BasicTextNormalizer
+
+    return BasicTextNormalizer()(text).strip()
+
+
+# The named normalisers of evaluation reports, in report order.
+NORMALISERS: dict[str, Callable[[str], str]] = {
+    "orthographic": lambda text: _orthographic(text),
+    "whisper_basic": whisper_basic,
+    "kblab_swedish": kblab_swedish,
+}
+
+
+@dataclass(frozen=True)
+class Score:
+    """WER and CER under one normaliser."""
+
+    wer: float  # word error rate, percent
+    cer: float  # character error rate, percent
+
+
+def scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, Score]:
+    """Corpus WER/CER under each of ``NORMALISERS`` (name -> Score)."""
+    refs, hyps = _check(references, hypotheses)
+    out = {}
+    for name, clean in NORMALISERS.items():
+        r, h = [clean(x) for x in refs], [clean(x) for x in hyps]
+        out[name] = Score(wer=_wer(r, h), cer=_cer(r, h))
+    return out
 
 
 @dataclass(frozen=True)

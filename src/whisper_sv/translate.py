@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -66,13 +66,24 @@ def translate_speech(
     transcriber: Transcriber,
     audio: str | bytes | np.ndarray,
     options: TranslateOptions | None = None,
+    *,
+    swedish: Sequence[Segment] | None = None,
     **overrides,
 ) -> Iterator[Segment]:
     """English segments of ``audio`` from Whisper's ``translate`` task, as they are decoded.
 
-    ``overrides`` go to :meth:`Transcriber.stream` (``beam_size``, ``vad`` ...).
+    Audio with no text in the source language is not translated (Whisper base turned 10 s of
+    white noise into an English line repeated three times): ``swedish`` is its transcript
+    when the caller has it; None transcribes it first. ``overrides`` go to
+    :meth:`Transcriber.stream` (``beam_size``, ``vad``, ``loop_guard`` ...); the loop guard is
+    on unless turned off there.
     """
     options = options or TranslateOptions()
+    if swedish is None:
+        swedish = transcriber.transcribe(audio, language=options.source, **overrides).segments
+    if not any(s.text.strip() for s in swedish):
+        log.info("no %s speech found: nothing to translate", options.source)
+        return iter(())
     return transcriber.stream(audio, task="translate", language=options.source, **overrides)
 
 

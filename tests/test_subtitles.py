@@ -1,0 +1,151 @@
+"""Subtitles: cues fitted to real speech (silero VAD on sv-words recordings), size limits."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import numpy as np
+import pytest
+
+from whisper_sv.audio import SAMPLE_RATE, load_audio
+from whisper_sv.infer import Segment, Word, subtitles
+from whisper_sv.subtitles import Cue, SubtitleOptions, cues, fit_to_speech, speech_spans
+
+OPTS = SubtitleOptions()
+
+
+def long_file(folder, n_words: int = 24, trailing_s: float = 30.0):
+    """sv-words recordings joined with 1-4 s pauses and ``trailing_s`` of silence at the end.
+
+    Returns (audio, [(start, end) s of each recording], [its sentence]).
+    """
+    with open(folder / "manifest.tsv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))[:n_words]
+    parts, spans, texts = [], [], []
+    at = 0.0
+    for i, row in enumerate(rows):
+        clip = load_audio(folder / row["path"])
+        pause = np.zeros(int((1 + i % 4) * SAMPLE_RATE), np.float32)
+        spans.append((at, at + len(clip) / SAMPLE_RATE))
+        texts.append(row["sentence"])
+        parts += [clip, pause]
+        at += (len(clip) + len(pause)) / SAMPLE_RATE
+    parts.append(np.zeros(int(trailing_s * SAMPLE_RATE), np.float32))
+    return np.concatenate(parts), spans, texts
+
+
+def whisper_like(spans, texts, per_segment: int = 3) -> list[Segment]:
+    """Segments as Whisper times them: each runs until the next one starts (pauses included)."""
+    out = []
+    for first in range(0, len(spans), per_segment):
+        start = spans[first][0]
+        nxt = first + per_segment
+        end = spans[nxt][0] if nxt < len(spans) else spans[-1][1] + 30.0  # into the silence
+        out.append(Segment(start, end, " ".join(texts[first:nxt]) + "."))
+    return out
+
+
+def check(cue_list: list[Cue], opts: SubtitleOptions = OPTS) -> None:
+    assert cue_list
+    for c in cue_list:
+        assert opts.min_cue_s <= round(c.end - c.start, 3) <= opts.max_cue_s, c
+        assert 1 <= len(c.lines) <= opts.max_lines
+        assert all(len(line) <= opts.max_line_chars for line in c.lines)
+    for a, b in zip(cue_list, cue_list[1:], strict=False):
+        assert a.end <= b.start, (a, b)
+
+
+def test_cues_fit_real_speech_with_pauses_and_trailing_silence(sv_words_dir):
+    audio, spans, texts = long_file(sv_words_dir)
+    speech = sum(b - a for a, b in spans)
+    segments = whisper_like(spans, texts)
+    raw = cues(segments)  # Whisper's times: cues run through the pauses and the silence
+    assert sum(c.end - c.start for c in raw) > 1.5 * speech
+
+    vad = speech_spans(audio)
+    fitted = cues(list(fit_to_speech(segments, vad)), spans=vad)
+    check(fitted)
+    assert sum(c.end - c.start for c in fitted) <= 1.3 * speech
+    assert fitted[-1].end <= spans[-1][1] + 0.5  # nothing on screen during the silence
+    words = " ".join(" ".join(c.lines) for c in fitted).split()
+    assert words == " ".join(s.text for s in segments).split()  # no text lost
+
+
+def test_long_segment_split_into_readable_cues():
+    text = " ".join(f"ord{i:02d}" for i in range(40))  # 239 characters, 20 s
+    cue_list = cues([Segment(10.0, 30.0, text)])
+    check(cue_list)
+    assert len(cue_list) >= 3
+    assert " ".join(" ".join(c.lines) for c in cue_list) == text
+
+
+def test_options_are_configurable_and_validated():
+    text = "ett två tre fyra fem sex sju åtta nio tio elva tolv"
+    opts = SubtitleOptions(max_cue_s=2.0, max_line_chars=12, max_lines=1)
+    check(cues([Segment(0.0, 10.0, text)], opts), opts)
+    with pytest.raises(ValueError, match="max_line_chars must be at least 10"):
+        SubtitleOptions(max_line_chars=3)
+
+
+def test_word_times_give_the_cue_ends():
+    words = (Word(1.0, 1.4, " hej", 0.9), Word(1.5, 2.0, " där", 0.9))
+    fitted = list(fit_to_speech([Segment(0.0, 9.0, "hej där", words)], []))
+    assert (fitted[0].start, fitted[0].end) == (1.0, 2.0)
+
+
+def test_no_zero_length_or_overlapping_cues():
+    segments = [Segment(1.0, 1.0, "a"), Segment(1.0, 1.0, "b"), Segment(0.5, 3.0, "c d")]
+    check(cues(segments))
+
+
+def test_srt_and_vtt():
+    segments = [Segment(0.0, 12.0, " ".join(["Hello there, this is an English line."] * 3))]
+    srt = subtitles(segments, "srt")
+    vtt = subtitles(segments, "vtt")
+    stamps = re.findall(r"(\d\d:\d\d:\d\d,\d{3}) --> (\d\d:\d\d:\d\d,\d{3})", srt)
+    assert len(stamps) >= 2 and srt.startswith("1\n00:00:00,000 --> ")
+    assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> ")
+    assert subtitles(segments, "txt") == segments[0].text + "\n"
+
+
+# ------------------------------------------------------------------ real model (slow)
+
+
+def parse_srt(text: str) -> list[tuple[float, float, str]]:
+    def sec(stamp: str) -> float:
+        h, m, rest = stamp.split(":")
+        s, ms = rest.split(",")
+        return int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000
+
+    out = []
+    for block in text.strip().split("\n\n"):
+        lines = block.splitlines()
+        a, b = lines[1].split(" --> ")
+        out.append((sec(a), sec(b), " ".join(lines[2:])))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("vad", [True, False])
+def test_real_model_subtitles_fit_speech(sv_words_dir, vad):
+    from whisper_sv.infer import Transcriber, format_transcript
+
+    audio, spans, _ = long_file(sv_words_dir, n_words=16)
+    speech = sum(b - a for a, b in spans)
+    result = Transcriber("bundled:base").transcribe(audio, vad=vad)
+    cue_list = parse_srt(format_transcript(result, "srt"))
+    assert cue_list
+    assert all(0 < b - a <= OPTS.max_cue_s for a, b, _ in cue_list)
+    assert all(b1 <= a2 for (_, b1, _), (a2, _, _) in zip(cue_list, cue_list[1:], strict=False))
+    assert sum(b - a for a, b, _ in cue_list) <= 1.3 * speech
+    texts = [t.strip(" .,!?").lower() for s in result.segments for t in [s.text]]
+    assert all(a != b for a, b in zip(texts, texts[1:], strict=False))  # no repeated lines
+
+
+def test_fitted_starts_never_go_back():
+    # Whisper's segments may overlap; moving a start onto speech must not pass the next one.
+    segments = [Segment(22.0, 23.5, "blus"), Segment(23.016, 23.016, "kalsonger")]
+    fitted = list(fit_to_speech(segments, [(23.064, 24.0)]))
+    assert [s.start for s in fitted] == sorted(s.start for s in fitted)
+    assert all(s.start <= s.end for s in fitted)
