@@ -206,6 +206,8 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     option_flag(p, T, "temperature_fallback", help="re-decode bad windows hotter (slower)")
     option_flag(p, T, "batch_size", help="short files decoded together")
     option_flag(p, T, "vad", "--no-vad", help="decode silences of long audio too")
+    option_flag(p, T, "loop_guard", "--no-loop-guard", help="plain greedy: no re-decoding")
+    option_flag(p, T, "fit_to_speech", "--no-fit-to-speech", help="keep the decoder's times")
     option_flag(p, T, "word_timestamps", help="per-word times (json, ct2)")
     option_flag(
         p, T, "condition_on_previous_text", help="prompt each 30 s window with the text before"
@@ -330,21 +332,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     _quiet_decoders(args)
 
+    # Long files are decoded one 30 s window after another and scored whole (vad off), the
+    # way published long-form WERs are measured.
     options = TranscribeOptions(
-        language=args.language, beam_size=args.beam_size, batch_size=args.batch_size
+        language=args.language, beam_size=args.beam_size, batch_size=args.batch_size, vad=False
     )
     read_manifest(args.manifest, limit=args.limit)  # bad manifests fail before model loading
     _check_device(args.device, args.backend)
-    model = args.model
-    if options.task == "translate":
-        from whisper_sv.tasks import translation_model
-
-        # A run never checked on translation answers in Swedish: its start model translates.
-        choice = translation_model(model)
-        if choice.note:
-            print(f"note: {choice.note}", file=sys.stderr)
-        model = choice.model
-    transcriber = Transcriber(model, backend=args.backend, device=args.device)
+    transcriber = Transcriber(args.model, backend=args.backend, device=args.device)
     report = evaluate(
         args.manifest, options=options, limit=args.limit, transcriber=transcriber, progress=True
     )
