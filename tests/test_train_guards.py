@@ -142,3 +142,43 @@ def test_guard_and_interpolation_options_are_checked():
         TrainConfig(translate_share=0.2, freeze_encoder=False)
     with pytest.raises(ValueError, match="timestamp_share must be in"):
         TrainConfig(timestamp_share=2.0)
+
+
+# --------------------------------------------------------------------------- real model (slow)
+
+
+@pytest.mark.slow
+def test_fine_tuned_run_keeps_segment_timestamps_on_a_two_minute_file(tmp_path, sv_words_dir):
+    """The real base, fine-tuned on synthetic speech with timestamp labels on half of the
+    windows: its export still writes one segment per phrase on a 2-minute file of real speech
+    (many segments and subtitle cues, not one per 30 s window)."""
+    from whisper_sv.features import BuildOptions, build_store
+    from whisper_sv.infer import Transcriber, subtitles
+    from whisper_sv.longform import join_clips
+    from whisper_sv.sources import open_source
+    from whisper_sv.train import train
+
+    source = open_source("synthetic", train=64, validation=4, test=1)
+    build_store(source, tmp_path / "store", BuildOptions(progress=False))
+    cfg = config(
+        lr=1e-4,
+        max_steps=16,
+        eval_steps=16,
+        save_steps=16,
+        precision="auto",
+        pack_clips=8,
+        timestamp_share=0.5,
+        export_ct2=True,
+    )
+    run = train(tmp_path / "store", tmp_path / "run", config=cfg).run
+    lexin = sv_words_dir.parent / "lexin-phrases" / "manifest.tsv"
+    manifest = lexin if lexin.is_file() else sv_words_dir / "manifest.tsv"
+    long = join_clips(manifest, tmp_path / "long.wav", seconds=120, pause=(0.8, 1.6))
+    assert long.duration >= 118
+    transcript = Transcriber(str(run)).transcribe(long.path)
+    windows = -(-long.duration // 30)  # 30 s windows of the file
+    assert len(transcript.segments) >= 3 * windows, [s.text for s in transcript.segments]
+    srt = subtitles(transcript.segments, "srt", spans=transcript.speech)
+    cues = srt.count(" --> ")
+    assert cues >= 3 * windows
+    assert all(s.end > s.start for s in transcript.segments)
