@@ -249,3 +249,48 @@ def test_sigterm_removes_the_apps_transcripts(tmp_path, tiny_ct2_dir):
             proc.wait()
     assert not any(f.exists() for f in written)
     assert list(scratch.glob("whisper-sv-app-*")) == []
+
+
+# --------------------------------------------------------------------------- engine and storage flags
+
+
+def test_features_engine_flags_reach_build_options():
+    from whisper_sv.features import BuildOptions
+
+    parse = cli.build_parser().parse_args
+    args = parse(["features", "--out", "s", "--engine", "ray", "--ray-address", "ray://h:10001"])
+    options = cli._build_options(args)
+    assert (options.engine, options.ray_address) == ("ray", "ray://h:10001")
+    default = cli._build_options(parse(["features", "--out", "s"]))
+    assert (default.engine, default.ray_address) == (BuildOptions.engine, None) == ("local", None)
+
+
+def test_tune_storage_flags_reach_tune_options():
+    from whisper_sv.tune import TuneOptions
+
+    parse = cli.build_parser().parse_args
+    need = ["tune", "--features", "f", "--space", "s.yaml", "--out", "o"]
+    args = parse([*need, "--storage", "sqlite:///t.db", "--worker", "--heartbeat", "7"])
+    options = cli._tune_options(args)
+    assert (options.storage, options.worker, options.heartbeat_s) == ("sqlite:///t.db", True, 7)
+    default = cli._tune_options(parse(need))
+    fields = ("storage", "worker", "heartbeat_s")
+    assert [getattr(default, f) for f in fields] == [getattr(TuneOptions(), f) for f in fields]
+
+
+def test_bad_engine_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["features", "--out", "s", "--engine", "spark"])
+    assert stop.value.code == 2
+    line = _one_line_error(capsys)
+    assert "--engine" in line and "'spark'" in line and "'local', 'ray'" in line
+
+
+def test_ray_address_without_ray_engine_and_bad_heartbeat_are_one_line_errors(capsys, tmp_path):
+    out = str(tmp_path / "store")
+    assert cli.main(["features", "--out", out, "--ray-address", "auto"]) == 2
+    assert "ray_address needs engine 'ray' (--engine ray)" in _one_line_error(capsys)
+    assert not (tmp_path / "store").exists()
+    tune = ["tune", "--features", out, "--space", "s.yaml", "--out", str(tmp_path / "study")]
+    assert cli.main([*tune, "--heartbeat", "0"]) == 2
+    assert "heartbeat_s must be >= 1 (got 0)" in _one_line_error(capsys)

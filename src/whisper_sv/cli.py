@@ -16,6 +16,11 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from whisper_sv.feature_work import BuildOptions
+    from whisper_sv.tune import TuneOptions
 
 log = logging.getLogger("whisper_sv")
 
@@ -417,6 +422,23 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment-splits", default="train", help="splits to augment (comma list)")
     p.add_argument("--seed", type=int, default=0, help="seed of the augmentation draws")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from whisper_sv.feature_work import BuildOptions as B
+
+    option_flag(
+        p,
+        B,
+        "engine",
+        choices=("local", "ray"),
+        help="local: worker processes on this machine; ray: shard tasks on a Ray cluster",
+    )
+    option_flag(
+        p,
+        B,
+        "ray_address",
+        metavar="ADDR",
+        help="Ray cluster to join (auto, ray://HOST:10001; needs --engine ray); "
+        "not given: start one on this machine",
+    )
     p.set_defaults(func=_cmd_features)
 
 
@@ -437,6 +459,22 @@ def _cmd_features(args: argparse.Namespace) -> int:
     from whisper_sv.config import parse_overrides
     from whisper_sv.sources import open_source
 
+    options = _build_options(args)
+    source = open_source(args.source, **parse_overrides(args.source_opt))
+    summary = features.build_store(source, args.out, options)
+    print(summary.table())
+    print(
+        f"{summary.processed} inputs in {summary.seconds:.1f} s ({summary.clips_per_s:.0f} clips/s); "
+        f"shards written {summary.shards_written}, skipped (done before) {summary.shards_skipped}; "
+        f"store {summary.path} (config {summary.config.hash()})"
+    )
+    return 0
+
+
+def _build_options(args: argparse.Namespace) -> BuildOptions:
+    """The BuildOptions of a parsed ``features`` command line."""
+    from whisper_sv.feature_work import BuildOptions
+
     index, sep, count = args.shard.partition("/")
     if not (sep and index.strip().isdigit() and count.strip().isdigit()):
         raise UserError(f"--shard takes I/N (e.g. 0/4), got {args.shard!r}")
@@ -444,7 +482,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
         speed = tuple(float(s) for s in _comma_list([args.speed]))
     except ValueError as err:
         raise UserError(f"--speed takes numbers like 0.9,1.1 ({err})") from err
-    options = features.BuildOptions(
+    return BuildOptions(
         model=args.model,
         splits=_comma_list(args.split),
         limit=args.limit,
@@ -457,16 +495,9 @@ def _cmd_features(args: argparse.Namespace) -> int:
         augment_splits=_comma_list([args.augment_splits]),
         seed=args.seed,
         progress=not args.no_progress,
+        engine=args.engine,
+        ray_address=args.ray_address,
     )
-    source = open_source(args.source, **parse_overrides(args.source_opt))
-    summary = features.build_store(source, args.out, options)
-    print(summary.table())
-    print(
-        f"{summary.processed} inputs in {summary.seconds:.1f} s ({summary.clips_per_s:.0f} clips/s); "
-        f"shards written {summary.shards_written}, skipped (done before) {summary.shards_skipped}; "
-        f"store {summary.path} (config {summary.config.hash()})"
-    )
-    return 0
 
 
 # --------------------------------------------------------------------------- train
@@ -792,33 +823,41 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         help="keep best/ of every trial, not only the best trial's",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from whisper_sv.tune import TuneOptions as T
+
+    option_flag(
+        p,
+        T,
+        "storage",
+        metavar="URL",
+        help="where the trials live: sqlite:///F.db, postgresql://..., journal:FILE "
+        "(not given: STUDY/study.db)",
+    )
+    option_flag(
+        p,
+        T,
+        "worker",
+        help="join the study already in --storage and run its trials (one of N machines)",
+    )
+    option_flag(
+        p,
+        T,
+        "heartbeat_s",
+        "--heartbeat",
+        metavar="S",
+        help="seconds between a trial's heartbeats in a database --storage; "
+        "a trial silent for 3 beats is retried",
+    )
     p.set_defaults(func=_cmd_tune)
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from whisper_sv.config import load_options, parse_overrides
     from whisper_sv.train import TrainConfig
-    from whisper_sv.tune import TuneOptions, seeds_markdown, trials_markdown, tune
+    from whisper_sv.tune import seeds_markdown, trials_markdown, tune
 
-    try:
-        seeds = tuple(int(s) for s in _comma_list([args.seeds]))
-    except ValueError as err:
-        raise UserError(f"--seeds takes integers like 0,1,2 ({err})") from err
+    options = _tune_options(args)
     base = load_options(TrainConfig, args.config, parse_overrides(args.overrides))
-    options = TuneOptions(
-        sampler=args.sampler,
-        trials=args.trials,
-        seed=args.seed,
-        model=args.model,
-        steps=args.steps,
-        equal_epochs=args.equal_epochs,
-        evals_per_trial=args.evals,
-        time_budget_s=args.time_budget,
-        prune=not args.no_prune,
-        seeds=seeds,
-        repeat=args.repeat,
-        keep_models=args.keep_models,
-    )
     result = tune(
         args.features, args.out, args.space, options, base=base, progress=not args.no_progress
     )
@@ -833,6 +872,33 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         print("no trial completed")
     print(f"report: {result.report}")
     return 0
+
+
+def _tune_options(args: argparse.Namespace) -> TuneOptions:
+    """The TuneOptions of a parsed ``tune`` command line."""
+    from whisper_sv.tune import TuneOptions
+
+    try:
+        seeds = tuple(int(s) for s in _comma_list([args.seeds]))
+    except ValueError as err:
+        raise UserError(f"--seeds takes integers like 0,1,2 ({err})") from err
+    return TuneOptions(
+        sampler=args.sampler,
+        trials=args.trials,
+        seed=args.seed,
+        model=args.model,
+        steps=args.steps,
+        equal_epochs=args.equal_epochs,
+        evals_per_trial=args.evals,
+        time_budget_s=args.time_budget,
+        prune=not args.no_prune,
+        seeds=seeds,
+        repeat=args.repeat,
+        keep_models=args.keep_models,
+        storage=args.storage,
+        worker=args.worker,
+        heartbeat_s=args.heartbeat_s,
+    )
 
 
 # --------------------------------------------------------------------------- average

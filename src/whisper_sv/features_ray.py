@@ -11,7 +11,7 @@ How the work is cut:
   exist on the workers) and submits one *shard task* per block, at most ``2 x cluster CPUs``
   blocks in flight;
 * a shard task sends its inputs as *chunk tasks* of ``chunk_size`` inputs (decode, augment,
-  log-mel: ``features._ChunkWorker``, one CPU each), gathers their results and writes its shard
+  log-mel: ``feature_work._ChunkWorker``, one CPU each), gathers their results and writes its shard
   atomically (``store.write_shard``: a temporary file renamed into place).
 
 A shard file is named by (split, index) and holds the same bytes whoever writes it, so Ray's
@@ -30,8 +30,9 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from whisper_sv import features as F
-from whisper_sv.store import read_shard_info, shard_path, write_manifest
+from whisper_sv import feature_work as W
+from whisper_sv.feature_config import FeatureConfig
+from whisper_sv.store import StoreError, read_shard_info, shard_path, write_manifest
 
 if TYPE_CHECKING:
     from whisper_sv.sources import Source
@@ -44,17 +45,17 @@ __all__ = ["build_with_ray"]
 TASK_RETRIES = 4
 
 
-def _featurize(source: Source, settings: F._Settings, items: list) -> list:
+def _featurize(source: Source, settings: W._Settings, items: list) -> list:
     """Chunk task: decode, check and featurize ``items`` (runs in a Ray worker)."""
-    return F._ChunkWorker(source, settings)(items)
+    return W._ChunkWorker(source, settings)(items)
 
 
 def _make_shard(
     source: Source,
-    settings: F._Settings,
+    settings: W._Settings,
     root: str,
-    job: F._Job,
-    config: F.FeatureConfig,
+    job: W._Job,
+    config: FeatureConfig,
     chunk_size: int,
 ) -> tuple[str, int, int]:
     """Shard task: featurize the job's decodable inputs in chunk tasks, write the shard."""
@@ -67,41 +68,41 @@ def _make_shard(
     results: dict[int, Any] = {}
     for chunk, outcomes in zip(chunks, ray.get(refs), strict=True):
         results.update(zip(chunk, outcomes, strict=True))
-    F._write_job(Path(root), job, results, config, source.name)
+    W._write_job(Path(root), job, results, config, source.name)
     return job.split, job.index, len(job.items)
 
 
 def _jobs(
-    source: Source, root: Path, options: F.BuildOptions, config: F.FeatureConfig, listed: dict
-) -> Iterator[F._Job | None]:
+    source: Source, root: Path, options: W.BuildOptions, config: FeatureConfig, listed: dict
+) -> Iterator[W._Job | None]:
     """Each shard of this run (``--shard I/N``) in order, streamed from the source: a job to
     make, or None for a shard already finished. ``listed`` fills with the inputs per split."""
     index, count = options.shard
-    for split in F._splits(source, options):
+    for split in W._splits(source, options):
         it = islice(iter(source.items(split)), options.limit)
         listed[split] = 0
         k = 0
         while block := list(islice(it, options.shard_size)):
             listed[split] += len(block)
             if k % count == index:
-                job = F._Job(split, k, block, F._block_digest(block))
+                job = W._Job(split, k, block, W._block_digest(block))
                 yield None if _finished(shard_path(root, split, k), job, config) else job
             k += 1
 
 
-def _finished(path: Path, job: F._Job, config: F.FeatureConfig) -> bool:
+def _finished(path: Path, job: W._Job, config: FeatureConfig) -> bool:
     if not path.is_file():
         return False
     info = read_shard_info(path)
     if info.get("config_hash") != config.hash():
-        raise F.StoreError(f"{path} was made for another feature config")
+        raise StoreError(f"{path} was made for another feature config")
     if info.get("block") != job.block:
         log.warning("%s holds other inputs than the source lists now: redoing it", path)
         return False
     return True
 
 
-def _connect(options: F.BuildOptions) -> bool:
+def _connect(options: W.BuildOptions) -> bool:
     """Join ``ray_address``, or the Ray already running in this process, or start a local one
     (``workers`` CPUs when > 1). True when this call started Ray (and must stop it)."""
     try:
@@ -126,12 +127,12 @@ def _connect(options: F.BuildOptions) -> bool:
 def build_with_ray(
     source: Source,
     root: Path,
-    options: F.BuildOptions,
-    config: F.FeatureConfig,
+    options: W.BuildOptions,
+    config: FeatureConfig,
     processor: Any,
     base: Mapping[str, Any],
     started: float,
-) -> F.StoreSummary:
+) -> W.StoreSummary:
     """``features.build_store`` after the store is claimed: make this run's shards on Ray."""
     import ray
     from tqdm.auto import tqdm
@@ -141,7 +142,7 @@ def build_with_ray(
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         shard = ray.remote(num_cpus=0, max_retries=TASK_RETRIES)(_make_shard)
         source_ref = ray.put(source)
-        settings_ref = ray.put(F._settings(processor, config, options))
+        settings_ref = ray.put(W._settings(processor, config, options))
         listed: dict[str, int] = {}
         pending: list = []
         written = skipped = processed = 0
@@ -152,7 +153,7 @@ def build_with_ray(
                 if job is None:
                     skipped += 1
                     continue
-                F._check_texts(job, processor.tokenizer, config)
+                W._check_texts(job, processor.tokenizer, config)
                 pending.append(
                     shard.remote(
                         source_ref, settings_ref, str(root), job, config, options.chunk_size
@@ -167,10 +168,10 @@ def build_with_ray(
         if started_ray:
             ray.shutdown()
     manifest = write_manifest(root, base, listed)
-    return F.StoreSummary(
+    return W.StoreSummary(
         path=root,
         config=config,
-        splits=F._split_summaries(manifest),
+        splits=W._split_summaries(manifest),
         shards_written=written,
         shards_skipped=skipped,
         processed=processed,
