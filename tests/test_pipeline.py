@@ -89,9 +89,21 @@ def test_push_to_hub_offline_fails_before_any_work(tmp_path, tiny_model_dir, cap
     assert not (tmp_path / "store").exists()
 
 
-def test_demo_runs_end_to_end(tmp_path, tiny_model_dir):
+def _small_real_sets(root: Path, shared: Path) -> Path:
+    """A few rows of each real set (absolute paths), so the demo's real rows run in seconds."""
+    for name, every in (("lexin-phrases", 23), ("sv-words", 16)):
+        lines = (shared / name / "manifest.tsv").read_text(encoding="utf-8").splitlines()
+        header, rows = lines[0], lines[1::every]
+        (root / name).mkdir(parents=True)
+        body = [f"{shared / name / r.split(chr(9))[0]}\t{r.split(chr(9), 1)[1]}" for r in rows]
+        (root / name / "manifest.tsv").write_text("\n".join([header, *body]) + "\n")
+    return root
+
+
+def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir, sv_words_dir):
     from whisper_sv.demo import DemoOptions, run_demo
 
+    real = _small_real_sets(tmp_path / "real", sv_words_dir.parent)
     res = run_demo(
         DemoOptions(
             out=tmp_path / "demo",
@@ -104,14 +116,56 @@ def test_demo_runs_end_to_end(tmp_path, tiny_model_dir):
             warmup_steps=1,
             eval_steps=1,
             workers=1,
+            real_data=str(real),
+            guard_clips=4,
+            long_form_s=10,
         )
     )
-    assert res.n_test == 3
-    assert res.sample_reference
+    assert res.n_test == 3 and res.sample_reference
     report = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert report["wer_before"] == pytest.approx(res.wer_before)
     assert (res.run / "ct2" / "model.bin").is_file()
-    assert "relative WER reduction" in (tmp_path / "demo" / "demo.md").read_text()
+    names = [r.name for r in res.rows]
+    assert names[0] == "synthetic test, unseen voices"
+    assert any("lexin-phrases, held-out themes" in n for n in names)
+    assert any("sv-words, held-out words" in n for n in names)
+    assert any(n.startswith("real long-form") for n in names)
+    assert res.rows[-1].metric == "chrF" and res.rows[-1].before == 100.0
+    table = (tmp_path / "demo" / "demo.md").read_text()
+    assert table.startswith("| set | clips | metric | pretrained | fine-tuned | change |")
+    assert len(table.strip().splitlines()) == 2 + len(res.rows)
+    # The fine-tune was guarded by the guard parts, never by the held-out ones.
+    config = yaml.safe_load((res.run / "config.yaml").read_text())
+    guards = {g["name"]: g for g in config["train"]["guards"]}
+    assert set(guards) == {"lexin-phrases", "sv-words"} and guards["lexin-phrases"]["translate"]
+    assert all(g["path"].endswith("-guard.tsv") for g in guards.values())
+    held_out = (tmp_path / "demo" / "real" / "lexin-phrases-test.tsv").read_text()
+    guard_part = (tmp_path / "demo" / "real" / "lexin-phrases-guard.tsv").read_text()
+    assert not set(held_out.splitlines()[1:]) & set(guard_part.splitlines()[1:])
+    assert "lexin-phrases WER" in (res.run / "metrics.md").read_text()
+    assert (res.run / "guards.json").is_file()
+
+
+def test_demo_without_real_speech_has_synthetic_rows_only(tmp_path, tiny_model_dir, capsys):
+    from whisper_sv.demo import DemoOptions, run_demo
+
+    res = run_demo(
+        DemoOptions(
+            out=tmp_path / "demo",
+            model=str(tiny_model_dir),
+            train_clips=8,
+            validation_clips=2,
+            test_clips=2,
+            max_steps=1,
+            eval_steps=1,
+            warmup_steps=0,
+            workers=1,
+            real_data="none",
+        )
+    )
+    assert [r.name for r in res.rows] == ["synthetic test, unseen voices"]
+    assert "synthetic rows only" in capsys.readouterr().out
+    assert not (res.run / "guards.json").exists()
 
 
 def test_pipeline_refuses_to_promote_a_run_that_lost_its_guards(

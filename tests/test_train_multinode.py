@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_train import _one_torch_thread, make_store  # noqa: F401
+from conftest import make_store
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--no-progress", "--set", "lr=1e-3", "--set", "warmup_steps=1", "--set", "batch_size=2"]
