@@ -17,13 +17,13 @@ from whisper_sv.infer import (
     TranscribeOptions,
     Transcriber,
     Transcript,
-    _tokens_to_segments,
     compression_ratio,
     is_looping,
     max_new_tokens_for,
     speech_windows,
     trim_repetition,
 )
+from whisper_sv.infer_backends import _tokens_to_segments
 
 TS = 50_364  # <|0.00|>
 EOT = 50_257
@@ -431,7 +431,7 @@ def test_loop_guard_bounds_the_random_model(ct2, hf):
 
 
 def test_digital_silence_is_not_decoded_without_vad():
-    from whisper_sv.infer import _sounding
+    from whisper_sv.infer_backends import _sounding
 
     audio = np.zeros(70 * SAMPLE_RATE, np.float32)
     audio[2 * SAMPLE_RATE : 10 * SAMPLE_RATE] = noise(8.0)
@@ -441,7 +441,7 @@ def test_digital_silence_is_not_decoded_without_vad():
 
 
 def test_fallback_ladder_beam_first_then_hotter():
-    from whisper_sv.infer import _ladder
+    from whisper_sv.infer_backends import _ladder
 
     opts = TranscribeOptions()
     assert _ladder(opts, opts.temperatures()) == [(0.0, 5, 0), (0.0, 5, 4)]  # deterministic

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-    from whisper_sv.infer import Segment
+    from whisper_sv.infer_types import Segment
 
 __all__ = ["Cue", "SubtitleOptions", "cues", "fit_to_speech", "render", "speech_spans"]
 

@@ -1,0 +1,99 @@
+"""Transcription options and typed results: ``TranscribeOptions``, ``Word``, ``Segment``,
+``Transcript`` (shared by ``infer`` and its backends in ``infer_backends``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from whisper_sv.loop_guard import MAX_NEW_TOKENS
+
+__all__ = ["TASKS", "Segment", "TranscribeOptions", "Transcript", "Word"]
+
+TASKS = ("transcribe", "translate")
+# The fallback ladder when asked for: up from the given temperature in OpenAI's 0.2 steps.
+FALLBACK_STEP = 0.2
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """How to decode; every field has a safe default for Swedish."""
+
+    language: str = "sv"  # Whisper language code, always passed (never detected)
+    task: Literal["transcribe", "translate"] = "transcribe"  # translate: to English text
+    beam_size: int = 1  # 1 = greedy; 5 is OpenAI's beam (about 1.6x slower on CPU)
+    temperature: float = 0.0  # 0 = deterministic; > 0 samples
+    temperature_fallback: bool = False  # re-decode bad windows hotter even with loop_guard off
+    loop_guard: bool = True  # greedy first, bad windows re-decoded, output bounded (module doc)
+    fit_to_speech: bool = True  # segment times cut to the speech silero VAD finds in them
+    vad: bool = True  # long audio (> 30 s): skip non-speech found by silero VAD
+    word_timestamps: bool = False  # per-word times in Segment.words (ct2 backend only)
+    condition_on_previous_text: bool = False  # prompt each 30 s window with the previous text;
+    # off because without the fallback a window that loops would pass the loop on
+    batch_size: int = 16  # windows decoded together when batching (Transcriber.batched)
+    max_new_tokens: int | None = None  # tokens per 30 s window (None: the model's 448 limit)
+
+    def __post_init__(self) -> None:
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        if self.language not in _LANGUAGE_CODES:
+            raise ValueError(
+                f"unknown language {self.language!r}; use a Whisper language code such as "
+                f"'sv' (Swedish) or 'en'; valid: {', '.join(sorted(_LANGUAGE_CODES))}"
+            )
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; use one of: {', '.join(TASKS)}")
+        if not isinstance(self.beam_size, int) or self.beam_size < 1:
+            raise ValueError(
+                f"beam_size must be an integer >= 1 (1 = greedy), not {self.beam_size!r}"
+            )
+        if not 0.0 <= self.temperature <= 1.0:
+            raise ValueError(f"temperature must be between 0 and 1, not {self.temperature!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, not {self.batch_size!r}")
+        if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise ValueError(
+                f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS} (or None for the "
+                f"model's limit), not {self.max_new_tokens!r}"
+            )
+
+    def temperatures(self) -> tuple[float, ...]:
+        """The temperatures tried in order (one unless loop_guard or temperature_fallback)."""
+        if not (self.temperature_fallback or self.loop_guard):
+            return (self.temperature,)
+        n = int(round((1.0 - self.temperature) / FALLBACK_STEP))
+        return tuple(round(self.temperature + i * FALLBACK_STEP, 2) for i in range(n + 1))
+
+
+@dataclass(frozen=True)
+class Word:
+    """One word with its time span (word_timestamps=True)."""
+
+    start: float  # seconds from the start of the audio
+    end: float  # seconds, >= start
+    text: str  # the word with its leading space, as Whisper wrote it
+    probability: float  # the model's probability of the word's tokens
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of speech and its text."""
+
+    start: float  # seconds from the start of the audio
+    end: float  # seconds, >= start
+    text: str  # stripped of surrounding spaces
+    words: tuple[Word, ...] = ()  # filled only with word_timestamps=True
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The result of one audio input."""
+
+    text: str  # the segments' text joined by spaces
+    segments: tuple[Segment, ...]  # in time order, start times never decreasing
+    duration: float  # seconds of audio decoded
+    language: str  # the language passed to Whisper
+    task: str  # "transcribe" or "translate"
+    source: str  # the file name, or "<bytes>"/"<array>"
+    options: TranscribeOptions  # the options used
+    speech: tuple[tuple[float, float], ...] = ()  # VAD speech spans, s (fit_to_speech only)
