@@ -14,53 +14,59 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from whisper_sv import links, models, tasks, translate
+from whisper_sv.app_options import (
+    LANGUAGE_CHOICES,
+    LANGUAGE_NAMES,
+    QUALITY_BEAMS,
+    QUALITY_CHOICES,
+    TRANSLATOR_CHOICES,
+    AppOptions,
+)
+from whisper_sv.app_render import Reply, _md, _plain, _progress, _too_long, render_markdown
+from whisper_sv.app_space import export_space
 from whisper_sv.audio import AudioError, duration_s, load_audio
 
 if TYPE_CHECKING:
     import gradio as gr
 
-    from whisper_sv.infer import Segment, Transcriber
+    from whisper_sv.infer import Transcriber
+
+__all__ = [
+    "HELP",
+    "LANGUAGE_CHOICES",
+    "LANGUAGE_NAMES",
+    "QUALITY_BEAMS",
+    "QUALITY_CHOICES",
+    "TRANSLATOR_CHOICES",
+    "AppOptions",
+    "ChatApp",
+    "Reply",
+    "Request",
+    "UploadRefused",
+    "build_app",
+    "export_space",
+    "find_runs",
+    "render_markdown",
+    "serve",
+    "upload_folder",
+]
 
 log = logging.getLogger(__name__)
 
-TRANSLATOR_CHOICES: tuple[tuple[str, str], ...] = (
-    ("English by Whisper (offline)", "whisper"),
-    ("English by Google Translate (online)", "google"),
-    ("No translation", "none"),
-)
-# Spoken languages offered (label in its own language, Whisper code); Swedish first.
-LANGUAGE_CHOICES: tuple[tuple[str, str], ...] = (
-    ("Svenska", "sv"),
-    ("English", "en"),
-    ("Norsk", "no"),
-    ("Dansk", "da"),
-    ("Suomi", "fi"),
-    ("Deutsch", "de"),
-    ("Français", "fr"),
-    ("Español", "es"),
-)
-LANGUAGE_NAMES = {code: name for name, code in LANGUAGE_CHOICES}
-QUALITY_CHOICES: tuple[tuple[str, str], ...] = (
-    ("Fast (greedy)", "fast"),
-    ("Accurate (beam 5, about 1.6x slower)", "accurate"),
-)
-QUALITY_BEAMS = {"fast": 1, "accurate": 5}
-_SIZE_RE = re.compile(r"\d+(\.\d+)?\s*(b|kb|mb|gb)?", re.IGNORECASE)  # Gradio's size syntax
 HELP = (
     "Send a **recording** (microphone), an **audio or video file**, or a **YouTube link**. "
     "The reply is the Swedish transcript and its English translation."
@@ -70,112 +76,8 @@ _CONCURRENCY_ID = "decode"
 _DOWNLOAD_TTL_S = 3_600  # transcript files offered for download are kept this long
 
 
-@dataclass(frozen=True)
-class AppOptions:
-    """How the app is served and what it accepts."""
-
-    model: str = models.DEFAULT_MODEL  # model selected when the page opens
-    # Folders whose runs the model picker lists ("runs": train's usual place, "demo-out": the
-    # demo's run); a run folder itself may be given too. None: no runs.
-    runs_dir: str | tuple[str, ...] | None = ("runs", "demo-out")
-    host: str = "127.0.0.1"  # interface to bind; 0.0.0.0 exposes the app to the network
-    port: int = 7860  # TCP port
-    max_file_size: str = "200mb"  # largest upload Gradio accepts: a number and b/kb/mb/gb
-    max_duration_s: float = 3_600.0  # longer recordings (uploads and links) are refused
-    concurrency_limit: int = 2  # requests decoded at once (2 fits 2 CPU cores); others queue
-    max_queue: int = 64  # requests allowed to wait; beyond that users get "queue full"
-    translator: str = "whisper"  # translation preselected: "whisper", "google" or "none"
-    translate_timeout_s: float = 10.0  # online translator: give up after this many seconds
-    beam_size: int = 1  # quality preselected: 1 = fast (greedy, 1.6x faster on CPU), 5 = accurate
-    language: str = "sv"  # spoken language preselected (a code of LANGUAGE_CHOICES)
-    timestamps_after_s: float = 30.0  # audio longer than this is shown with timestamps
-    link_hosts: tuple[str, ...] = links.YOUTUBE_HOSTS  # link hosts; + $WHISPER_SV_LINK_HOSTS
-    link_timeout_s: float = 20.0  # network timeout of link downloads, seconds
-    allow_private_links: bool = False  # links to private/loopback addresses (see links.py)
-
-    def __post_init__(self) -> None:
-        if self.translator not in translate.BACKENDS:
-            raise ValueError(
-                f"translator must be one of {', '.join(translate.BACKENDS)}, not {self.translator!r}"
-            )
-        if not 0 < self.port < 65_536:
-            raise ValueError(f"port must be 1-65535, got {self.port}")
-        if self.concurrency_limit < 1 or self.max_queue < 1:
-            raise ValueError("concurrency_limit and max_queue must be at least 1")
-        if self.max_duration_s <= 0:
-            raise ValueError(f"max_duration_s must be > 0, got {self.max_duration_s}")
-        if self.beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
-        if not _SIZE_RE.fullmatch(str(self.max_file_size).strip()):
-            raise ValueError(
-                f"max file size must be a number with an optional unit b, kb, mb or gb "
-                f"(e.g. 200mb), not {self.max_file_size!r}"
-            )
-        if self.language not in dict((code, n) for n, code in LANGUAGE_CHOICES):
-            codes = ", ".join(code for _, code in LANGUAGE_CHOICES)
-            raise ValueError(f"language must be one of {codes}, not {self.language!r}")
-
-    def link_options(self) -> links.LinkOptions:
-        return links.LinkOptions(
-            allowed_hosts=self.link_hosts,
-            max_duration_s=self.max_duration_s,
-            timeout_s=self.link_timeout_s,
-            allow_private=self.allow_private_links,
-        )
-
-    def run_folders(self) -> tuple[str, ...]:
-        if not self.runs_dir:
-            return ()
-        return (self.runs_dir,) if isinstance(self.runs_dir, str) else tuple(self.runs_dir)
-
-    @property
-    def quality(self) -> str:
-        """The quality preselected, from ``beam_size``."""
-        return "fast" if self.beam_size == 1 else "accurate"
-
-
 class UploadRefused(ValueError):
     """A file path that did not come from an upload to this app."""
-
-
-@dataclass
-class Reply:
-    """The state of one request, updated as it goes (rendered after every change)."""
-
-    source: str = ""  # what was sent: a file name or a link
-    duration: float = 0.0  # seconds of audio
-    status: str = ""  # what is happening now ("" once done)
-    language: str = "sv"  # spoken language (Whisper code)
-    model: str = ""  # which model wrote the transcript (a label)
-    quality: str = ""  # "fast" or "accurate"
-    swedish: list[Segment] = field(default_factory=list)  # transcript so far (any language)
-    english: list[Segment] = field(default_factory=list)  # Whisper translation so far
-    english_text: str = ""  # online translation (whole text)
-    translator: str = "none"  # which translation is shown
-    translation_model: str = ""  # which model or service wrote the English (a label)
-    # Why there is no translation (online translator unreachable), or why another model than
-    # the transcript's wrote the English (a run not checked on translation: tasks.py).
-    translation_note: str = ""
-    error: str = ""  # a failure, in words; nothing else is shown then
-    files: list[str] = field(default_factory=list)  # SRT / VTT / TXT to download
-    timestamps: bool = False  # long audio: segments with their times
-
-    def snapshot(self) -> Reply:
-        """A copy that later changes to this one do not touch."""
-        return replace(
-            self, swedish=list(self.swedish), english=list(self.english), files=list(self.files)
-        )
-
-    @property
-    def text(self) -> str:
-        """The transcript, one segment per line."""
-        return "\n".join(s.text.strip() for s in self.swedish if s.text.strip())
-
-    @property
-    def translation(self) -> str:
-        if self.translator == "google":
-            return self.english_text
-        return "\n".join(s.text.strip() for s in self.english if s.text.strip())
 
 
 @dataclass(frozen=True)
@@ -720,66 +622,6 @@ def _declared_duration(path: str) -> float:
         return 0.0
 
 
-def render_markdown(reply: Reply) -> str:
-    """The chat message for ``reply``: transcript, then English, then the progress line.
-
-    Each section's head names the model (or service) that wrote it, so a reply whose English
-    comes from another model than its transcript says so.
-    """
-    if reply.error:
-        return f"⚠️ {reply.error}"
-    parts = []
-    head = f"**{LANGUAGE_NAMES.get(reply.language, reply.language)}**"
-    head += f" · {_md(reply.source)}" if reply.source else ""
-    if reply.duration:
-        head += f" · {_length(reply.duration)}"
-    if reply.model:
-        head += f" · model {_md(reply.model)}" + (
-            " (accurate)" if reply.quality == "accurate" else ""
-        )
-    parts.append(head)
-    parts.append(_lines(reply.swedish, reply.timestamps) or "…")
-    by = f" · model {_md(reply.translation_model)}" if reply.translation_model else ""
-    if reply.translator == "whisper" and (reply.english or not reply.status):
-        parts.append("**English** · Whisper (offline)" + by)
-        if reply.translation_note:  # the English came from another model than the transcript
-            parts.append(f"ℹ️ {_md(reply.translation_note)}")
-        parts.append(_lines(reply.english, reply.timestamps) or "…")
-    elif reply.translator == "google" and not reply.status:
-        parts.append("**English** · Google Translate (online)")
-        if reply.translation_note:
-            parts.append(f"⚠️ {_md(reply.translation_note)}")
-        else:
-            parts.append(_md(reply.english_text) or "…")
-    if reply.status:
-        parts.append(f"*⏳ {reply.status}*")
-    elif not reply.swedish:
-        parts.append("*No speech found.*")
-    return "\n\n".join(parts)
-
-
-def _lines(segments: list[Segment], timestamps: bool) -> str:
-    if timestamps:
-        return "\n".join(
-            f"`{_clock(s.start)}–{_clock(s.end)}` {_md(s.text.strip())}"
-            for s in segments
-            if s.text.strip()
-        )
-    return _md(" ".join(s.text.strip() for s in segments if s.text.strip()))
-
-
-def _too_long(source: str, seconds: float, limit: float) -> str:
-    return (
-        f"**{_md(source)}** is {_length(seconds)} long; the limit is {_length(limit)}. "
-        "Send a shorter recording."
-    )
-
-
-def _progress(what: str, done_s: float, total_s: float) -> str:
-    share = min(1.0, done_s / total_s) if total_s else 0.0
-    return f"{what}… {share:.0%} ({_clock(min(done_s, total_s))} of {_clock(total_s)})"
-
-
 def _split_message(message: dict | str | None) -> tuple[str, list[str]]:
     """(text, file paths) of a MultimodalTextbox value."""
     if message is None:
@@ -804,34 +646,6 @@ def _safe_stem(name: str) -> str:
     return (clean or "transcript")[:80]
 
 
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>#|~"})
-
-
-def _md(text: str) -> str:
-    """``text`` with Markdown/HTML characters escaped (transcripts are shown verbatim)."""
-    return text.translate(_MD_SPECIAL)
-
-
-def _plain(markdown: str) -> str:
-    """Undo the escaping and bold marks of a message, for API callers."""
-    out = markdown.replace("**", "")
-    for c in "\\`*_[]<>#|~":
-        out = out.replace("\\" + c, c)
-    return out
-
-
-def _length(seconds: float) -> str:
-    """A recording's length: "4.2 s" when short, else like :func:`_clock`."""
-    return f"{seconds:.1f} s" if seconds < 60 else _clock(seconds)
-
-
-def _clock(seconds: float) -> str:
-    s = int(seconds)
-    return (
-        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-    )
-
-
 # --------------------------------------------------------------------------- entry points
 
 
@@ -843,139 +657,3 @@ def build_app(options: AppOptions | None = None) -> gr.Blocks:
 def serve(options: AppOptions | None = None, **launch_kwargs) -> gr.Blocks:
     """Build and launch the app with the options' host, port and limits."""
     return ChatApp(options).launch(**launch_kwargs)
-
-
-_SPACE_APP = '''\
-"""whisper-sv: Swedish speech to text, with an English translation (Gradio app).
-
-Run with `pip install -r requirements.txt && python app.py`, or as a Hugging Face Space.
-The model is the CTranslate2 folder `model/` next to this file; the `whisper_sv` folder is the
-toolkit's code, so nothing else needs installing.
-"""
-
-import logging
-import os
-import sys
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # the copy of whisper_sv next to this file wins
-
-from whisper_sv.app import AppOptions, serve  # noqa: E402
-
-OPTIONS = AppOptions(
-    model=str(HERE / "model"),
-    runs_dir=None,
-    # Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere else the app stays on this machine.
-    host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-    port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-{limits})
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    serve(OPTIONS)
-'''
-
-_SPACE_README = """\
----
-title: {title}
-emoji: 🎙️
-colorFrom: blue
-colorTo: yellow
-sdk: gradio
-sdk_version: {gradio_version}
-app_file: app.py
-pinned: false
-license: mit
----
-
-# {title}
-
-Swedish speech to text with Whisper, and an English translation. Send a recording, an audio or
-video file, or a YouTube link. Made with whisper-sv.
-
-- Model: `{model}` (CTranslate2, in `model/`), run with faster-whisper on CPU.
-- Translation: Whisper's own speech translation (offline) by default; Google Translate
-  (online) can be chosen in the page.
-- Limits: uploads up to {max_file_size}, recordings up to {max_duration}.
-- API: endpoint `/transcribe` (an audio file in; transcript and translation out), e.g.
-  `gradio_client.Client(URL).predict(handle_file("clip.wav"), api_name="/transcribe")`.
-
-Run it anywhere: `pip install -r requirements.txt && python app.py`.
-"""
-
-# What the exported app imports (whisper_sv's training stack is not needed to serve).
-_SPACE_REQUIREMENTS = (
-    "gradio",
-    "gradio_client",
-    "faster-whisper",
-    "ctranslate2",
-    "av",
-    "numpy",
-    "pyyaml",
-    "yt-dlp",
-    "deep-translator",
-    "requests",
-)
-# Options written into the exported app.py (the rest are the Space's host/port/model).
-_SPACE_LIMITS = (
-    "max_file_size",
-    "max_duration_s",
-    "concurrency_limit",
-    "max_queue",
-    "translator",
-    "beam_size",
-)
-
-
-def export_space(
-    out_dir: str | os.PathLike,
-    options: AppOptions | None = None,
-    *,
-    title: str = "whisper-sv",
-    progress: Callable[[str], None] | None = None,
-) -> Path:
-    """Write a Hugging Face Space folder that serves ``options.model`` with ``python app.py``.
-
-    The folder holds ``app.py``, ``requirements.txt``, ``README.md`` (Space front matter),
-    ``model/`` (the model in CTranslate2 format, from :func:`models.ct2_dir`) and a copy of
-    the ``whisper_sv`` package. Refuses a non-empty ``out_dir``.
-    """
-    from importlib import metadata
-
-    options = options or AppOptions()
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty; pass a new or empty folder to --export-space")
-    say = progress or log.info
-    say(f"preparing the model {options.model} in CTranslate2 format")
-    ct2 = models.ct2_dir(options.model)
-    out.mkdir(parents=True, exist_ok=True)
-    say(f"copying the model to {out / 'model'}")
-    shutil.copytree(ct2, out / "model", ignore=shutil.ignore_patterns(".*", "*.lock"))
-    package = Path(__file__).resolve().parent
-    shutil.copytree(package, out / "whisper_sv", ignore=shutil.ignore_patterns("__pycache__"))
-
-    def pinned(name: str) -> str:
-        try:
-            return f"{name}=={metadata.version(name)}"
-        except metadata.PackageNotFoundError:
-            return name
-
-    (out / "requirements.txt").write_text(
-        "\n".join(pinned(n) for n in _SPACE_REQUIREMENTS) + "\n", encoding="utf-8"
-    )
-    limits = "".join(f"    {k}={getattr(options, k)!r},\n" for k in _SPACE_LIMITS)
-    (out / "app.py").write_text(_SPACE_APP.format(limits=limits), encoding="utf-8")
-    (out / "README.md").write_text(
-        _SPACE_README.format(
-            title=title,
-            gradio_version=metadata.version("gradio"),
-            model=options.model,
-            max_file_size=options.max_file_size,
-            max_duration=_clock(options.max_duration_s),
-        ),
-        encoding="utf-8",
-    )
-    say(f"wrote {out}: run it with `cd {out} && python app.py`")
-    return out
