@@ -195,7 +195,11 @@ def test_workers_give_the_same_store(tmp_path, processor, good_clips):
     for split in a.splits():
         for ra, rb in zip(a.rows(split), b.rows(split), strict=True):
             assert ra["id"] == rb["id"] and ra["labels"] == rb["labels"]
-            np.testing.assert_array_equal(ra["input_features"], rb["input_features"])
+            # Equal within float16: the log-mel matmul may round one value differently (one
+            # float16 step) with another number of BLAS threads in the process computing it.
+            np.testing.assert_allclose(
+                ra["input_features"], rb["input_features"], rtol=0, atol=2e-3
+            )
 
 
 def test_limit_splits_and_normalized_text(tmp_path, processor):

@@ -67,7 +67,11 @@ def test_ray_engine_makes_the_local_store_and_resumes(cluster, tmp_path, process
                 rb["labels"],
                 rb["duration"],
             )
-            np.testing.assert_array_equal(ra["input_features"], rb["input_features"])
+            # Equal within float16: the log-mel matmul may round one value differently (one
+            # float16 step) with another number of BLAS threads in the process computing it.
+            np.testing.assert_allclose(
+                ra["input_features"], rb["input_features"], rtol=0, atol=2e-3
+            )
     assert read_rejects(tmp_path / "local") == read_rejects(tmp_path / "ray")
     assert {r.reason for r in read_rejects(tmp_path / "ray")} == {"missing file"}
 
