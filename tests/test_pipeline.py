@@ -102,6 +102,7 @@ def _small_real_sets(root: Path, shared: Path) -> Path:
 
 def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir, sv_words_dir):
     from whisper_sv.demo import DemoOptions, run_demo
+    from whisper_sv.store import FeatureStore
 
     real = _small_real_sets(tmp_path / "real", sv_words_dir.parent)
     res = run_demo(
@@ -142,6 +143,11 @@ def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir
     held_out = (tmp_path / "demo" / "real" / "lexin-phrases-test.tsv").read_text()
     guard_part = (tmp_path / "demo" / "real" / "lexin-phrases-guard.tsv").read_text()
     assert not set(held_out.splitlines()[1:]) & set(guard_part.splitlines()[1:])
+    # A third of each real set's groups was mixed into training, none of the held-out ones.
+    trained = (tmp_path / "demo" / "real" / "train.tsv").read_text().splitlines()[1:]
+    assert trained and not set(trained) & set(held_out.splitlines()[1:])
+    ids = [m["id"] for m in FeatureStore(tmp_path / "demo" / "store").metadata("train")]
+    assert sum(i.startswith("real:") for i in ids) == 2 * len(trained)  # real_repeat copies
     assert "lexin-phrases WER" in (res.run / "metrics.md").read_text()
     assert (res.run / "guards.json").is_file()
 

@@ -272,7 +272,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         option_flag(p, DemoOptions, name)
     option_flag(p, DemoOptions, "workers")
     option_flag(p, DemoOptions, "precision", choices=("auto", "fp32", "bf16", "fp16"))
-    for name in ("real_data", "guard_clips", "long_form_s", "timestamp_share", "translate_share"):
+    for name in ("real_data", "guard_clips", "long_form_s", "real_train", "real_repeat"):
+        option_flag(p, DemoOptions, name)
+    for name in ("timestamp_share", "translate_share"):
         option_flag(p, DemoOptions, name)
     option_flag(p, DemoOptions, "wise_ft", "--no-wise-ft")
     option_flag(p, DemoOptions, "train_set", "--set", nargs="*", metavar="KEY=VALUE")

@@ -56,6 +56,10 @@ class DemoOptions:
     # checkout or in $WHISPER_SV_REAL_DATA; "none": synthetic rows only).
     real_data: str = ""
     guard_clips: int = 96  # clips of each real guard scored at every evaluation (0: all)
+    # Share of each real set's groups (themes, words) mixed into the training data; the rest
+    # is cut evenly into guard and held-out test. 0: real speech only guards and tests.
+    real_train: float = 0.34
+    real_repeat: int = 2  # copies of each real training clip (oversampled against synthetic)
     long_form_s: float = 120.0  # seconds of the long-form file of held-out phrases (0: none)
     # Anti-forgetting (docs/experiments.md, section 8): WiSE-FT weights tried after training,
     timestamp_share: float = 0.5  # share of windows trained with timestamps,
@@ -70,6 +74,8 @@ class DemoOptions:
             raise ValueError("max_steps, eval_steps, batch_size and pack_clips must be >= 1")
         if self.guard_clips < 0 or self.long_form_s < 0:
             raise ValueError("guard_clips and long_form_s must be >= 0")
+        if not 0 <= self.real_train < 1 or self.real_repeat < 1:
+            raise ValueError("real_train must be in [0, 1) and real_repeat >= 1")
 
 
 @dataclass(frozen=True)
@@ -146,11 +152,11 @@ def run_demo(options: DemoOptions | None = None) -> DemoResult:
     out.mkdir(parents=True, exist_ok=True)
     stage = _Stages()
 
-    with stage("features"):
-        source = _synthetic_store(o, out)
-        store = FeatureStore(out / "store")
-    with stage("real speech: guard and held-out parts"):
+    with stage("real speech: training, guard and held-out parts"):
         real = _real_sets(o, out)
+    with stage("features"):
+        source = _training_store(o, out / "store", real if o.real_train else [])
+        store = FeatureStore(out / "store")
     with stage(f"baseline: {o.model} on the test sets"):
         before = score_sets(o.model, store, real, o)
         _print_scores(before)
@@ -181,7 +187,9 @@ def run_demo(options: DemoOptions | None = None) -> DemoResult:
     return res
 
 
-def _synthetic_store(o: DemoOptions, out: Path) -> Any:
+def _training_store(o: DemoOptions, path: Path, real: list[RealSet]) -> Any:
+    """The store: synthetic speech, with the real sets' training parts mixed into its train
+    split when there are any (``real_repeat`` copies each); returns the source."""
     from whisper_sv.features import BuildOptions, build_store
     from whisper_sv.sources import open_source
 
@@ -192,9 +200,19 @@ def _synthetic_store(o: DemoOptions, out: Path) -> Any:
         validation=o.validation_clips,
         test=o.test_clips,
     )
-    summary = build_store(
-        source, out / "store", BuildOptions(model=o.model, workers=o.workers, seed=o.seed)
-    )
+    parts = [r.train for r in real if r.train is not None]
+    if parts:
+        from whisper_sv.sources.manifest import ManifestOptions, ManifestSource
+        from whisper_sv.sources.mix import MixPart, MixSource
+
+        tsv = path.parent / "real" / "train.tsv"
+        rows = [line for p in parts for line in p.read_text("utf-8").splitlines()[1:]]
+        tsv.write_text("\n".join(["path\tsentence\tgroup", *rows]) + "\n", encoding="utf-8")
+        real_source = ManifestSource(tsv, ManifestOptions(split="train"))
+        source = MixSource(
+            [MixPart("syn", source), MixPart("real", real_source, repeat=o.real_repeat)]
+        )
+    summary = build_store(source, path, BuildOptions(model=o.model, workers=o.workers, seed=o.seed))
     print(summary.table())
     return source
 
@@ -208,6 +226,7 @@ class RealSet:
     guard: Path  # manifest of the guard part
     test: Path  # manifest of the held-out part
     translate: bool  # score (and guard) the translate task on it
+    train: Path | None = None  # manifest of the part mixed into training (real_train > 0)
 
 
 def _real_sets(o: DemoOptions, out: Path) -> list[RealSet]:
@@ -229,10 +248,13 @@ def _real_sets(o: DemoOptions, out: Path) -> list[RealSet]:
     for name, group in REAL_SETS.items():
         if not (root / name / "manifest.tsv").is_file():
             continue
-        cut = split_by_group(
-            root / name, out / "real", shares={"guard": 0.5, "test": 0.5}, group_column=group
+        rest = (1.0 - o.real_train) / 2
+        shares = {"guard": rest, "test": rest, **({"train": o.real_train} if o.real_train else {})}
+        cut = split_by_group(root / name, out / "real", shares=shares, group_column=group)
+        print(
+            f"   {name}: training {cut.counts.get('train', 0)} clips, guard "
+            f"{cut.counts['guard']}, held out {cut.counts['test']} (by {group or 'word'})"
         )
-        print(f"   {name}: guard {cut.counts['guard']} clips, held out {cut.counts['test']}")
         sets.append(
             RealSet(
                 name=name,
@@ -240,6 +262,7 @@ def _real_sets(o: DemoOptions, out: Path) -> list[RealSet]:
                 guard=cut.parts["guard"],
                 test=cut.parts["test"],
                 translate=name == "lexin-phrases",
+                train=cut.parts.get("train"),
             )
         )
     return sets

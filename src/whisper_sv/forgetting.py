@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "MethodResult", "run_study"]
 
-# name -> (what it is, TrainConfig options on top of the shared recipe)
+# name -> (what it is, TrainConfig options on top of the shared recipe). Methods whose name
+# starts with "mix" train on the store with the real sets' training parts mixed in.
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "plain": ("no guard, best validation step (the earlier demo)", {"guards": []}),
     "guards": ("guarded selection of best/ only", {}),
@@ -34,8 +35,9 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "translate": ("guards + 25% windows with the start model's English", {"translate_share": 0.25}),
     "lower-lr": ("guards + lr 3e-5 instead of 1e-4", {"lr": 3e-5}),
     "lora": ("guards + LoRA rank 16 on q/v (lr 1e-3)", {"lora_rank": 16, "lr": 1e-3}),
-    "all": (
-        "guards + timestamps + English labels + WiSE-FT (the demo's default)",
+    "mix": ("guards + a third of the real sets mixed into training (2 copies)", {}),
+    "mix-all": (
+        "mix + timestamps + English labels + WiSE-FT (the demo's default)",
         {"timestamp_share": 0.5, "translate_share": 0.25, "interpolate": [0.25, 0.5, 0.75]},
     ),
 }
@@ -56,7 +58,7 @@ class MethodResult:
 
 def run_study(out: Path, methods: list[str] | None = None, **demo_options: Any) -> list[Any]:
     """Train and score each method; write the results table and plot. Re-runs reuse runs."""
-    from whisper_sv.demo import DemoOptions, _fine_tune, _real_sets, _synthetic_store, score_sets
+    from whisper_sv.demo import DemoOptions, _fine_tune, _real_sets, _training_store, score_sets
     from whisper_sv.store import FeatureStore
 
     names = methods or list(METHODS)
@@ -65,9 +67,11 @@ def run_study(out: Path, methods: list[str] | None = None, **demo_options: Any) 
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     out.mkdir(parents=True, exist_ok=True)
     o = DemoOptions(out=out, **demo_options)
-    _synthetic_store(o, out)
-    store = FeatureStore(out / "store")
     real = _real_sets(o, out)
+    _training_store(o, out / "store", [])
+    store = FeatureStore(out / "store")
+    if any(n.startswith("mix") for n in names):
+        _training_store(o, out / "store-mix", real)
     before = score_sets(o.model, store, real, o)
     rows: list[Any] = [_result("pretrained", "the start model", before, "-", 0.0)]
     for name in names:
@@ -82,7 +86,8 @@ def run_study(out: Path, methods: list[str] | None = None, **demo_options: Any) 
             translate_share=0.0,
         )
         t0 = time.perf_counter()
-        run = _fine_tune(mo, out / "store", out / "runs" / name, real)
+        store_path = out / ("store-mix" if name.startswith("mix") else "store")
+        run = _fine_tune(mo, store_path, out / "runs" / name, real)
         seconds = time.perf_counter() - t0
         after = score_sets(str(run), store, real, o, start=before)
         rows.append(_result(name, description, after, _best_note(run), seconds))
