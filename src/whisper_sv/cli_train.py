@@ -277,6 +277,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     for name in ("timestamp_share", "translate_share"):
         option_flag(p, DemoOptions, name)
     option_flag(p, DemoOptions, "wise_ft", "--no-wise-ft")
+    option_flag(p, DemoOptions, "guard_translation")
     option_flag(p, DemoOptions, "train_set", "--set", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_demo)
 
