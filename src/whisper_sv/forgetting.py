@@ -37,8 +37,12 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "lora": ("guards + LoRA rank 16 on q/v (lr 1e-3)", {"lora_rank": 16, "lr": 1e-3}),
     "mix": ("guards + a third of the real sets mixed into training (2 copies)", {}),
     "mix-all": (
-        "mix + timestamps + English labels + WiSE-FT (the demo's default)",
-        {"timestamp_share": 0.5, "translate_share": 0.25, "interpolate": [0.25, 0.5, 0.75]},
+        "mix + timestamps on half the windows + WiSE-FT (the demo's default)",
+        {"timestamp_share": 0.5, "interpolate": [0.25, 0.5, 0.75]},
+    ),
+    "mix-translate": (
+        "mix + 25% windows with the start model's English",
+        {"translate_share": 0.25},
     ),
 }
 

@@ -277,12 +277,14 @@ def _write_interpolation(run: Path, rows: Sequence[MixRow], from_step: int | Non
         f"WiSE-FT: alpha x step {from_step} + (1 - alpha) x the start model",
         "",
         "| " + " | ".join(head) + " |",
-        "|" + "---:|" * len(head),
+        "|" + "---:|" * (len(head) - 1) + "---|",
     ]
     for r in rows:
         cells = [f"{r.guards[c]:.2f}" if c in r.guards else "-" for c in columns]
         hold = "yes" if not r.regressed else "no: " + "; ".join(r.regressed)
-        lines.append(f"| {r.alpha:g} | {_f(r.wer)} | {_f(r.cer)} | " + " | ".join(cells + [hold]))
+        lines.append(
+            f"| {r.alpha:g} | {_f(r.wer)} | {_f(r.cer)} | " + " | ".join([*cells, hold]) + " |"
+        )
     atomic_write_text(run / INTERPOLATION_MD, "\n".join(lines) + "\n")
     _plot_interpolation(run / INTERPOLATION_PNG, rows, columns)
 
