@@ -100,27 +100,27 @@ def _small_real_sets(root: Path, shared: Path) -> Path:
     return root
 
 
-def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir, sv_words_dir):
+def _tiny_demo(tmp_path: Path, model: Path, **changes):
+    """The demo on the tiny model with a few clips (``changes``: more DemoOptions)."""
     from whisper_sv.demo import DemoOptions, run_demo
+
+    base = dict(train_clips=8, validation_clips=2, batch_size=4, eval_steps=1, workers=1)
+    return run_demo(DemoOptions(out=tmp_path / "demo", model=str(model), **{**base, **changes}))
+
+
+def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir, sv_words_dir):
     from whisper_sv.store import FeatureStore
 
     real = _small_real_sets(tmp_path / "real", sv_words_dir.parent)
-    res = run_demo(
-        DemoOptions(
-            out=tmp_path / "demo",
-            model=str(tiny_model_dir),
-            train_clips=8,
-            validation_clips=2,
-            test_clips=3,
-            max_steps=2,
-            batch_size=4,
-            warmup_steps=1,
-            eval_steps=1,
-            workers=1,
-            real_data=str(real),
-            guard_clips=4,
-            long_form_s=10,
-        )
+    res = _tiny_demo(
+        tmp_path,
+        tiny_model_dir,
+        test_clips=3,
+        max_steps=2,
+        warmup_steps=1,
+        real_data=str(real),
+        guard_clips=4,
+        long_form_s=10,
     )
     assert res.n_test == 3 and res.sample_reference
     report = json.loads((tmp_path / "demo" / "demo.json").read_text())
@@ -154,21 +154,8 @@ def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir
 
 
 def test_demo_without_real_speech_has_synthetic_rows_only(tmp_path, tiny_model_dir, capsys):
-    from whisper_sv.demo import DemoOptions, run_demo
-
-    res = run_demo(
-        DemoOptions(
-            out=tmp_path / "demo",
-            model=str(tiny_model_dir),
-            train_clips=8,
-            validation_clips=2,
-            test_clips=2,
-            max_steps=1,
-            eval_steps=1,
-            warmup_steps=0,
-            workers=1,
-            real_data="none",
-        )
+    res = _tiny_demo(
+        tmp_path, tiny_model_dir, test_clips=2, max_steps=1, warmup_steps=0, real_data="none"
     )
     assert [r.name for r in res.rows] == ["synthetic test, unseen voices"]
     assert "synthetic rows only" in capsys.readouterr().out
