@@ -163,3 +163,13 @@ def test_translation_uses_the_start_model_unless_the_run_guarded_it(tmp_path):
     assert translation_model(str(run)).model == str(run)
     assert translation_model(str(run)).note == ""
     assert translation_model("bundled:base").model == "bundled:base"  # not a run: as it is
+
+
+def test_example_guarded_config_loads():
+    from whisper_sv.config import load_options
+    from whisper_sv.train import TrainConfig
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "train-guarded.yaml"
+    cfg = load_options(TrainConfig, example)
+    assert [g.name for g in cfg.guards] == ["phrases", "words"]
+    assert cfg.interpolate == (0.25, 0.5, 0.75) and cfg.timestamp_share == 0.5
