@@ -457,3 +457,20 @@ def test_loop_guard_is_deterministic(ct2):
     # The random model fails every rule, so every step of the ladder runs.
     clip = noise(2.0, seed=41)
     assert ct2.transcribe(clip).text == ct2.transcribe(clip).text
+
+
+def test_alternating_zero_length_repeats_are_dropped_but_said_repeats_kept():
+    from whisper_sv.infer import Segment, _guarded
+
+    tail = [
+        Segment(118.5, 119.8, "sminkar sig"),
+        Segment(121.0, 121.9, "slår upp"),
+        Segment(122.2, 122.3, "skänker"),
+        Segment(122.3, 122.3, "slår upp"),  # no time to say it: a loop
+        Segment(122.3, 122.3, "skänker"),
+        Segment(122.3, 122.3, "slår upp"),
+    ]
+    assert [s.text for s in _guarded(iter(tail))] == ["sminkar sig", "slår upp", "skänker"]
+    # Said again, with the time it takes: a real repetition stays.
+    said = [Segment(0.0, 1.0, "ja"), Segment(1.0, 2.0, "nej"), Segment(2.0, 3.0, "ja")]
+    assert [s.text for s in _guarded(iter(said))] == ["ja", "nej", "ja"]

@@ -333,15 +333,23 @@ def _transcript(
     )
 
 
+# A segment shorter than this has no time to hold a word: repeating a recent one, it is a loop.
+MIN_REPEAT_S = 0.2
+
+
 def _guarded(segments: Iterator[Segment]) -> Iterator[Segment]:
-    """Segments with repeated tails cut and repeats of the previous segment dropped."""
-    previous = None
+    """Segments with repeated tails cut, repeats of the previous segment dropped, and
+    near-zero-length repeats of either of the last two dropped: a fine-tuned decoder was seen
+    ending a file with "slåra upp" / "sköntskej" alternating at one timestamp."""
+    recent: list[str] = []
     for s in segments:
         text = trim_repetition(s.text)
         key = text.strip(" .,!?").lower()
-        if key and key == previous:
+        if key and recent and key == recent[-1]:
             continue
-        previous = key
+        if key and key in recent and s.end - s.start < MIN_REPEAT_S:
+            continue
+        recent = (recent + [key])[-2:]
         yield s if text == s.text else dataclasses.replace(s, text=text, words=())
 
 
