@@ -197,7 +197,7 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         "fine-tune on some of one real speaker's words (../shared/data/sv-words), test on the "
         "held-out words. forgetting: anti-forgetting methods at equal compute, scored on real "
         "held-out speech, long-form and English (--budget takes demo options, e.g. "
-        "max_steps=75, and methods=[plain,all]). Re-runs reuse finished stores and runs.",
+        "max_steps=75, and methods=[plain,mix-all]). Re-runs reuse finished stores and runs.",
     )
     p.add_argument(
         "name", choices=("voices", "noise", "speaker", "forgetting"), help="which experiment"

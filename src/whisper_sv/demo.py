@@ -340,13 +340,14 @@ def score_sets(
     from whisper_sv.guards import GuardSpec, chrf, prepare_guard_store
 
     model, processor = models.load_model(model_ref)
-    scores = {"synthetic": _score_split(model, processor, store, "test", o)}
+    encoder = _encoder_digest(model)  # once per model: it keys the shared encoder outputs
+    scores = {"synthetic": _score_split(model, processor, store, "test", o, encoder)}
     for r in real:
         spec = GuardSpec(f"{r.name}-test", str(r.test))
         test_store, split = prepare_guard_store(
             spec, model=o.model, cache_root=cache_dir(), processor=processor
         )
-        score = _score_split(model, processor, test_store, split, o, translate=r.translate)
+        score = _score_split(model, processor, test_store, split, o, encoder, translate=r.translate)
         if r.translate and start and r.name in start:
             agree = chrf(score.translations, start[r.name].translations)
             score = dataclasses.replace(score, chrf=agree)
@@ -368,7 +369,13 @@ def _encoder_digest(model: Any) -> str:
 
 
 def _score_split(
-    model: Any, processor: Any, store: Any, split: str, o: DemoOptions, translate: bool = False
+    model: Any,
+    processor: Any,
+    store: Any,
+    split: str,
+    o: DemoOptions,
+    encoder: str,
+    translate: bool = False,
 ) -> SetScore:
     """Greedy WER/CER (and English) of ``model`` on a store split, in the training precision."""
     import torch
@@ -381,7 +388,7 @@ def _score_split(
     lang = store.config.language
     ev = Evaluator(processor, model, language=lang, task="transcribe", max_new_tokens=225)
     tr = Evaluator(processor, model, language=lang, task="translate", max_new_tokens=225)
-    key = (_encoder_digest(model), str(Path(store.path).resolve()), split)
+    key = (encoder, str(Path(store.path).resolve()), split)
     cached = _ENCODED.get(key)
     fresh: list[Any] = []
     bf16 = resolve_precision(o.precision, cuda=False) == "bf16"
