@@ -19,14 +19,38 @@ def test_spec_parses_text_and_yaml_forms_and_names_the_fix():
         True,
         40,
     )
-    assert spec.columns() == ["lexin WER", "lexin CER", "lexin translate chrF"]
+    assert spec.columns() == [
+        "lexin WER",
+        "lexin CER",
+        "lexin translate English %",
+        "lexin translate chrF",
+    ]
     assert GuardSpec.coerce({"name": "w", "path": "s", "split": "test"}).split == "test"
     with pytest.raises(ValueError, match="NAME=PATH"):
         GuardSpec.parse("just-a-path.tsv")
-    with pytest.raises(ValueError, match="unknown flag 'beam'.*translate, split=S, limit=N"):
+    with pytest.raises(ValueError, match="unknown flag 'beam'.*translate, split=S, limit=N, long"):
         GuardSpec.parse("a=b.tsv,beam")
     with pytest.raises(ValueError, match="unknown option"):
         GuardSpec.coerce({"name": "a", "path": "b", "tolerance": 1})
+
+
+def test_long_form_guard_spec_has_a_segments_column_and_no_translate_check():
+    spec = GuardSpec.parse("long=data/lexin.tsv,long_form=90")
+    assert spec.long_form == 90.0
+    assert spec.columns() == ["long WER", "long CER", "long segments"]
+    with pytest.raises(ValueError, match="give the translate check its own guard"):
+        GuardSpec.parse("long=data/lexin.tsv,long_form=90,translate")
+    with pytest.raises(ValueError, match="long_form must be >= 0"):
+        GuardSpec("long", "x.tsv", long_form=-1)
+
+
+def test_selection_score_is_the_validation_wer_or_its_mean_with_the_guard_wers():
+    from whisper_sv.guards import selection_score
+
+    values = {"a WER": 60.0, "a CER": 1.0, "a translate chrF": 5.0, "b WER": 90.0, "b segments": 9}
+    assert selection_score("validation", 30.0, values) == 30.0
+    assert selection_score("validation+guards", 30.0, values) == pytest.approx(60.0)
+    assert selection_score("validation+guards", 30.0, {}) == 30.0
 
 
 def test_train_config_reads_guards_from_yaml_and_overrides(tmp_path):
@@ -52,8 +76,35 @@ def test_regression_rule_uses_wer_and_chrf_tolerances_not_cer():
     assert [c.column for c in bad] == ["w WER", "w translate chrF"]
     assert bad[0].worse_by == pytest.approx(0.6) and bad[1].worse_by == pytest.approx(11.0)
     assert "40.00 -> 40.60" in bad[0].describe()
+    # A long-form guard's segment count is reported, never judged.
+    assert (
+        regressions({"w segments": 1.0}, {"w segments": 40.0}, wer_tolerance=0, chrf_tolerance=0)
+        == []
+    )
+    # English share: points lost against english_tolerance; chrF is not judged by default.
+    start_en = {"w translate English %": 80.0, "w translate chrF": 100.0}
+    kept = {"w translate English %": 71.0, "w translate chrF": 30.0}
+    assert (
+        regressions(kept, start_en, wer_tolerance=0.5, chrf_tolerance=100, english_tolerance=10)
+        == []
+    )
+    lost = {"w translate English %": 20.0, "w translate chrF": 30.0}
+    bad = regressions(lost, start_en, wer_tolerance=0.5, chrf_tolerance=100, english_tolerance=10)
+    assert [c.column for c in bad] == ["w translate English %"] and bad[0].worse_by == 60.0
     better = {"w WER": 30.0, "w translate chrF": 100.0}
     assert regressions(better, start, wer_tolerance=0.0, chrf_tolerance=0.0) == []
+
+
+def test_english_share_tells_english_translations_from_swedish_answers():
+    from whisper_sv.guards import english_share
+
+    # What the pretrained model and a fine-tune that forgot translation answered (measured).
+    english = ["Show the ticket.", "Swing to the higher.", "Turn off the car belt.", "Bye!"]
+    swedish = ["visar biljetten", "svänger till höger", "spänner fast bilbältet", "torka sig"]
+    assert english_share(english) == 100.0
+    assert english_share(swedish) == 0.0
+    assert english_share(english[:2] + swedish[:1] + [""]) == 50.0  # empty is not English
+    assert english_share([]) == 100.0
 
 
 def test_chrf_agreement_is_100_for_identical_and_low_for_another_language():

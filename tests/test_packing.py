@@ -202,3 +202,17 @@ def test_timestamped_windows_place_each_clip_between_its_start_and_end(chirp_sto
         tok.decode(labels, skip_special_tokens=True).split()
         == " ".join(texts[i] for i in windows[0]).split()
     )
+
+
+def test_translation_windows_are_single_clips_after_their_shards_windows():
+    from whisper_sv.packing import add_single_windows
+
+    offsets = [0, 5, 9]  # two shards: clips 0-4 and 5-8
+    windows = [[3, 1], [0, 2, 4], [7, 5], [8, 6]]
+    out, added = add_single_windows(windows, offsets, [6, 2, 4])
+    assert [out[i] for i in added] == [[2], [4], [6]]
+    # Every old window is kept, and windows of one shard stay together.
+    assert sorted(map(tuple, out)) == sorted(map(tuple, windows + [[2], [4], [6]]))
+    shards = [0 if w[0] < 5 else 1 for w in out]
+    assert shards == sorted(shards)
+    assert add_single_windows(windows, offsets, []) == (windows, [])

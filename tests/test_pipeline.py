@@ -121,6 +121,7 @@ def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir
         real_data=str(real),
         guard_clips=4,
         long_form_s=10,
+        long_form_guard_s=10,
     )
     assert res.n_test == 3 and res.sample_reference
     report = json.loads((tmp_path / "demo" / "demo.json").read_text())
@@ -132,13 +133,20 @@ def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir
     assert any("sv-words, held-out words" in n for n in names)
     assert any(n.startswith("real long-form") for n in names)
     assert res.rows[-1].metric == "chrF" and res.rows[-1].before == 100.0
+    english = res.rows[-2]
+    assert english.metric == "English %" and 0 <= english.after <= 100
     table = (tmp_path / "demo" / "demo.md").read_text()
-    assert table.startswith("| set | clips | metric | pretrained | fine-tuned | change |")
+    assert table.startswith("| set | clips | metric | pretrained | fine-tuned | change | 95%")
     assert len(table.strip().splitlines()) == 2 + len(res.rows)
+    # Clip sets carry the paired-bootstrap interval of their change, which holds the change.
+    for r in res.rows[:3]:
+        assert r.interval is not None and r.interval[0] <= r.after - r.before <= r.interval[1]
     # The fine-tune was guarded by the guard parts, never by the held-out ones.
     config = yaml.safe_load((res.run / "config.yaml").read_text())
     guards = {g["name"]: g for g in config["train"]["guards"]}
-    assert set(guards) == {"lexin-phrases", "sv-words"}
+    assert set(guards) == {"lexin-phrases", "sv-words", "long-form"}
+    assert guards["long-form"]["long_form"] == 10
+    assert config["train"]["select"] == "validation+guards"
     assert not any(g["translate"] for g in guards.values())  # guard_translation is off
     assert all(g["path"].endswith("-guard.tsv") for g in guards.values())
     held_out = (tmp_path / "demo" / "real" / "lexin-phrases-test.tsv").read_text()

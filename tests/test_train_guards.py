@@ -69,8 +69,15 @@ def test_a_run_whose_guard_regresses_never_becomes_best(
         result = train(store, run, model=str(tiny_model_dir), config=config(guards=(guard,)))
     rows = read_metrics_csv(run / "metrics.csv")
     start, later = rows[0], rows[1:]
-    assert start.step == 0 and set(start.extra) == {"own WER", "own CER", "own translate chrF"}
+    assert start.step == 0
+    assert set(start.extra) == {
+        "own WER",
+        "own CER",
+        "own translate English %",
+        "own translate chrF",
+    }
     assert start.extra["own translate chrF"] == 100.0  # the start agrees with itself
+    assert 0 <= start.extra["own translate English %"] <= 100
     # The premise: validation improved, and training moved the guard's output.
     assert min(r.wer for r in later) < start.wer
     assert all(r.extra["own WER"] > start.extra["own WER"] + 0.5 for r in later)
@@ -113,6 +120,47 @@ def test_guards_within_tolerance_let_training_win_and_interpolation_is_scored(
     assert "Interpolation with the start model" in card and "Real-speech guards" in card
 
 
+def test_validation_plus_guards_selection_picks_the_best_mean_and_scores_long_form(
+    tmp_path, store, own_guard, tiny_model_dir
+):
+    """select: validation+guards keeps the step with the lowest mean of validation WER and the
+    guard WERs (long-form guard included), read back from metrics.csv; the long-form guard
+    adds its WER, CER and segment columns from step 0 on."""
+    import soundfile as sf
+    from conftest import speechlike
+
+    from whisper_sv.guards import selection_score
+    from whisper_sv.registry import read_metrics_csv
+    from whisper_sv.train import train
+
+    lines = ["path\tsentence"]
+    for i, text in enumerate(["en katt", "två hundar", "tre fåglar", "ett hus"]):
+        sf.write(tmp_path / f"c{i}.wav", speechlike(9.0, seed=i), 16000)
+        lines.append(f"c{i}.wav\t{text}")
+    manifest = tmp_path / "long.tsv"
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    guards = (
+        {"name": "own", "path": str(own_guard), "split": "validation"},
+        {"name": "long", "path": str(manifest), "long_form": 35},
+    )
+    run = tmp_path / "run"
+    cfg = config(
+        guards=guards,
+        guard_tolerance=1000.0,
+        select="validation+guards",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    result = train(store, run, model=str(tiny_model_dir), config=cfg)
+    rows = read_metrics_csv(run / "metrics.csv")
+    assert {"long WER", "long CER", "long segments"} <= set(rows[0].extra)
+    assert all(r.extra["long WER"] >= 0 and r.extra["long segments"] >= 0 for r in rows)
+    scores = {r.step: selection_score("validation+guards", r.wer, r.extra) for r in rows}
+    assert result.best_step == min(scores, key=scores.get)
+    # The joined file is kept in the guard cache, about 35 s long.
+    wavs = list((tmp_path / "cache" / "guards").glob("long-*-35s.wav"))
+    assert len(wavs) == 1 and 33 <= sf.info(wavs[0]).duration <= 45
+
+
 def test_babbling_start_model_gives_no_translation_labels(tmp_path, store, tiny_model_dir, caplog):
     """The random start model never ends its English within the budget: no window may be
     relabelled with a cut-off loop; they keep their Swedish labels. (The real model's labels
@@ -128,9 +176,9 @@ def test_babbling_start_model_gives_no_translation_labels(tmp_path, store, tiny_
             config=config(max_steps=2, eval_steps=2, save_steps=2, translate_share=1.0),
         )
     assert json.loads((run / "translate-labels.json").read_text()) == {}
-    assert "0 of 16 training windows labelled with the start model's English (16 chosen" in (
-        caplog.text
-    )
+    # Every clip also got a window of its own for translation, and none was relabelled.
+    assert "0 of 16 translation clips labelled with the start model's English" in caplog.text
+    assert "32 training windows in all" in caplog.text
 
 
 def test_guard_and_interpolation_options_are_checked():
@@ -138,7 +186,7 @@ def test_guard_and_interpolation_options_are_checked():
 
     with pytest.raises(ValueError, match="interpolate weights must be between 0 and 1"):
         TrainConfig(interpolate=(1.5,))
-    with pytest.raises(ValueError, match="translate_share labels windows from cached encoder"):
+    with pytest.raises(ValueError, match="translate_share labels clips from cached encoder"):
         TrainConfig(translate_share=0.2, freeze_encoder=False)
     with pytest.raises(ValueError, match="timestamp_share must be in"):
         TrainConfig(timestamp_share=2.0)

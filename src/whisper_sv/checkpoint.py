@@ -44,6 +44,9 @@ class TrainState:
     raw_best_step: int | None = None
     best_note: str = ""  # how best/ was chosen, when it is not simply the best checkpoint
     best_guards: dict[str, float] = field(default_factory=dict)  # guard values of best/
+    # TrainConfig.select's score of best/ and of the raw best (None: as the WER, older runs).
+    best_score: float | None = None
+    raw_best_score: float | None = None
 
 
 def rng_state() -> dict[str, Any]:

@@ -272,8 +272,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         option_flag(p, DemoOptions, name)
     option_flag(p, DemoOptions, "workers")
     option_flag(p, DemoOptions, "precision", choices=("auto", "fp32", "bf16", "fp16"))
-    for name in ("real_data", "guard_clips", "long_form_s", "real_train", "real_repeat"):
+    for name in ("real_data", "guard_clips", "long_form_s", "long_form_guard_s"):
         option_flag(p, DemoOptions, name)
+    for name in ("real_train", "real_repeat"):
+        option_flag(p, DemoOptions, name)
+    option_flag(p, DemoOptions, "select", choices=("validation", "validation+guards"))
     for name in ("timestamp_share", "translate_share"):
         option_flag(p, DemoOptions, name)
     option_flag(p, DemoOptions, "wise_ft", "--no-wise-ft")

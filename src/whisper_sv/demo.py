@@ -65,10 +65,14 @@ class DemoOptions:
     # start model (tasks.py). No method measured keeps it (docs/experiments.md, section 8).
     guard_translation: bool = False
     long_form_s: float = 120.0  # seconds of the long-form file of held-out phrases (0: none)
-    # Anti-forgetting (docs/experiments.md, section 8): WiSE-FT weights tried after training,
-    timestamp_share: float = 0.5  # share of windows trained with timestamps,
-    translate_share: float = 0.0  # share of windows labelled with the start model's English,
-    wise_ft: bool = True  # interpolate with the start model at 0.25 / 0.5 / 0.75 when it helps
+    # seconds of the long-form guard: lexin guard phrases joined into one file (0: none)
+    long_form_guard_s: float = 60.0
+    # What best/ minimises among models that keep the guards (TrainConfig.select)
+    select: str = "validation+guards"
+    # Anti-forgetting (docs/experiments.md, section 8).
+    timestamp_share: float = 0.5  # share of windows trained with Whisper's timestamps
+    translate_share: float = 0.0  # share of clips also trained alone with the start model's English
+    wise_ft: bool = True  # try mixes with the start model's weights after training (WiSE-FT)
     train_set: tuple[str, ...] = ()  # further training options, KEY=VALUE (TrainConfig)
 
     def __post_init__(self) -> None:
@@ -76,8 +80,8 @@ class DemoOptions:
             raise ValueError("train_clips, validation_clips and test_clips must be >= 1")
         if min(self.max_steps, self.eval_steps, self.batch_size, self.pack_clips) < 1:
             raise ValueError("max_steps, eval_steps, batch_size and pack_clips must be >= 1")
-        if self.guard_clips < 0 or self.long_form_s < 0:
-            raise ValueError("guard_clips and long_form_s must be >= 0")
+        if min(self.guard_clips, self.long_form_s, self.long_form_guard_s) < 0:
+            raise ValueError("guard_clips, long_form_s and long_form_guard_s must be >= 0")
         if not 0 <= self.real_train < 1 or self.real_repeat < 1:
             raise ValueError("real_train must be in [0, 1) and real_repeat >= 1")
 
@@ -88,15 +92,17 @@ class DemoRow:
 
     name: str  # what was scored
     clips: int  # how many clips (1 for a long-form file)
-    metric: str  # "WER %" (lower is better) or "chrF" (higher is better)
+    metric: str  # "WER %" (lower is better), "chrF" or "English %" (higher is better)
     before: float  # the pretrained model
     after: float  # the fine-tuned run's best/
     cer_before: float | None = None
     cer_after: float | None = None
+    # 95% paired-bootstrap interval of after - before, WER points (text.wer_change_interval)
+    interval: tuple[float, float] | None = None
 
     @property
     def change(self) -> str:
-        if self.metric == "chrF":
+        if self.metric in ("chrF", "English %"):
             return f"{self.after - self.before:+.1f}"
         return f"{100.0 * (self.after - self.before) / max(self.before, 1e-9):+.0f}%"
 
@@ -121,14 +127,17 @@ class DemoResult:
 
     def table(self) -> str:
         lines = [
-            "| set | clips | metric | pretrained | fine-tuned | change |",
-            "|---|---:|---|---:|---:|---:|",
+            "| set | clips | metric | pretrained | fine-tuned | change | 95% interval |",
+            "|---|---:|---|---:|---:|---:|---:|",
         ]
         for r in self.rows:
             cer = r.cer_before is not None and r.cer_after is not None
             before = f"{r.before:.1f}" + (f" (CER {r.cer_before:.1f})" if cer else "")
             after = f"{r.after:.1f}" + (f" (CER {r.cer_after:.1f})" if cer else "")
-            lines.append(f"| {r.name} | {r.clips} | {r.metric} | {before} | {after} | {r.change} |")
+            band = f"{r.interval[0]:+.1f} to {r.interval[1]:+.1f}" if r.interval else "-"
+            lines.append(
+                f"| {r.name} | {r.clips} | {r.metric} | {before} | {after} | {r.change} | {band} |"
+            )
         return "\n".join(lines)
 
 
@@ -185,7 +194,7 @@ def run_demo(options: DemoOptions | None = None) -> DemoResult:
         sample_reference=reference,
         sample_hypothesis=hypothesis,
         seconds=stage.seconds,
-        rows=_rows(before, after, real),
+        rows=_rows(before, after, real, translation_guarded=o.guard_translation),
     )
     _write_report(out, res)
     return res
@@ -286,6 +295,12 @@ def _fine_tune(o: DemoOptions, store: Path, run: Path, real: list[RealSet]) -> P
         }
         for r in real
     ]
+    lexin = next((r for r in real if r.translate), None)
+    if lexin is not None and o.long_form_guard_s > 0:
+        # The long-form check of the held-out test, on guard phrases: the same kind of file.
+        guards.append(
+            {"name": "long-form", "path": str(lexin.guard), "long_form": o.long_form_guard_s}
+        )
     options = {
         "lr": o.lr,
         "warmup_steps": o.warmup_steps,
@@ -300,6 +315,7 @@ def _fine_tune(o: DemoOptions, store: Path, run: Path, real: list[RealSet]) -> P
         "precision": o.precision,
         "seed": o.seed,
         "guards": guards,
+        "select": o.select,
         "timestamp_share": o.timestamp_share,
         "translate_share": o.translate_share,
         "interpolate": [0.25, 0.5, 0.75] if o.wise_ft else [],
@@ -318,7 +334,10 @@ class SetScore:
     n: int  # clips (1 for a long-form file)
     translations: tuple[str, ...] = ()  # English of each clip (translate sets)
     chrf: float | None = None  # that English against the pretrained model's (100: the same)
+    english: float | None = None  # percent of that English detected as English (guards.py)
     segments: int = 0  # long-form: segments (subtitle cues) transcribed
+    references: tuple[str, ...] = ()  # per clip, for the paired interval of a change
+    hypotheses: tuple[str, ...] = ()
 
 
 # Encoder outputs of the test sets by (encoder weights, store, split): the fine-tune keeps the
@@ -337,7 +356,7 @@ def score_sets(
     and the long-form file. ``start``: the pretrained model's scores, for the chrF."""
     from whisper_sv import models
     from whisper_sv.fsutil import cache_dir
-    from whisper_sv.guards import GuardSpec, chrf, prepare_guard_store
+    from whisper_sv.guards import GuardSpec, chrf, english_share, prepare_guard_store
 
     model, processor = models.load_model(model_ref)
     encoder = _encoder_digest(model)  # once per model: it keys the shared encoder outputs
@@ -348,6 +367,8 @@ def score_sets(
             spec, model=o.model, cache_root=cache_dir(), processor=processor
         )
         score = _score_split(model, processor, test_store, split, o, encoder, translate=r.translate)
+        if r.translate:
+            score = dataclasses.replace(score, english=english_share(score.translations))
         if r.translate and start and r.name in start:
             agree = chrf(score.translations, start[r.name].translations)
             score = dataclasses.replace(score, chrf=agree)
@@ -410,7 +431,14 @@ def _score_split(
     if cached is None:
         _ENCODED[key] = fresh
     res = finish_eval(parts, 0.0)
-    return SetScore(res.wer, res.cer, res.n, translations=tuple(english))
+    return SetScore(
+        res.wer,
+        res.cer,
+        res.n,
+        translations=tuple(english),
+        references=res.references,
+        hypotheses=res.hypotheses,
+    )
 
 
 def _long_form(model_ref: str, manifest: Path, out: Path, o: DemoOptions) -> SetScore:
@@ -427,17 +455,27 @@ def _long_form(model_ref: str, manifest: Path, out: Path, o: DemoOptions) -> Set
 
 def _print_scores(scores: dict[str, SetScore]) -> None:
     for name, s in scores.items():
-        extra = f", English chrF vs pretrained {s.chrf:.1f}" if s.chrf is not None else ""
+        extra = f", translations in English {s.english:.1f}%" if s.english is not None else ""
+        extra += f", English chrF vs pretrained {s.chrf:.1f}" if s.chrf is not None else ""
         cues = f", {s.segments} segments" if s.segments else ""
         print(f"   {name}: WER {s.wer:.1f}%  CER {s.cer:.1f}%  ({s.n} clips{cues}){extra}")
 
 
 def _rows(
-    before: dict[str, SetScore], after: dict[str, SetScore], real: list[RealSet]
+    before: dict[str, SetScore],
+    after: dict[str, SetScore],
+    real: list[RealSet],
+    *,
+    translation_guarded: bool = False,
 ) -> tuple[DemoRow, ...]:
+    from whisper_sv.text import wer_change_interval
+
     def row(name: str, key: str) -> DemoRow:
         b, a = before[key], after[key]
-        return DemoRow(name, a.n, "WER %", b.wer, a.wer, b.cer, a.cer)
+        band = None
+        if a.references and a.references == b.references:
+            band = wer_change_interval(a.references, b.hypotheses, a.hypotheses)
+        return DemoRow(name, a.n, "WER %", b.wer, a.wer, b.cer, a.cer, band)
 
     rows = [row("synthetic test, unseen voices", "synthetic")]
     rows += [row(r.label, r.name) for r in real]
@@ -448,13 +486,18 @@ def _rows(
         )
         rows.append(DemoRow(name, 1, "WER %", b.wer, a.wer, b.cer, a.cer))
     for r in real:
-        if r.translate and after[r.name].chrf is not None:
-            name = (
-                f"translate: {r.name} held out, the run's own English vs the pretrained "
-                "model's (not guarded: transcribe and the app take the English from the "
-                "pretrained model)"
-            )
-            rows.append(DemoRow(name, after[r.name].n, "chrF", 100.0, after[r.name].chrf))
+        b, a = before.get(r.name), after[r.name]
+        if not r.translate or a.chrf is None or b is None or b.english is None:
+            continue
+        note = (
+            ""
+            if translation_guarded
+            else " (not guarded: transcribe and the app take the English from the pretrained model)"
+        )
+        name = f"translate: {r.name} held out, share of translations in English{note}"
+        rows.append(DemoRow(name, a.n, "English %", b.english, a.english or 0.0))
+        name = f"translate: {r.name} held out, the run's English vs the pretrained model's"
+        rows.append(DemoRow(name, a.n, "chrF", 100.0, a.chrf))
     return tuple(rows)
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from whisper_sv.audio import N_FRAMES
 
-__all__ = ["plan_windows", "PackedRows"]
+__all__ = ["add_single_windows", "plan_windows", "PackedRows"]
 
 PROMPT_LENGTH = 4  # <|startoftranscript|> <|sv|> <|transcribe|> <|notimestamps|>
 # Whisper's decoder has 448 positions. Tokenising the joined text again can differ from the
@@ -90,6 +90,33 @@ def plan_windows(
         if current:
             windows.append(current)
     return windows
+
+
+def add_single_windows(
+    windows: Sequence[Sequence[int]], shard_offsets: Sequence[int], clips: Sequence[int]
+) -> tuple[list[list[int]], list[int]]:
+    """``windows`` with a window of one clip added for each of ``clips``, after the windows of
+    the clip's shard (windows of one shard stay together); and the added windows' indices."""
+    bounds = [int(b) for b in shard_offsets]
+
+    def shard(clip: int) -> int:
+        return int(np.searchsorted(bounds, clip, side="right")) - 1
+
+    by_shard: dict[int, list[list[int]]] = {}
+    for w in windows:
+        by_shard.setdefault(shard(w[0]), []).append(list(w))
+    for c in sorted(int(c) for c in clips):
+        by_shard.setdefault(shard(c), []).append([c])
+    out: list[list[int]] = []
+    added: list[int] = []
+    singles = {int(c) for c in clips}
+    for s in sorted(by_shard):
+        n_old = sum(1 for w in windows if shard(w[0]) == s)
+        for k, w in enumerate(by_shard[s]):
+            if k >= n_old and len(w) == 1 and w[0] in singles:
+                added.append(len(out))
+            out.append(w)
+    return out, added
 
 
 class PackedRows:

@@ -182,7 +182,8 @@ def plot_curves(rows: Sequence[MetricsRow], path: Path, title: str = "") -> Path
         pts = [(r.step, getattr(r, attr)) for r in rows if getattr(r, attr) is not None]
         return [p[0] for p in pts], [p[1] for p in pts]
 
-    guard_cols = [c for c in extra_columns(rows) if not c.endswith(" CER")]
+    # Segment counts of long-form guards are in the table, not on the percent axis.
+    guard_cols = [c for c in extra_columns(rows) if not c.endswith((" CER", " segments"))]
     panels = 3 if guard_cols else 2
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
     ax_loss, ax_wer = axes[0], axes[1]

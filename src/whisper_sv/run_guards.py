@@ -27,9 +27,11 @@ from whisper_sv.evaluation import Evaluator, finish_eval, greedy_decode, prompt_
 from whisper_sv.guards import (
     CER_SUFFIX,
     CHRF_SUFFIX,
+    ENGLISH_SUFFIX,
     WER_SUFFIX,
     GuardSpec,
     chrf,
+    english_share,
     prepare_guard_store,
 )
 
@@ -74,9 +76,25 @@ class RunGuards:
         model_ref: str,
         cache_root: Path,
         max_new_tokens: int,
+        language: str = "sv",
     ) -> None:
+        from whisper_sv.guard_longform import LongFormGuard
+
         self.guards: list[GuardData] = []
+        self.long_forms: list[LongFormGuard] = []
+        self.model, self.processor = model, processor
         for spec in specs:
+            if spec.long_form:
+                self.long_forms.append(
+                    LongFormGuard.build(
+                        spec,
+                        processor=processor,
+                        model_ref=model_ref,
+                        cache_root=cache_root,
+                        language=language,
+                    )
+                )
+                continue
             store, split = prepare_guard_store(
                 spec, model=model_ref, cache_root=cache_root, processor=processor
             )
@@ -123,9 +141,16 @@ class RunGuards:
             if g.translate is not None:
                 hyps = [h for part in score(g, g.translate) for h in part[3]]
                 start = (start_translations or {}).get(g.spec.name)
+                values[g.spec.name + ENGLISH_SUFFIX] = english_share(hyps)
                 values[g.spec.name + CHRF_SUFFIX] = chrf(hyps, start) if start else 100.0
                 translations[g.spec.name] = hyps
+        for lf in self.long_forms:
+            values.update(lf.score(self.model, self.processor))
         return values, translations
+
+    @property
+    def names(self) -> list[str]:
+        return [g.spec.name for g in self.guards] + [lf.spec.name for lf in self.long_forms]
 
 
 def mix_weights(
@@ -209,6 +234,7 @@ class MixRow:
     cer: float | None
     guards: dict[str, float]  # guard columns
     regressed: tuple[str, ...]  # GuardCheck.describe() of the guards beyond tolerance
+    score: float | None = None  # what best/ minimises (TrainConfig.select)
 
 
 def interpolate(trainer: Any) -> list[MixRow]:
@@ -232,9 +258,9 @@ def interpolate(trainer: Any) -> list[MixRow]:
         result = trainer.evaluate()
         values = trainer.guard_values()
         checks = trainer.guard_regressions(values)
-        rows.append(
-            MixRow(alpha, result.wer, result.cer, values, tuple(c.describe() for c in checks))
-        )
+        regressed = tuple(c.describe() for c in checks)
+        score = trainer.score(result, values)
+        rows.append(MixRow(alpha, result.wer, result.cer, values, regressed, score))
         log.info(
             "interpolation %.2f x step %s: validation WER %.2f%s",
             alpha,
@@ -242,16 +268,22 @@ def interpolate(trainer: Any) -> list[MixRow]:
             result.wer,
             "; regressed: " + "; ".join(rows[-1].regressed) if checks else "",
         )
-    ok = [r for r in rows if not r.regressed and r.wer is not None]
-    pick = min(ok, key=lambda r: r.wer, default=None)
-    if pick is not None and (st.best_wer is None or pick.wer < st.best_wer):
+    ok = [r for r in rows if not r.regressed and r.score is not None]
+    pick = min(ok, key=lambda r: r.score, default=None)
+    if pick is not None and trainer.is_better(pick.score):
         trainer.load_trainable(mix_weights(trainer.start_weights, tuned, pick.alpha))
         st.best_wer, st.best_step, st.best_guards = pick.wer, from_step, dict(pick.guards)
+        st.best_score = pick.score
         st.best_note = (
             f"WiSE-FT interpolation: {pick.alpha:g} x step {from_step} + "
             f"{1 - pick.alpha:g} x the start model"
         )
-        log.info("best/ is the %s (validation WER %.2f)", st.best_note, pick.wer)
+        log.info(
+            "best/ is the %s (validation WER %.2f, selection score %.2f)",
+            st.best_note,
+            pick.wer,
+            pick.score,
+        )
         trainer.save_best()
     if trainer.acc.is_main_process:
         _write_interpolation(trainer.run.path, rows, from_step)
@@ -267,12 +299,12 @@ def _write_interpolation(run: Path, rows: Sequence[MixRow], from_step: int | Non
     columns = list(dict.fromkeys(c for r in rows for c in r.guards))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["alpha", "WER", "CER", *columns, "regressed"])
+    w.writerow(["alpha", "WER", "CER", *columns, "score", "regressed"])
     for r in rows:
         cells = [f"{r.guards[c]:.2f}" if c in r.guards else "" for c in columns]
-        w.writerow([r.alpha, _f(r.wer), _f(r.cer), *cells, " | ".join(r.regressed)])
+        w.writerow([r.alpha, _f(r.wer), _f(r.cer), *cells, _f(r.score), " | ".join(r.regressed)])
     atomic_write_text(run / INTERPOLATION_CSV, buf.getvalue())
-    head = ["alpha", "validation WER", "CER", *columns, "guards hold"]
+    head = ["alpha", "validation WER", "CER", *columns, "selection score", "guards hold"]
     lines = [
         f"WiSE-FT: alpha x step {from_step} + (1 - alpha) x the start model",
         "",
@@ -283,7 +315,9 @@ def _write_interpolation(run: Path, rows: Sequence[MixRow], from_step: int | Non
         cells = [f"{r.guards[c]:.2f}" if c in r.guards else "-" for c in columns]
         hold = "yes" if not r.regressed else "no: " + "; ".join(r.regressed)
         lines.append(
-            f"| {r.alpha:g} | {_f(r.wer)} | {_f(r.cer)} | " + " | ".join([*cells, hold]) + " |"
+            f"| {r.alpha:g} | {_f(r.wer)} | {_f(r.cer)} | "
+            + " | ".join([*cells, _f(r.score), hold])
+            + " |"
         )
     atomic_write_text(run / INTERPOLATION_MD, "\n".join(lines) + "\n")
     _plot_interpolation(run / INTERPOLATION_PNG, rows, columns)
@@ -325,8 +359,12 @@ def summary(trainer: Any) -> dict[str, Any]:
     raw_values = (raw or {}).get("extra", {})
     best_checks = trainer.guard_regressions(st.best_guards) if st.best_guards else []
     return {
-        "guards": [g.spec.name for g in trainer.guards.guards] if trainer.guards else [],
-        "tolerance": {"wer": cfg.guard_tolerance, "chrf": cfg.guard_chrf_tolerance},
+        "guards": trainer.guards.names if trainer.guards else [],
+        "tolerance": {
+            "wer": cfg.guard_tolerance,
+            "english": cfg.guard_english_tolerance,
+            "chrf": cfg.guard_chrf_tolerance,
+        },
         "start": start,
         "best": {"step": st.best_step, "note": st.best_note, "values": st.best_guards},
         "best_validation_any_guards": {
@@ -373,8 +411,10 @@ def card_section(trainer: Any) -> str:
     if data["guards"]:
         lines += [
             f"Guards: {', '.join(data['guards'])}; best/ may lose at most "
-            f"{data['tolerance']['wer']:g} WER points and {data['tolerance']['chrf']:g} translate "
-            "chrF points against the start model (step 0). Their values are in the table below.",
+            f"{data['tolerance']['wer']:g} WER points, {data['tolerance']['english']:g} points "
+            f"of English share in translation and {data['tolerance']['chrf']:g} chrF points of "
+            "agreement with the start model's English against the start model (step 0). Their "
+            "values are in the table below.",
             "",
             "| | " + " | ".join(data["start"]) + " |",
             "|---|" + "---:|" * len(data["start"]),

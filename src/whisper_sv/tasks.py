@@ -3,8 +3,9 @@
 A fine-tune that only ever saw ``<|transcribe|>`` labels forgets the translate task: asked for
 English it answers in Swedish (measured in docs/experiments.md). A run is trusted to translate
 only when its training checked translation against the start model (a guard with
-``translate: true``: ``best/`` then never lost more than ``guard_chrf_tolerance`` chrF). For
-any other run, English comes from the model the run started from, and the caller says so.
+``translate: true``: ``best/`` then never lost more than ``guard_english_tolerance`` points of
+the share of its translations that are English). For any other run, English comes from the
+model the run started from, and the caller says so.
 
 Models that are not runs (the bundled model, a hub id, a folder from elsewhere) are taken as
 they are: nothing says they lost a task.

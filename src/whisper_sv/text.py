@@ -44,6 +44,7 @@ __all__ = [
     "normalize",
     "scores",
     "wer",
+    "wer_change_interval",
     "whisper_basic",
     "word_errors",
 ]
@@ -245,3 +246,36 @@ def word_errors(reference: str, hypothesis: str, *, normalized: bool = True) -> 
         insertions=out.insertions,
         reference_words=out.substitutions + out.deletions + out.hits,
     )
+
+
+def wer_change_interval(
+    references: Sequence[str],
+    before: Sequence[str],
+    after: Sequence[str],
+    *,
+    confidence: float = 0.95,
+    samples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """The ``confidence`` interval of WER(after) - WER(before), in points, by the paired
+    bootstrap over utterances (Bisani & Ney 2004): both systems are scored on the same
+    resampled sets, so a change within the interval is within what another draw of the same
+    kind of clips could give. Small real sets (54 single words) move by whole words."""
+    import numpy as np
+
+    refs, hyps_b = _check(references, before)
+    _, hyps_a = _check(references, after)
+    if len(hyps_a) != len(refs):
+        raise ValueError(f"{len(hyps_a)} hypotheses after for {len(refs)} references")
+    if not refs:
+        return (0.0, 0.0)
+    counts = [word_errors(r, h) for r, h in zip(refs, hyps_b, strict=True)]
+    err_b = np.array([c.errors for c in counts], dtype=np.float64)
+    words = np.array([c.reference_words for c in counts], dtype=np.float64)
+    err_a = np.array([word_errors(r, h).errors for r, h in zip(refs, hyps_a, strict=True)])
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(refs), size=(samples, len(refs)))
+    diff = 100.0 * (err_a[idx].sum(1) - err_b[idx].sum(1)) / np.maximum(words[idx].sum(1), 1)
+    tail = 100.0 * (1.0 - confidence) / 2
+    lo, hi = np.percentile(diff, [tail, 100.0 - tail])
+    return (float(lo), float(hi))

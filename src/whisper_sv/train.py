@@ -42,7 +42,7 @@ from whisper_sv.registry import RunFolder
 from whisper_sv.runtime import forget_other_precision, resolve_precision, seed_everything
 from whisper_sv.store import open_store, store_id
 from whisper_sv.train_config import RESUMABLE_KEYS, TrainConfig, TrainResult, planned_steps
-from whisper_sv.train_data import train_windows
+from whisper_sv.train_data import train_windows, with_translation_windows
 from whisper_sv.train_setup import adamw, load_model, lr_lambda, trainable_params
 from whisper_sv.trainer import Trainer
 
@@ -171,7 +171,7 @@ def train(
     main = accelerator.is_main_process
     if not main:  # one process reports; the others only warn
         log.setLevel(logging.WARNING)
-    windows = train_windows(store, cfg)
+    windows, translate_windows = with_translation_windows(train_windows(store, cfg), store, cfg)
     n_train = len(windows) if windows is not None else store.num_rows("train")
     max_steps = planned_steps(cfg, n_train, accelerator.num_processes)
     if cfg.warmup_steps >= max_steps and cfg.lr_schedule != "constant":
@@ -209,6 +209,7 @@ def train(
         info=info,
         progress=progress and main,
         windows=windows,
+        translate_windows=translate_windows,
     )
     return trainer.fit(_resume(trainer, run, resume))
 

@@ -73,10 +73,11 @@ class RankBatches:
 def train_windows(store: FeatureStore, cfg: TrainConfig) -> list[list[int]] | None:
     """The packing plan of the train split (clip indices per window), or None unpacked.
 
-    Timestamp labels (``timestamp_share``) are made by the packed dataset, so they turn
-    packing on with windows of one clip when ``pack_clips`` is 1.
+    Timestamp labels (``timestamp_share``) and translation windows (``translate_share``) are
+    made by the packed dataset, so they turn packing on with windows of one clip when
+    ``pack_clips`` is 1.
     """
-    if cfg.pack_clips <= 1 and cfg.timestamp_share == 0:
+    if cfg.pack_clips <= 1 and cfg.timestamp_share == 0 and cfg.translate_share == 0:
         return None
     from whisper_sv.audio import HOP_LENGTH, SAMPLE_RATE
     from whisper_sv.packing import MAX_WINDOW_LABELS, TIMESTAMP_TOKENS_PER_CLIP, plan_windows
@@ -101,10 +102,33 @@ def train_windows(store: FeatureStore, cfg: TrainConfig) -> list[list[int]] | No
     return windows
 
 
+def with_translation_windows(
+    windows: list[list[int]] | None, store: FeatureStore, cfg: TrainConfig
+) -> tuple[list[list[int]] | None, list[int]]:
+    """``windows`` and, for a seeded ``translate_share`` of the train clips, a window of that
+    one clip (each after its shard's windows); returns them and the added windows' indices,
+    which the trainer labels with the start model's English (trainer._distill_translations).
+
+    Single clips, not packed windows: the start model translates a short clip far more
+    reliably than 30 s of several sentences (on packed synthetic windows most of its English
+    was empty or a loop: docs/experiments.md, section 8), and users' clips are short.
+    """
+    if windows is None or not cfg.translate_share:
+        return windows, []
+    from whisper_sv.packing import add_single_windows
+
+    offsets = store.torch_dataset("train").offsets
+    draws = np.random.default_rng([cfg.seed, 13]).random(int(offsets[-1]))
+    chosen = [int(i) for i in np.flatnonzero(draws < cfg.translate_share)]
+    windows, added = add_single_windows(windows, offsets, chosen)
+    log.info("%d train clips also get a window of their own for translation", len(added))
+    return windows, added
+
+
 def train_units(store: FeatureStore, cfg: TrainConfig) -> int:
     """Items one epoch of training walks: train clips, or packed windows when
     ``pack_clips > 1`` (the count the step plan uses)."""
-    windows = train_windows(store, cfg)
+    windows, _ = with_translation_windows(train_windows(store, cfg), store, cfg)
     return len(windows) if windows is not None else store.num_rows("train")
 
 

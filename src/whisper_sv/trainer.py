@@ -24,7 +24,7 @@ from whisper_sv.checkpoint import TrainState, read_checkpoint, write_checkpoint
 from whisper_sv.encoder_cache import Encoded, encode_clips, model_fingerprint
 from whisper_sv.evaluation import EvalResult, Evaluator, finish_eval, strip_sot
 from whisper_sv.fsutil import newer
-from whisper_sv.guards import GuardCheck, regressions
+from whisper_sv.guards import GuardCheck, regressions, selection_score
 from whisper_sv.registry import MetricsRow, RunFolder
 from whisper_sv.runtime import gather_objects, unwrap_base
 from whisper_sv.store import pad_labels
@@ -63,6 +63,7 @@ class Trainer:
         info: dict[str, Any],
         progress: bool,
         windows: list[list[int]] | None = None,
+        translate_windows: Sequence[int] = (),
     ) -> None:
         self.cfg, self.run, self.store = cfg, run, store
         self.processor, self.model = processor, model
@@ -83,6 +84,7 @@ class Trainer:
         )
         self.train_set = store.torch_dataset("train")
         self.windows = windows
+        self.translate_windows = list(translate_windows)
         if windows is not None:
             from whisper_sv.packing import PackedRows
 
@@ -122,6 +124,7 @@ class Trainer:
             model_ref=str(self.info["model"]),
             cache_root=root,
             max_new_tokens=self.cfg.eval_max_new_tokens,
+            language=self.store.config.language,
         )
 
     def trainable_copy(self) -> dict[str, Any]:
@@ -191,14 +194,15 @@ class Trainer:
         )
 
     def _distill_translations(self) -> None:
-        """Label ``translate_share`` of the training windows with the start model's English
+        """Label the translation windows (one clip each, ``translate_share`` of the clips:
+        train_data.with_translation_windows) with the start model's English
         (made once, at step 0, and kept in RUN/translate-labels.json for a resume)."""
         import torch
 
         from whisper_sv.run_guards import translation_labels
 
         cfg, enc = self.cfg, self.train_enc
-        if not cfg.translate_share or enc is None:
+        if not self.translate_windows or enc is None:
             return
         path = self.run.path / "translate-labels.json"
         if path.is_file():
@@ -207,8 +211,7 @@ class Trainer:
             log.warning("%s is missing: training on without translation labels", path)
             return
         else:
-            draws = np.random.default_rng([cfg.seed, 13]).random(len(enc.labels))
-            chosen = [int(i) for i in np.flatnonzero(draws < cfg.translate_share)]
+            chosen = self.translate_windows
             base = self.acc.unwrap_model(self.model)
             base.eval()
             with torch.no_grad(), self.acc.autocast():
@@ -225,11 +228,11 @@ class Trainer:
             if self.acc.is_main_process:
                 registry.write_text_atomic(path, json.dumps(made))
             log.info(
-                "%d of %d training windows labelled with the start model's English "
-                "(%d chosen; the rest were empty or loops)",
+                "%d of %d translation clips labelled with the start model's English (the "
+                "rest were empty or loops: they train in Swedish); %d training windows in all",
                 len(made),
-                len(enc.labels),
                 len(chosen),
+                len(enc.labels),
             )
         for i, label in made.items():
             enc.labels[i] = label
@@ -484,6 +487,7 @@ class Trainer:
             self.state.guard_start.get("values", {}),
             wer_tolerance=cfg.guard_tolerance,
             chrf_tolerance=cfg.guard_chrf_tolerance,
+            english_tolerance=cfg.guard_english_tolerance,
         )
 
     def _evaluate_and_record(self) -> None:
@@ -524,24 +528,32 @@ class Trainer:
                 result.seconds,
             )
 
-    def is_better(self, result: EvalResult) -> bool:
-        """Whether ``result`` should replace best/ (a lower validation WER)."""
-        return self.state.best_wer is None or result.wer < self.state.best_wer
+    def score(self, result: EvalResult, guard_values: dict[str, float]) -> float:
+        """What best/ minimises (``TrainConfig.select``; guards.selection_score)."""
+        return selection_score(self.cfg.select, result.wer, guard_values)
+
+    def is_better(self, score: float) -> bool:
+        """Whether a model of selection ``score`` should replace best/ (a lower one)."""
+        st = self.state
+        best = st.best_score if st.best_score is not None else st.best_wer
+        return best is None or score < best
 
     def _track_best(self, result: EvalResult | None, guard_values: dict[str, float]) -> None:
         """Keep best/ when ``result`` is better and no guard regressed; count evaluations
         without gain (patience) and with a regressed guard (guard_patience)."""
         st, cfg = self.state, self.cfg
         checks = self.guard_regressions(guard_values)
-        self._track_guards(result, checks)
+        self._track_guards(result, checks, guard_values)
         if result is None:
             if self.guards is not None and not checks:
                 # No validation split: the latest model that keeps its guards.
                 st.best_step, st.best_guards = st.step, dict(guard_values)
                 self.save_best()
             return
-        if self.is_better(result) and not checks:
+        score = self.score(result, guard_values)
+        if self.is_better(score) and not checks:
             st.best_wer, st.best_step, st.bad_evals = result.wer, st.step, 0
+            st.best_score = score
             st.best_guards = dict(guard_values)
             self.save_best()
         elif st.step > 0:
@@ -557,12 +569,19 @@ class Trainer:
                 )
                 st.stopped_early = True
 
-    def _track_guards(self, result: EvalResult | None, checks: list[GuardCheck]) -> None:
-        """The best validation model whatever the guards say (WiSE-FT starts from it), the
+    def _track_guards(
+        self,
+        result: EvalResult | None,
+        checks: list[GuardCheck],
+        guard_values: dict[str, float],
+    ) -> None:
+        """The best model by selection score whatever the guards say (WiSE-FT starts from it), the
         loud message when a better model is refused, and stopping on guard regressions."""
         st, cfg = self.state, self.cfg
-        if result is not None and (st.raw_best_wer is None or result.wer < st.raw_best_wer):
-            st.raw_best_wer, st.raw_best_step = result.wer, st.step
+        score = self.score(result, guard_values) if result is not None else None
+        raw = st.raw_best_score if st.raw_best_score is not None else st.raw_best_wer
+        if result is not None and score is not None and (raw is None or score < raw):
+            st.raw_best_wer, st.raw_best_step, st.raw_best_score = result.wer, st.step, score
             if self.start_weights is not None:
                 self.raw_best_weights = self.trainable_copy()
         if not checks:
