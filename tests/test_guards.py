@@ -222,5 +222,6 @@ def test_example_guarded_config_loads():
 
     example = Path(__file__).resolve().parents[1] / "examples" / "train-guarded.yaml"
     cfg = load_options(TrainConfig, example)
-    assert [g.name for g in cfg.guards] == ["phrases", "words"]
-    assert cfg.interpolate == (0.25, 0.5, 0.75) and cfg.timestamp_share == 0.5
+    assert [g.name for g in cfg.guards] == ["phrases", "words", "long-form"]
+    assert cfg.guards[2].long_form == 60 and cfg.select == "validation+guards"
+    assert cfg.interpolate == (0.5, 0.6, 0.7) and cfg.timestamp_share == 0.5

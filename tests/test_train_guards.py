@@ -230,3 +230,19 @@ def test_fine_tuned_run_keeps_segment_timestamps_on_a_two_minute_file(tmp_path, 
     cues = srt.count(" --> ")
     assert cues >= 3 * windows
     assert all(s.end > s.start for s in transcript.segments)
+
+
+def test_translation_windows_come_only_from_the_named_sources(store):
+    """translate_sources picks the clips by the store's source column: none from a source the
+    store lacks, every clip from its own at share 1."""
+    from whisper_sv.store import FeatureStore
+    from whisper_sv.train_data import train_windows, with_translation_windows
+
+    fs = FeatureStore(store)
+    source = fs.metadata("train", columns=("source",))[0]["source"]
+    n = fs.num_rows("train")
+    for sources, expected in (((source,), n), (("manifest-elsewhere",), 0)):
+        cfg = config(translate_share=1.0, translate_sources=sources, cache_encoder=True)
+        windows, added = with_translation_windows(train_windows(fs, cfg), fs, cfg)
+        assert len(added) == expected
+        assert all(len(windows[i]) == 1 for i in added)

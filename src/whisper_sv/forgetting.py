@@ -33,19 +33,19 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "wise-ft": ("guards + WiSE-FT interpolation", {"interpolate": [0.25, 0.5, 0.75]}),
     "timestamps": ("guards + timestamps on half the windows", {"timestamp_share": 0.5}),
     "translate": (
-        "guards + 5% of clips also trained alone on the start model's English",
-        {"translate_share": 0.05},
+        "guards + 10% of clips also trained alone on the start model's English",
+        {"translate_share": 0.1},
     ),
     "lower-lr": ("guards + lr 3e-5 instead of 1e-4", {"lr": 3e-5}),
     "lora": ("guards + LoRA rank 16 on q/v (lr 1e-3)", {"lora_rank": 16, "lr": 1e-3}),
     "mix": ("guards + a third of the real sets mixed into training (2 copies)", {}),
     "mix-all": (
-        "mix + timestamps on half the windows + WiSE-FT (the demo's default)",
+        "mix + timestamps on half the windows + WiSE-FT",
         {"timestamp_share": 0.5, "interpolate": [0.25, 0.5, 0.75]},
     ),
     "mix-translate": (
-        "mix + 5% of clips also trained alone on the start model's English",
-        {"translate_share": 0.05},
+        "mix + half the real clips also trained alone on the start model's English",
+        {"translate_share": 0.5, "translate_sources": ["manifest"]},
     ),
 }
 

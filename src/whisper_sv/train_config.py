@@ -115,6 +115,10 @@ class TrainConfig:
     # start model's English under the translate task (keeps translation); needs the
     # cached-encoder path (freeze_encoder + cache_encoder).
     translate_share: float = 0.0
+    # Only clips from these sources (the store's ``source`` column: manifest, common_voice,
+    # ...) get translation windows; (): any. The start model translates real speech far more
+    # reliably than synthetic (docs/experiments.md, section 8).
+    translate_sources: tuple[str, ...] = ()
     # outputs
     export_ct2: bool = True  # write RUN/ct2 (CTranslate2 export of best/) at the end
     ct2_quantization: str = "float16"  # export type; quantise at load time (docs/facts.md)
@@ -123,6 +127,7 @@ class TrainConfig:
         # Guards may come as mappings or NAME=PATH texts (YAML, --set, Python callers).
         object.__setattr__(self, "guards", tuple(GuardSpec.coerce(g) for g in self.guards))
         object.__setattr__(self, "interpolate", tuple(float(a) for a in self.interpolate))
+        object.__setattr__(self, "translate_sources", tuple(self.translate_sources))
         _validate(self)
 
     @property

@@ -119,6 +119,9 @@ def with_translation_windows(
 
     offsets = store.torch_dataset("train").offsets
     draws = np.random.default_rng([cfg.seed, 13]).random(int(offsets[-1]))
+    if cfg.translate_sources:
+        sources = [m["source"] for m in store.metadata("train", columns=("source",))]
+        draws[[s not in cfg.translate_sources for s in sources]] = 2.0  # never chosen
     chosen = [int(i) for i in np.flatnonzero(draws < cfg.translate_share)]
     windows, added = add_single_windows(windows, offsets, chosen)
     log.info("%d train clips also get a window of their own for translation", len(added))

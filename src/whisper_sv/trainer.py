@@ -97,7 +97,14 @@ class Trainer:
                 timestamp_share=cfg.timestamp_share,
                 seed=cfg.seed,
             )
-        self.order = StreamOrder(self.train_set.offsets, cfg.seed)
+        # Shard by shard keeps reads local; cached encoder outputs are all in memory, so there
+        # the whole split is shuffled at once: a mixed-in part that sits in a few shards (real
+        # speech, translation windows) is then spread over every stretch of steps instead of
+        # coming in bursts, between which the model forgets it (docs/experiments.md, sec. 8).
+        offsets = self.train_set.offsets
+        if cfg.uses_encoder_cache:
+            offsets = np.array([0, len(self.train_set)], dtype=np.int64)
+        self.order = StreamOrder(offsets, cfg.seed)
         self.val_set = store.torch_dataset("validation") if has_val else None
         n_val = len(self.val_set) if self.val_set is not None else 0
         self.val_indices = list(range(min(n_val, cfg.eval_limit) if cfg.eval_limit else n_val))
