@@ -102,20 +102,18 @@ def add_single_windows(
     def shard(clip: int) -> int:
         return int(np.searchsorted(bounds, clip, side="right")) - 1
 
-    by_shard: dict[int, list[list[int]]] = {}
+    old: dict[int, list[list[int]]] = {}
+    new: dict[int, list[list[int]]] = {}
     for w in windows:
-        by_shard.setdefault(shard(w[0]), []).append(list(w))
+        old.setdefault(shard(w[0]), []).append(list(w))
     for c in sorted(int(c) for c in clips):
-        by_shard.setdefault(shard(c), []).append([c])
+        new.setdefault(shard(c), []).append([c])
     out: list[list[int]] = []
     added: list[int] = []
-    singles = {int(c) for c in clips}
-    for s in sorted(by_shard):
-        n_old = sum(1 for w in windows if shard(w[0]) == s)
-        for k, w in enumerate(by_shard[s]):
-            if k >= n_old and len(w) == 1 and w[0] in singles:
-                added.append(len(out))
-            out.append(w)
+    for s in sorted(old.keys() | new.keys()):
+        out += old.get(s, [])
+        added += range(len(out), len(out) + len(new.get(s, [])))
+        out += new.get(s, [])
     return out, added
 
 

@@ -550,14 +550,14 @@ class Trainer:
         without gain (patience) and with a regressed guard (guard_patience)."""
         st, cfg = self.state, self.cfg
         checks = self.guard_regressions(guard_values)
-        self._track_guards(result, checks, guard_values)
-        if result is None:
+        score = self.score(result, guard_values) if result is not None else None
+        self._track_guards(result, checks, score)
+        if result is None or score is None:
             if self.guards is not None and not checks:
                 # No validation split: the latest model that keeps its guards.
                 st.best_step, st.best_guards = st.step, dict(guard_values)
                 self.save_best()
             return
-        score = self.score(result, guard_values)
         if self.is_better(score) and not checks:
             st.best_wer, st.best_step, st.bad_evals = result.wer, st.step, 0
             st.best_score = score
@@ -580,12 +580,11 @@ class Trainer:
         self,
         result: EvalResult | None,
         checks: list[GuardCheck],
-        guard_values: dict[str, float],
+        score: float | None,
     ) -> None:
         """The best model by selection score whatever the guards say (WiSE-FT starts from it), the
         loud message when a better model is refused, and stopping on guard regressions."""
         st, cfg = self.state, self.cfg
-        score = self.score(result, guard_values) if result is not None else None
         raw = st.raw_best_score if st.raw_best_score is not None else st.raw_best_wer
         if result is not None and score is not None and (raw is None or score < raw):
             st.raw_best_wer, st.raw_best_step, st.raw_best_score = result.wer, st.step, score
