@@ -107,6 +107,19 @@ def test_english_share_tells_english_translations_from_swedish_answers():
     assert english_share([]) == 100.0
 
 
+def test_only_english_answers_become_translation_labels():
+    """The pretrained base's answers to the translate task for training clips (measured):
+    English ones are kept; a Swedish word spelt back, a loop or nothing are not."""
+    from whisper_sv.run_guards import usable_translation
+
+    kept = [" See you later.", " We're close.", " Sleeps.", " Bye!"]
+    spelt_back = [" Hengel", " Fihlar", " Halspand.", " Smirjör"]
+    assert all(map(usable_translation, kept))
+    assert not any(map(usable_translation, spelt_back))
+    assert not usable_translation(" " + "I'm going. " * 20)  # a loop
+    assert not usable_translation("  ")
+
+
 def test_chrf_agreement_is_100_for_identical_and_low_for_another_language():
     english = ["washes his hair", "takes the bus", "", "signs up for a course"]
     assert chrf(english, english) == pytest.approx(100.0)
@@ -225,3 +238,5 @@ def test_example_guarded_config_loads():
     assert [g.name for g in cfg.guards] == ["phrases", "words", "long-form"]
     assert cfg.guards[2].long_form == 60 and cfg.select == "validation+guards"
     assert cfg.interpolate == (0.5, 0.6, 0.7) and cfg.timestamp_share == 0.5
+    assert cfg.guards[0].translate and cfg.translate_share == 0.5
+    assert cfg.translate_sources == ("manifest",)

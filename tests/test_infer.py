@@ -7,6 +7,7 @@ the real bundled model on the sv-words recordings.
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
@@ -269,6 +270,26 @@ def test_long_audio_windows_move_forward(hf):
     result = hf.transcribe(noise(65.0), vad=False, max_new_tokens=2)
     assert_well_formed(result, 65.0)
     assert result.segments[-1].start > 30.0
+
+
+def test_previous_text_prompts_fit_the_decoder(ct2, hf):
+    """With condition_on_previous_text each window after the first is prompted with up to
+    223 tokens of the text before; the tokens a window may add are cut so that prompt and
+    answer fit the decoder's 448 positions (faster-whisper refuses a window otherwise)."""
+    from whisper_sv.infer_backends import PROMPTED_MAX_NEW_TOKENS, _new_tokens
+    from whisper_sv.infer_types import TranscribeOptions
+
+    prompted = TranscribeOptions(condition_on_previous_text=True)
+    assert _new_tokens(prompted, 30.0) == PROMPTED_MAX_NEW_TOKENS == 448 - 227
+    assert _new_tokens(TranscribeOptions(), 30.0) > PROMPTED_MAX_NEW_TOKENS
+    assert _new_tokens(dataclasses.replace(prompted, max_new_tokens=8), 30.0) == 8
+    # A window allowed 440 tokens, after a prompt of the first window's text: cut to fit.
+    long = {"max_new_tokens": 440, "loop_guard": False, "vad": False}
+    result = ct2.transcribe(noise(65.0), condition_on_previous_text=True, **long)
+    assert_well_formed(result, 65.0)
+    assert result.segments[-1].end > 30.0
+    with pytest.raises(ValueError, match="condition_on_previous_text needs backend='ct2'"):
+        hf.transcribe(noise(1.0), condition_on_previous_text=True)
 
 
 def test_long_audio_vad_skips_noise(ct2, hf):

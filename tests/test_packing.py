@@ -137,24 +137,29 @@ def test_window_matches_whisper_extractor_on_the_joined_audio(chirp_store, proce
 # --------------------------------------------------------------------------- training
 
 
-def test_packed_training_uses_windows_and_learns(chirp_store, tiny_model_dir, tmp_path):
-    from whisper_sv.train import TrainConfig, train
+def _packed_config(tmp_path: Path, **changes):
+    """A short decoder-only run on packed windows of the chirp store (``changes``: more)."""
+    from whisper_sv.train import TrainConfig
 
-    cfg = TrainConfig(
+    base = dict(
         lr=1e-3,
         warmup_steps=1,
         batch_size=2,
-        epochs=3,
-        max_steps=0,
         eval_steps=100,
         save_steps=100,
         eval_limit=2,
         eval_max_new_tokens=8,
         freeze_encoder=True,
         export_ct2=False,
-        pack_clips=4,
         cache_dir=str(tmp_path / "cache"),
     )
+    return TrainConfig(**{**base, **changes})
+
+
+def test_packed_training_uses_windows_and_learns(chirp_store, tiny_model_dir, tmp_path):
+    from whisper_sv.train import TrainConfig, train
+
+    cfg = _packed_config(tmp_path, epochs=3, max_steps=0, pack_clips=4)
     run = tmp_path / "run"
     result = train(chirp_store, run, model=str(tiny_model_dir), config=cfg, progress=False)
     # The encoder cache holds one entry per window, and the plan is recorded with it.
@@ -216,3 +221,119 @@ def test_translation_windows_are_single_clips_after_their_shards_windows():
     shards = [0 if w[0] < 5 else 1 for w in out]
     assert shards == sorted(shards)
     assert add_single_windows(windows, offsets, []) == (windows, [])
+
+
+def test_prompted_windows_begin_with_the_previous_windows_text(chirp_store, processor):
+    from whisper_sv.feature_config import MAX_DECODER_POSITIONS
+    from whisper_sv.packing import PackedRows
+    from whisper_sv.store import FeatureStore
+
+    store = FeatureStore(chirp_store)
+    clips = store.torch_dataset("train")
+    texts = [m["text"] for m in store.metadata("train")]
+    windows = [[0, 1, 2], [3, 4], [5, 6, 7], [10, 11], [12]]  # shards: clips 0-9, 10-19, ...
+    rows = PackedRows(clips, windows, texts, processor.tokenizer, prompt_share=1.0)
+    plain = PackedRows(clips, windows, texts, processor.tokenizer)
+    assert list(rows.offsets[:3]) == [0, 3, 5]
+    tok = processor.tokenizer
+    prev, sot = tok.convert_tokens_to_ids(["<|startofprev|>", "<|startoftranscript|>"])
+    for w in range(len(windows)):
+        labels, bare = rows[w]["labels"].tolist(), plain[w]["labels"].tolist()
+        if w in (0, 3):  # the first window of a shard has no text before it
+            assert labels == bare
+            continue
+        start = labels.index(sot)
+        assert labels[0] == prev and labels[start:] == bare
+        assert tok.decode(labels[1:start]).strip() == " ".join(texts[i] for i in windows[w - 1])
+    # A long previous text keeps its last 223 tokens, and prompt + label fit the decoder.
+    long_texts = list(texts)
+    long_texts[0] = " ".join(["hej på dig"] * 200)
+    long = PackedRows(clips, windows, long_texts, processor.tokenizer, prompt_share=1.0)
+    labels = long[1]["labels"].tolist()
+    assert labels.index(sot) == 1 + 223 and len(labels) <= MAX_DECODER_POSITIONS
+    # A seeded draw per window, apart from the timestamps' draw.
+    half = PackedRows(clips, windows * 20, texts, tok, prompt_share=0.5, timestamp_share=0.5)
+    assert 0.25 < half.prompted.mean() < 0.75
+    assert (half.prompted != half.timestamped).any()
+
+
+def test_decoder_io_skips_the_prompt_and_matches_the_models_shift(processor):
+    import torch
+    from transformers.models.whisper.modeling_whisper import shift_tokens_right
+
+    from whisper_sv.evaluation import decoder_io, strip_sot
+    from whisper_sv.store import pad_labels
+
+    tok = processor.tokenizer
+    prev, sot, sv, tr, nots, eot = tok.convert_tokens_to_ids(
+        [
+            "<|startofprev|>",
+            "<|startoftranscript|>",
+            "<|sv|>",
+            "<|transcribe|>",
+            "<|notimestamps|>",
+            "<|endoftext|>",
+        ]
+    )
+    text = tok.encode(" god morgon", add_special_tokens=False)
+    before = tok.encode(" hej på dig", add_special_tokens=False)
+    plain = [sot, sv, tr, nots, *text, eot]
+    prompted = [prev, *before, *plain]
+    # Without prompts: exactly what the model's own shift of the SOT-less labels gives.
+    labels = pad_labels([plain, plain[:-2] + [eot]])
+    io = decoder_io(labels, sot, eot)
+    stripped = strip_sot(labels, sot)
+    assert torch.equal(io["labels"], stripped)
+    assert torch.equal(io["decoder_input_ids"], shift_tokens_right(stripped, eot, sot))
+    # With one: the decoder reads the prompt, and only the transcript is trained.
+    io = decoder_io(pad_labels([prompted, plain]), sot, eot)
+    assert io["decoder_input_ids"][0].tolist() == prompted[:-1]
+    trained = [t for t in io["labels"][0].tolist() if t != -100]
+    assert trained == plain[1:]
+    assert io["labels"][1].tolist()[: len(plain) - 1] == plain[1:]
+
+
+def test_prompted_training_reads_the_prompt_but_trains_only_the_transcript(
+    chirp_store, tiny_model, tmp_path
+):
+    """The loss of a prompted window counts the same targets as the bare window's, and the
+    prompt changes it (the decoder attends to it); a run with prompts on every window trains."""
+    import torch
+
+    from whisper_sv.evaluation import decoder_io
+    from whisper_sv.packing import PackedRows
+    from whisper_sv.store import FeatureStore, pad_labels
+
+    model, processor = tiny_model
+    store = FeatureStore(chirp_store)
+    clips = store.torch_dataset("train")
+    texts = [m["text"] for m in store.metadata("train")]
+    windows = [[0, 1], [2, 3]]
+    tok = processor.tokenizer
+    sot, eot = tok.convert_tokens_to_ids(["<|startoftranscript|>", "<|endoftext|>"])
+    prompted = PackedRows(clips, windows, texts, tok, prompt_share=1.0)[1]
+    bare = PackedRows(clips, windows, texts, tok)[1]
+    hidden = torch.randn(1, 1500, model.config.d_model)
+    losses, counts = [], []
+    model.eval()
+    with torch.no_grad():
+        for item in (prompted, bare):
+            io = decoder_io(pad_labels([item["labels"]]), sot, eot)
+            counts.append(int((io["labels"] != -100).sum()))
+            losses.append(float(model(encoder_outputs=(hidden,), use_cache=False, **io).loss))
+    assert counts[0] == counts[1] == len(bare["labels"]) - 1
+    assert losses[0] != pytest.approx(losses[1], rel=1e-4)
+
+
+def test_packed_training_with_previous_text_prompts(chirp_store, tiny_model_dir, tmp_path):
+    from whisper_sv.train import TrainConfig, train
+
+    cfg = _packed_config(tmp_path, max_steps=12, pack_clips=2, prompt_share=1.0)
+    result = train(
+        chirp_store, tmp_path / "run", model=str(tiny_model_dir), config=cfg, progress=False
+    )
+    assert all(np.isfinite(result.losses)) and result.losses[-1] < result.losses[0]
+    keys = [json.loads(p.read_text())["key"] for p in (tmp_path / "cache").glob("*/done.json")]
+    assert any(k.get("prompt_share") == 1.0 for k in keys if k["split"] == "train")
+    with pytest.raises(ValueError, match="prompt_share must be in"):
+        TrainConfig(prompt_share=1.5)

@@ -147,7 +147,11 @@ def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir
     assert set(guards) == {"lexin-phrases", "sv-words", "long-form"}
     assert guards["long-form"]["long_form"] == 10
     assert config["train"]["select"] == "validation+guards"
-    assert not any(g["translate"] for g in guards.values())  # guard_translation is off
+    # Translation is guarded on the phrases, and kept by real clips trained on English.
+    assert [n for n, g in guards.items() if g.get("translate")] == ["lexin-phrases"]
+    assert config["train"]["translate_share"] == 0.5
+    assert config["train"]["translate_sources"] == ["manifest"]
+    assert "not guarded" not in english.name
     assert all(g["path"].endswith("-guard.tsv") for g in guards.values())
     held_out = (tmp_path / "demo" / "real" / "lexin-phrases-test.tsv").read_text()
     guard_part = (tmp_path / "demo" / "real" / "lexin-phrases-guard.tsv").read_text()

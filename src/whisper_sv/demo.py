@@ -69,9 +69,8 @@ class DemoOptions:
     real_repeat: int = 2  # copies of each real training clip (oversampled against synthetic)
     # Guard the translate task too (the share of English answers; guards.py). Off: the English
     # is still scored, and the run, not checked on translation, leaves English to the start
-    # model (tasks.py). No recipe measured keeps it to the end of training (docs/experiments.md,
-    # section 8).
-    guard_translation: bool = False
+    # model (tasks.py).
+    guard_translation: bool = True
     long_form_s: float = 120.0  # seconds of the long-form file of held-out phrases (0: none)
     # seconds of the long-form guard: lexin guard phrases joined into one file (0: none)
     long_form_guard_s: float = 60.0
@@ -79,7 +78,10 @@ class DemoOptions:
     select: str = "validation+guards"
     # Anti-forgetting (docs/experiments.md, section 8).
     timestamp_share: float = 0.5  # share of windows trained with Whisper's timestamps
-    translate_share: float = 0.0  # share of clips also trained alone with the start model's English
+    # Share of the real training clips also trained alone on the start model's English, where
+    # that is English (translation_labels): what keeps translation (docs/experiments.md, sec. 8)
+    translate_share: float = 0.5
+    prompt_share: float = 0.0  # share of windows trained after the previous window's text
     wise_ft: bool = True  # try mixes with the start model's weights after training (WiSE-FT)
     train_set: tuple[str, ...] = ()  # further training options, KEY=VALUE (TrainConfig)
 
@@ -326,6 +328,10 @@ def _fine_tune(o: DemoOptions, store: Path, run: Path, real: list[RealSet]) -> P
         "select": o.select,
         "timestamp_share": o.timestamp_share,
         "translate_share": o.translate_share,
+        # Real clips only: the start model translates them more reliably than synthetic ones,
+        # and a share of every clip would spend the steps on translation (F2 in sec. 8).
+        "translate_sources": ["manifest"],
+        "prompt_share": o.prompt_share,
         "interpolate": list(WISE_FT) if o.wise_ft else [],
         **parse_overrides(list(o.train_set)),
     }

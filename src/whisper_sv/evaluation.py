@@ -32,6 +32,7 @@ __all__ = [
     "greedy_decode",
     "prompt_ids",
     "strip_sot",
+    "decoder_io",
     "suppress_lists",
 ]
 
@@ -59,6 +60,29 @@ def strip_sot(labels: torch.Tensor, sot: int) -> torch.Tensor:
     if labels.shape[1] > 0 and bool((labels[:, 0] == sot).all()):
         return labels[:, 1:]
     return labels
+
+
+def decoder_io(labels: torch.Tensor, sot: int, pad: int) -> dict[str, torch.Tensor]:
+    """Decoder inputs and loss targets for label rows that may begin with a previous-text
+    prompt (``<|startofprev|>`` ... before ``<|startoftranscript|>``; -100 pads each row).
+
+    Rows without a prompt get what the model makes of ``strip_sot(labels)`` (inputs: the row
+    shifted right behind SOT); in a prompted row the inputs are the row itself and no loss
+    falls on the prompt or on predicting SOT, as in Whisper's training.
+    """
+    import torch
+
+    inputs = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad)
+    targets = labels[:, 1:].clone()
+    starts = (labels == sot).int().argmax(dim=1)  # SOT's place: 0 in a row without a prompt
+    positions = torch.arange(targets.shape[1], device=labels.device)
+    targets[positions[None, :] < starts[:, None]] = -100
+    return {"decoder_input_ids": inputs, "labels": targets}
+
+
+def has_prompt(labels: torch.Tensor, startofprev: int) -> bool:
+    """Whether any label row begins with a previous-text prompt."""
+    return labels.shape[1] > 0 and bool((labels[:, 0] == startofprev).any())
 
 
 def prompt_ids(processor: WhisperProcessor, language: str, task: str) -> list[int]:

@@ -15,9 +15,17 @@ from typing import Any
 
 from whisper_sv.audio import SAMPLE_RATE
 
-__all__ = ["MAX_DECODER_POSITIONS", "FeatureConfig", "StoreError", "tokenizer_identity"]
+__all__ = [
+    "MAX_DECODER_POSITIONS",
+    "MAX_PREVIOUS_TOKENS",
+    "FeatureConfig",
+    "StoreError",
+    "tokenizer_identity",
+]
 
 MAX_DECODER_POSITIONS = 448  # Whisper's decoder context (prompt + text + <|endoftext|>)
+# The most previous-text tokens after <|startofprev|> (OpenAI's and faster-whisper's cut).
+MAX_PREVIOUS_TOKENS = MAX_DECODER_POSITIONS // 2 - 1
 
 
 class StoreError(ValueError):

@@ -212,13 +212,14 @@ def english_share(texts: Sequence[str]) -> float:
     is not English): whether a model still answers the translate task in English."""
     if not texts:
         return 100.0
-    detector = _english_or_swedish()
+    return 100.0 * sum(map(is_english, texts)) / len(texts)
+
+
+def is_english(text: str) -> bool:
+    """Whether lingua detects ``text`` as English rather than Swedish (empty: not English)."""
     from lingua import Language
 
-    english = sum(
-        1 for t in texts if t.strip() and detector.detect_language_of(t) == Language.ENGLISH
-    )
-    return 100.0 * english / len(texts)
+    return bool(text.strip()) and _english_or_swedish().detect_language_of(text) == Language.ENGLISH
 
 
 _DETECTOR: Any = None

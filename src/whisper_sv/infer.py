@@ -255,6 +255,11 @@ class Transcriber:
             opts = dataclasses.replace(opts, **overrides)
         if opts.word_timestamps and self.backend != "ct2":
             raise ValueError("word_timestamps needs backend='ct2' (faster-whisper)")
+        if opts.condition_on_previous_text and self.backend != "ct2":
+            raise ValueError(
+                "condition_on_previous_text needs backend='ct2' (faster-whisper's long-form "
+                "loop); the transformers backend decodes each window on its own"
+            )
         self._impl.check(opts)
         return opts
 

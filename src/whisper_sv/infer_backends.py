@@ -18,6 +18,7 @@ import numpy as np
 
 from whisper_sv import models
 from whisper_sv.audio import CHUNK_LENGTH, N_FFT, N_SAMPLES, SAMPLE_RATE
+from whisper_sv.feature_config import MAX_DECODER_POSITIONS, MAX_PREVIOUS_TOKENS
 from whisper_sv.infer_types import Segment, TranscribeOptions, Word
 from whisper_sv.loop_guard import (
     COMPRESSION_RATIO_THRESHOLD,
@@ -460,11 +461,23 @@ def _best(tried: list[_Attempt]) -> _Attempt:
     return max(below or tried, key=lambda a: a.avg_logprob)
 
 
+# With condition_on_previous_text a window's prompt is <|startofprev|>, up to 223 tokens of
+# the text before, SOT, language and task: 227 of the decoder's 448 positions. faster-whisper
+# refuses a window whose prompt and max_new_tokens do not fit (OpenAI's Whisper samples 224
+# tokens a window at most, for the same reason).
+PROMPTED_MAX_NEW_TOKENS = MAX_DECODER_POSITIONS - (1 + MAX_PREVIOUS_TOKENS + 3)
+
+
 def _new_tokens(opts: TranscribeOptions, duration_s: float) -> int | None:
-    """Tokens allowed per window: the option, else the loop guard's bound, else the model's."""
+    """Tokens allowed per window: the option, else the loop guard's bound, else the model's;
+    with previous-text prompts at most what fits beside the longest prompt."""
     if opts.max_new_tokens is not None:
-        return opts.max_new_tokens
-    return max_new_tokens_for(duration_s) if opts.loop_guard else None
+        n = opts.max_new_tokens
+    else:
+        n = max_new_tokens_for(duration_s) if opts.loop_guard else None
+    if opts.condition_on_previous_text:
+        return min(n or PROMPTED_MAX_NEW_TOKENS, PROMPTED_MAX_NEW_TOKENS)
+    return n
 
 
 class _HfBackend(_Backend):

@@ -20,6 +20,11 @@ moves its 30 s window by the last timestamp) and subtitles (one cue per segment)
 segment per window; the shared labels keep both (KB-Whisper trains with timestamps on most
 samples for the same reason).
 
+A share of windows (``prompt_share``) is preceded by the text of the window before it in the
+plan (``<|startofprev|>`` + its last tokens, at most 223 as Whisper's decoder was trained),
+which is what long-form decoding with ``condition_on_previous_text`` feeds the decoder; the
+loss skips the prompt (``evaluation.decoder_io``).
+
 Only training data is packed: validation and test clips are scored one by one, as they come.
 """
 
@@ -31,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from whisper_sv.audio import N_FRAMES
+from whisper_sv.feature_config import MAX_DECODER_POSITIONS, MAX_PREVIOUS_TOKENS
 
 __all__ = ["add_single_windows", "plan_windows", "PackedRows"]
 
@@ -132,6 +138,7 @@ class PackedRows:
         tokenizer: Any,
         *,
         timestamp_share: float = 0.0,
+        prompt_share: float = 0.0,
         seed: int = 0,
     ) -> None:
         self.clips = clips
@@ -143,6 +150,11 @@ class PackedRows:
         draws = np.random.default_rng([seed, 11]).random(len(self.windows))
         self.timestamped = draws < timestamp_share
         self.timestamp_begin = int(tokenizer.convert_tokens_to_ids("<|0.00|>"))
+        # Windows trained after the previous window's text: a draw of their own (seed 17), so
+        # turning prompts on leaves the timestamp draw as it was.
+        draws = np.random.default_rng([seed, 17]).random(len(self.windows))
+        self.prompted = draws < prompt_share
+        self.startofprev = int(tokenizer.convert_tokens_to_ids("<|startofprev|>"))
         # Windows of one shard are consecutive (plan_windows): the training order can
         # shuffle shard by shard, as it does for clips.
         shard_of = [clips.locate(w[0])[0] for w in self.windows]
@@ -179,10 +191,23 @@ class PackedRows:
         else:
             ids = self.tokenizer.encode(self.window_text(index), add_special_tokens=False)
             labels = prompt + list(ids)
+        labels = self._previous_text(index, len(labels) + 1) + labels
         return {
             "input_features": torch.from_numpy(out),
             "labels": torch.tensor(labels + [self.eot], dtype=torch.long),
         }
+
+    def _previous_text(self, index: int, n_labels: int) -> list[int]:
+        """``<|startofprev|>`` + the last tokens of the previous window's text for a prompted
+        window (as many as fit beside its ``n_labels``); [] for the rest and for the first
+        window of a shard, which has none before it."""
+        if not self.prompted[index] or index == 0 or index in self.offsets:
+            return []
+        room = min(MAX_PREVIOUS_TOKENS, MAX_DECODER_POSITIONS - n_labels - 1)
+        if room < 1:
+            return []
+        ids = self.tokenizer.encode(" " + self.window_text(index - 1), add_special_tokens=False)
+        return [self.startofprev, *ids[-room:]]
 
     def _timestamped_ids(self, index: int, frames: Sequence[int]) -> list[int]:
         """Whisper's timestamped form of window ``index``, without <|notimestamps|>:

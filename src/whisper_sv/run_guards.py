@@ -32,6 +32,7 @@ from whisper_sv.guards import (
     GuardSpec,
     chrf,
     english_share,
+    is_english,
     prepare_guard_store,
 )
 
@@ -187,7 +188,10 @@ def translation_labels(
     """{index: translate-task label} for the ``chosen`` rows of the encoder outputs ``hidden``.
 
     Greedy, bounded by 1.5x the row's Swedish label plus 10 tokens; a row whose English is
-    empty or a loop (compression ratio > 2.4) keeps its label.
+    empty, a loop (compression ratio > 2.4), cut off by the budget, or not English keeps its
+    label. Why the last: a quarter of the pretrained base's "English" for single Swedish
+    words is the word spelt back ("Hengel" for *hänger*); trained as translations, those
+    teach the translate task to answer in Swedish (docs/experiments.md, section 8).
     """
     import torch
 
@@ -212,9 +216,16 @@ def translation_labels(
         )
         for i, row in zip(idx, ids, strict=True):
             text = tok.decode(row, skip_special_tokens=True).strip()
-            if text and compression_ratio(text) <= LOOP_COMPRESSION_RATIO and len(row) < budget:
+            if len(row) < budget and usable_translation(text):
                 out[i] = prompt + list(row) + [eot]
     return out
+
+
+def usable_translation(text: str) -> bool:
+    """Whether the start model's answer to the translate task can be trained as one: not
+    empty, not a loop, and English (translation_labels says why)."""
+    text = text.strip()
+    return bool(text) and compression_ratio(text) <= LOOP_COMPRESSION_RATIO and is_english(text)
 
 
 # --------------------------------------------------------------------------- after training

@@ -115,6 +115,11 @@ class TrainConfig:
     # start model's English under the translate task (keeps translation); needs the
     # cached-encoder path (freeze_encoder + cache_encoder).
     translate_share: float = 0.0
+    # ... and this share of windows is trained after the previous window's text as a prompt
+    # (<|startofprev|> text, no loss on it), as Whisper was trained: what long-form decoding
+    # with ``condition_on_previous_text`` feeds the decoder, which a run trained without it
+    # never sees.
+    prompt_share: float = 0.0
     # Only clips from these sources (the store's ``source`` column: manifest, common_voice,
     # ...) get translation windows; (): any. The start model translates real speech far more
     # reliably than synthetic (docs/experiments.md, section 8).
@@ -205,7 +210,7 @@ def _validate(c: TrainConfig) -> None:
         all(0 < a < 1 for a in c.interpolate),
         f"interpolate weights must be between 0 and 1 (got {list(c.interpolate)}), e.g. [0.25, 0.5]",
     )
-    for name in ("timestamp_share", "translate_share"):
+    for name in ("timestamp_share", "translate_share", "prompt_share"):
         need(0 <= getattr(c, name) <= 1, f"{name} must be in [0, 1] (got {getattr(c, name)})")
     need(
         c.translate_share == 0 or c.uses_encoder_cache,

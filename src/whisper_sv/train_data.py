@@ -73,11 +73,16 @@ class RankBatches:
 def train_windows(store: FeatureStore, cfg: TrainConfig) -> list[list[int]] | None:
     """The packing plan of the train split (clip indices per window), or None unpacked.
 
-    Timestamp labels (``timestamp_share``) and translation windows (``translate_share``) are
-    made by the packed dataset, so they turn packing on with windows of one clip when
-    ``pack_clips`` is 1.
+    Timestamp labels (``timestamp_share``), previous-text prompts (``prompt_share``) and
+    translation windows (``translate_share``) are made by the packed dataset, so they turn
+    packing on with windows of one clip when ``pack_clips`` is 1.
     """
-    if cfg.pack_clips <= 1 and cfg.timestamp_share == 0 and cfg.translate_share == 0:
+    if (
+        cfg.pack_clips <= 1
+        and cfg.timestamp_share == 0
+        and cfg.translate_share == 0
+        and cfg.prompt_share == 0
+    ):
         return None
     from whisper_sv.audio import HOP_LENGTH, SAMPLE_RATE
     from whisper_sv.packing import MAX_WINDOW_LABELS, TIMESTAMP_TOKENS_PER_CLIP, plan_windows

@@ -22,7 +22,14 @@ import numpy as np
 from whisper_sv import registry, run_guards
 from whisper_sv.checkpoint import TrainState, read_checkpoint, write_checkpoint
 from whisper_sv.encoder_cache import Encoded, encode_clips, model_fingerprint
-from whisper_sv.evaluation import EvalResult, Evaluator, finish_eval, strip_sot
+from whisper_sv.evaluation import (
+    EvalResult,
+    Evaluator,
+    decoder_io,
+    finish_eval,
+    has_prompt,
+    strip_sot,
+)
 from whisper_sv.fsutil import newer
 from whisper_sv.guards import GuardCheck, regressions, selection_score
 from whisper_sv.registry import MetricsRow, RunFolder
@@ -73,6 +80,8 @@ class Trainer:
         self.state = TrainState(world_size=accelerator.num_processes)
         tok = processor.tokenizer
         self.sot = int(tok.convert_tokens_to_ids("<|startoftranscript|>"))
+        self.startofprev = int(tok.convert_tokens_to_ids("<|startofprev|>"))
+        self.pad = int(tok.convert_tokens_to_ids("<|endoftext|>"))  # Whisper pads with EOT
         base = unwrap_base(model)
         self.evaluator = Evaluator(
             processor,
@@ -95,6 +104,7 @@ class Trainer:
                 texts,
                 processor.tokenizer,
                 timestamp_share=cfg.timestamp_share,
+                prompt_share=cfg.prompt_share,
                 seed=cfg.seed,
             )
         # Shard by shard keeps reads local; cached encoder outputs are all in memory, so there
@@ -158,6 +168,8 @@ class Trainer:
         }
         bs = self.cfg.eval_batch_size
         train_key = {**key, "split": "train", "timestamp_share": self.cfg.timestamp_share}
+        if self.cfg.prompt_share:  # (keys of runs without prompts stay as they were)
+            train_key["prompt_share"] = self.cfg.prompt_share
         self.train_enc = encode_clips(
             self.model,
             self.train_set,
@@ -235,8 +247,9 @@ class Trainer:
             if self.acc.is_main_process:
                 registry.write_text_atomic(path, json.dumps(made))
             log.info(
-                "%d of %d translation clips labelled with the start model's English (the "
-                "rest were empty or loops: they train in Swedish); %d training windows in all",
+                "%d of %d translation clips labelled with the start model's English (the rest "
+                "were empty, loops or not English: they train in Swedish); %d training windows "
+                "in all",
                 len(made),
                 len(chosen),
                 len(enc.labels),
@@ -262,7 +275,7 @@ class Trainer:
                 labels = pad_labels([enc.labels[i] for i in idx])
                 yield {
                     "hidden": hidden.to(device, dtype=torch.float32, non_blocking=True),
-                    "labels": strip_sot(labels, self.sot).to(device),
+                    **self._targets(labels.to(device)),
                 }
             return
         workers = self.cfg.num_workers
@@ -281,20 +294,25 @@ class Trainer:
         for batch in loader:
             yield {
                 "input_features": batch["input_features"].to(device, non_blocking=True),
-                "labels": strip_sot(batch["labels"], self.sot).to(device),
+                **self._targets(batch["labels"].to(device)),
             }
 
     # ------------------------------------------------------------ loop
 
+    def _targets(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's label arguments: rows with a previous-text prompt (prompt_share) need
+        their decoder inputs spelt out, since the model's own right shift would feed it the
+        prompt's ignored (-100) positions as padding."""
+        if has_prompt(labels, self.startofprev):
+            return decoder_io(labels, self.sot, self.pad)
+        return {"labels": strip_sot(labels, self.sot)}
+
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k not in ("hidden", "input_features")}
         if "hidden" in batch:
-            out = self.model(
-                encoder_outputs=(batch["hidden"],), labels=batch["labels"], use_cache=False
-            )
+            out = self.model(encoder_outputs=(batch["hidden"],), use_cache=False, **inputs)
         else:
-            out = self.model(
-                input_features=batch["input_features"], labels=batch["labels"], use_cache=False
-            )
+            out = self.model(input_features=batch["input_features"], use_cache=False, **inputs)
         return out.loss
 
     def fit(self, resumed_from: int) -> TrainResult:
