@@ -175,13 +175,15 @@ def _plot(path: Path, rows: list[MethodResult]) -> None:
         ax.bar(x + k * width, values, width, label=label)
     ax.set_xticks(x + 0.4 - width / 2, [r.name for r in rows], rotation=30, ha="right")
     ax.set_ylabel("WER % (lower is better)")
-    ax.legend(fontsize="small")
+    # Above the plot: inside it the legend would hide the tallest bars.
+    above = {"fontsize": "small", "loc": "lower center", "bbox_to_anchor": (0.5, 1.0)}
+    ax.legend(ncol=len(series), **above)
     ax.grid(axis="y", alpha=0.3)
     bx.bar(x - 0.2, [r.translate_english or 0 for r in rows], 0.4, label="English share %")
     bx.bar(x + 0.2, [r.translate_chrf or 0 for r in rows], 0.4, label="chrF vs pretrained")
     bx.set_xticks(x, [r.name for r in rows], rotation=30, ha="right")
     bx.set_ylabel("translate task (higher keeps it)")
-    bx.legend(fontsize="small")
+    bx.legend(ncol=2, **above)
     bx.grid(axis="y", alpha=0.3)
     tmp = temp_name(path, ".png")
     fig.savefig(tmp, dpi=100)
