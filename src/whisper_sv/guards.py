@@ -61,7 +61,7 @@ class GuardSpec:
     name: str  # column prefix in metrics.csv ("lexin" -> "lexin WER", "lexin CER")
     path: str  # a manifest TSV (path + sentence columns) or a feature store folder
     split: str = ""  # store split to use; "" picks "test", else "validation" (manifests: all)
-    translate: bool = False  # also check the translate task (chrF vs the start model's English)
+    translate: bool = False  # also check the translate task (English share; chrF vs the start's)
     limit: int = 0  # the first N clips only; 0: all
     # > 0: the manifest's clips joined into one file of about this many seconds, transcribed
     # window by window with timestamps (guard_longform.py) instead of clip by clip.

@@ -253,13 +253,6 @@ class Transcriber:
                     f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
                 )
             opts = dataclasses.replace(opts, **overrides)
-        if opts.word_timestamps and self.backend != "ct2":
-            raise ValueError("word_timestamps needs backend='ct2' (faster-whisper)")
-        if opts.condition_on_previous_text and self.backend != "ct2":
-            raise ValueError(
-                "condition_on_previous_text needs backend='ct2' (faster-whisper's long-form "
-                "loop); the transformers backend decodes each window on its own"
-            )
         self._impl.check(opts)
         return opts
 

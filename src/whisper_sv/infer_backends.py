@@ -509,6 +509,14 @@ class _HfBackend(_Backend):
             and opts.language != "en"
         ):
             raise ValueError("this model is English-only; use a multilingual Whisper model")
+        # What only faster-whisper's loop does (the ct2 backend).
+        if opts.word_timestamps:
+            raise ValueError("word_timestamps needs backend='ct2' (faster-whisper)")
+        if opts.condition_on_previous_text:
+            raise ValueError(
+                "condition_on_previous_text needs backend='ct2' (faster-whisper's long-form "
+                "loop); the transformers backend decodes each window on its own"
+            )
 
     def _decode(self, tokens: list[int]) -> str:
         return self.processor.tokenizer.decode(tokens, skip_special_tokens=True)

@@ -92,7 +92,8 @@ class TrainConfig:
     cache_dir: str = ""  # where cached encoder outputs go; "": RUN/cache (removed at the end)
     # Real-speech guards (guards.py): real sets scored at every evaluation; best/ is the best
     # validation model among those whose guards stay within the tolerances of step 0.
-    guards: tuple[GuardSpec, ...] = ()  # NAME=PATH[,translate][,split=S][,limit=N] or mappings
+    # NAME=PATH[,translate][,split=S][,limit=N][,long_form=S] texts or mappings (guards.py)
+    guards: tuple[GuardSpec, ...] = ()
     guard_tolerance: float = 0.5  # WER points a guard may lose against step 0 (see guards.py)
     # Translate guards: points of English share (translations detected as English) a guard
     # may lose against step 0, and chrF points of agreement with the start model's English
