@@ -31,7 +31,39 @@ def test_spec_parses_text_and_yaml_forms_and_names_the_fix():
     with pytest.raises(ValueError, match="unknown flag 'beam'.*translate, split=S, limit=N, long"):
         GuardSpec.parse("a=b.tsv,beam")
     with pytest.raises(ValueError, match="unknown option"):
-        GuardSpec.coerce({"name": "a", "path": "b", "tolerance": 1})
+        GuardSpec.coerce({"name": "a", "path": "b", "beam": 1})
+
+
+def test_a_guard_says_its_domain_and_may_have_its_own_tolerance():
+    spec = GuardSpec.parse("cv=data/cv.tsv,domain=out,tolerance=0.5")
+    assert (spec.domain, spec.tolerance) == ("out", 0.5)
+    assert GuardSpec.coerce({"name": "a", "path": "b", "domain": "in"}).tolerance < 0
+    with pytest.raises(ValueError, match="domain 'far'.*'in'.*'out'"):
+        GuardSpec.parse("a=b.tsv,domain=far")
+    # Its own tolerance decides for its WER column; the others keep the run's.
+    specs = [spec, GuardSpec("lexin", "l.tsv", domain="in")]
+    start = {"cv WER": 44.0, "lexin WER": 70.0}
+    now = {"cv WER": 44.6, "lexin WER": 71.5}
+    bad = regressions(now, start, wer_tolerance=2.0, chrf_tolerance=100, specs=specs)
+    assert [(c.column, c.tolerance) for c in bad] == [("cv WER", 0.5)]
+    assert regressions(now, start, wer_tolerance=2.0, chrf_tolerance=100) == []
+
+
+def test_card_lines_say_which_guards_are_out_of_domain():
+    from whisper_sv.run_guards import guard_lines
+
+    data = {
+        "guards": ["cv-dev", "lexin"],
+        "domains": {"cv-dev": "out", "lexin": "in"},
+        "guard_wer_tolerance": {"cv-dev": 0.5, "lexin": 1.0},
+        "tolerance": {"wer": 1.0},
+        "start": {"cv-dev WER": 44.0, "lexin WER": 70.0},
+        "best": {"values": {"cv-dev WER": 43.5, "lexin WER": 60.0}},
+    }
+    assert guard_lines(data) == [
+        "cv-dev (out of domain; may lose 0.5 WER points): WER 44.00 -> 43.50",
+        "lexin (in domain; may lose 1 WER points): WER 70.00 -> 60.00",
+    ]
 
 
 def test_long_form_guard_spec_has_a_segments_column_and_no_translate_check():

@@ -91,7 +91,7 @@ def test_push_to_hub_offline_fails_before_any_work(tmp_path, tiny_model_dir, cap
 
 def _small_real_sets(root: Path, shared: Path) -> Path:
     """A few rows of each real set (absolute paths), so the demo's real rows run in seconds."""
-    for name, every in (("lexin-phrases", 23), ("sv-words", 16)):
+    for name, every in (("lexin-phrases", 23), ("sv-words", 16), ("cv-dev", 10)):
         lines = (shared / name / "manifest.tsv").read_text(encoding="utf-8").splitlines()
         header, rows = lines[0], lines[1::every]
         (root / name).mkdir(parents=True)
@@ -135,7 +135,7 @@ def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir
     assert res.rows[-1].metric == "chrF" and res.rows[-1].before == 100.0
     english = res.rows[-2]
     assert english.metric == "English %" and 0 <= english.after <= 100
-    table = (tmp_path / "demo" / "demo.md").read_text()
+    table = (tmp_path / "demo" / "demo.md").read_text().split("\n\nError types")[0]
     assert table.startswith("| set | clips | metric | pretrained | fine-tuned | change | 95%")
     assert len(table.strip().splitlines()) == 2 + len(res.rows)
     # Clip sets carry the paired-bootstrap interval of their change, which holds the change.
@@ -144,7 +144,20 @@ def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir
     # The fine-tune was guarded by the guard parts, never by the held-out ones.
     config = yaml.safe_load((res.run / "config.yaml").read_text())
     guards = {g["name"]: g for g in config["train"]["guards"]}
-    assert set(guards) == {"lexin-phrases", "sv-words", "long-form"}
+    assert set(guards) == {"lexin-phrases", "sv-words", "cv-dev", "long-form"}
+    # General Swedish: cv-dev guards whole, out of domain, with its own tolerance; its row
+    # comes right after the synthetic one, with error types; no clip of it is trained on.
+    assert (guards["cv-dev"]["domain"], guards["cv-dev"]["tolerance"]) == ("out", 0.5)
+    assert guards["lexin-phrases"]["domain"] == "in" and guards["lexin-phrases"]["tolerance"] < 0
+    general = res.rows[1]
+    assert general.name.startswith("general Swedish: cv-dev") and general.clips == 5
+    assert set(general.errors_after) == {"substitutions", "deletions", "insertions", "length"}
+    assert sum(general.errors_after[k] for k in ("substitutions", "deletions", "insertions")) == (
+        pytest.approx(general.after)
+    )
+    assert "cv-dev" not in (tmp_path / "demo" / "real" / "train.tsv").read_text()
+    assert "out of domain" in (res.run / "model_card.md").read_text()
+    assert "Error types" in (tmp_path / "demo" / "demo.md").read_text()
     assert guards["long-form"]["long_form"] == 10
     assert config["train"]["select"] == "validation+guards"
     # Translation is guarded on the phrases, and kept by real clips trained on English.

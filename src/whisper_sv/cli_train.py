@@ -272,7 +272,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         option_flag(p, DemoOptions, name)
     option_flag(p, DemoOptions, "workers")
     option_flag(p, DemoOptions, "precision", choices=("auto", "fp32", "bf16", "fp16"))
-    for name in ("real_data", "guard_clips", "long_form_s", "long_form_guard_s"):
+    for name in (
+        "real_data",
+        "guard_clips",
+        "general_tolerance",
+        "long_form_s",
+        "long_form_guard_s",
+    ):
         option_flag(p, DemoOptions, name)
     for name in ("real_train", "real_repeat"):
         option_flag(p, DemoOptions, name)

@@ -191,16 +191,21 @@ def _tune_options(args: argparse.Namespace) -> TuneOptions:
 def _add_experiment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "experiment",
-        help="experiments: voices | noise | speaker | forgetting",
+        help="experiments: voices | noise | speaker | forgetting | general",
         description="voices: 1 vs 8 synthetic voices at equal data, tested on unseen voices. "
         "noise: noise augmentation at several SNRs, tested clean and noisy. speaker: "
         "fine-tune on some of one real speaker's words (../shared/data/sv-words), test on the "
         "held-out words. forgetting: anti-forgetting methods at equal compute, scored on real "
         "held-out speech, long-form and English (--budget takes demo options, e.g. "
-        "max_steps=75, and methods=[plain,mix-all]). Re-runs reuse finished stores and runs.",
+        "max_steps=75, and methods=[plain,mix-all]). general: the demo once per "
+        "anti-forgetting recipe (recipe, lower-lr, l2sp, distill, top-layers), scored on "
+        "general Swedish (cv-dev, out of domain) with error types (--budget takes demo "
+        "options and methods=[...]). Re-runs reuse finished stores and runs.",
     )
     p.add_argument(
-        "name", choices=("voices", "noise", "speaker", "forgetting"), help="which experiment"
+        "name",
+        choices=("voices", "noise", "speaker", "forgetting", "general"),
+        help="which experiment",
     )
     p.add_argument(
         "--out", default=None, metavar="DIR", help="folder (not given: experiments/NAME)"
@@ -239,6 +244,16 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         extra = tuple(args.overrides)
         out = Path(args.out or "experiments/forgetting")
         run_study(out, methods, **budget, **({"train_set": extra} if extra else {}))
+        print(f"report: {out / 'results.md'}")
+        return 0
+    if args.name == "general":
+        from whisper_sv.general_study import run_general_study
+
+        methods = budget.pop("methods", None)
+        extra = tuple(args.overrides)
+        out = Path(args.out or "experiments/general")
+        run_general_study(out, methods, **budget, **({"train_set": extra} if extra else {}))
+        print((out / "results.md").read_text(encoding="utf-8"), end="")
         print(f"report: {out / 'results.md'}")
         return 0
     options = from_mapping(ExperimentOptions, budget)

@@ -63,6 +63,9 @@ class DemoOptions:
     # checkout or in $WHISPER_SV_REAL_DATA; "none": synthetic rows only).
     real_data: str = ""
     guard_clips: int = 96  # clips of each real guard scored at every evaluation (0: all)
+    # WER points the out-of-domain guard (cv-dev: speakers and microphones no training clip
+    # has) may lose against the start model; the in-domain guards use guard_tolerance.
+    general_tolerance: float = 0.5
     # Share of each real set's groups (themes, words) mixed into the training data; the rest
     # is cut evenly into guard and held-out test. 0: real speech only guards and tests.
     real_train: float = 0.34
@@ -109,6 +112,10 @@ class DemoRow:
     cer_after: float | None = None
     # 95% paired-bootstrap interval of after - before, WER points (text.wer_change_interval)
     interval: tuple[float, float] | None = None
+    # Error types before and after (text.WordErrors.shares: substitutions, deletions and
+    # insertions in WER points, hypothesis length in percent of the reference's)
+    errors_before: dict[str, float] | None = None
+    errors_after: dict[str, float] | None = None
 
     @property
     def change(self) -> str:
@@ -148,6 +155,21 @@ class DemoResult:
             lines.append(
                 f"| {r.name} | {r.clips} | {r.metric} | {before} | {after} | {r.change} | {band} |"
             )
+        return "\n".join(lines)
+
+    def error_table(self) -> str:
+        """Substitutions, deletions, insertions (WER points) and hypothesis length (% of the
+        reference's words) of each clip set, pretrained -> fine-tuned."""
+        lines = [
+            "| set | substitutions | deletions | insertions | length % |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        keys = ("substitutions", "deletions", "insertions", "length")
+        for r in self.rows:
+            if r.errors_before is None or r.errors_after is None:
+                continue
+            cells = [f"{r.errors_before[k]:.1f} -> {r.errors_after[k]:.1f}" for k in keys]
+            lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
 
@@ -250,11 +272,12 @@ class RealSet:
     test: Path  # manifest of the held-out part
     translate: bool  # score (and guard) the translate task on it
     train: Path | None = None  # manifest of the part mixed into training (real_train > 0)
+    domain: str = "in"  # "out": speakers training never heard (guards.GuardSpec.domain)
 
 
 def _real_sets(o: DemoOptions, out: Path) -> list[RealSet]:
     """The real sets found, each cut into guard and held-out parts (``out/real/``)."""
-    from whisper_sv.realsets import REAL_SETS, find_real_data, split_by_group
+    from whisper_sv.realsets import OUT_OF_DOMAIN, REAL_SETS, find_real_data, split_by_group
 
     if o.real_data == "none":
         print("   real speech turned off (--real-data none): synthetic rows only")
@@ -270,6 +293,9 @@ def _real_sets(o: DemoOptions, out: Path) -> list[RealSet]:
     labels = {"lexin-phrases": "held-out themes", "sv-words": "held-out words"}
     for name, group in REAL_SETS.items():
         if not (root / name / "manifest.tsv").is_file():
+            continue
+        if name in OUT_OF_DOMAIN:
+            sets.append(_general_set(root / name, out / "real", group))
             continue
         rest = (1.0 - o.real_train) / 2
         shares = {"guard": rest, "test": rest, **({"train": o.real_train} if o.real_train else {})}
@@ -291,6 +317,28 @@ def _real_sets(o: DemoOptions, out: Path) -> list[RealSet]:
     return sets
 
 
+def _general_set(folder: Path, out: Path, group: str | None) -> RealSet:
+    """An out-of-domain set, whole: it guards every model decision and is the table's
+    general-Swedish row (so that row is the guard's own result; the speakers are new to the
+    model either way). Never trained on."""
+    from whisper_sv.realsets import split_by_group
+
+    cut = split_by_group(folder, out, shares={"guard": 1.0}, group_column=group)
+    speakers = len(cut.groups["guard"])
+    print(
+        f"   {folder.name}: {cut.counts['guard']} clips of {speakers} speakers guard general "
+        "Swedish (out of domain: never trained on)"
+    )
+    return RealSet(
+        name=folder.name,
+        label=f"general Swedish: {folder.name}, {speakers} unseen speakers (out-of-domain guard)",
+        guard=cut.parts["guard"],
+        test=cut.parts["guard"],
+        translate=False,
+        domain="out",
+    )
+
+
 def _fine_tune(o: DemoOptions, store: Path, run: Path, real: list[RealSet]) -> Path:
     """Train the decoder on the store's train split, guarded by the real sets; the run."""
     from whisper_sv.config import from_mapping, parse_overrides
@@ -302,6 +350,8 @@ def _fine_tune(o: DemoOptions, store: Path, run: Path, real: list[RealSet]) -> P
             "path": str(r.guard),
             "translate": r.translate and o.guard_translation,
             "limit": o.guard_clips,
+            "domain": r.domain,
+            **({"tolerance": o.general_tolerance} if r.domain == "out" else {}),
         }
         for r in real
     ]
@@ -464,7 +514,14 @@ def _long_form(model_ref: str, manifest: Path, out: Path, o: DemoOptions) -> Set
     long = join_clips(manifest, out / "real" / "long-form.wav", seconds=o.long_form_s, seed=o.seed)
     transcript = Transcriber(model_ref).transcribe(long.path)
     rates = error_rates([long.reference], [transcript.text])
-    return SetScore(rates.wer, rates.cer, 1, segments=len(transcript.segments))
+    return SetScore(
+        rates.wer,
+        rates.cer,
+        1,
+        segments=len(transcript.segments),
+        references=(long.reference,),
+        hypotheses=(transcript.text,),
+    )
 
 
 def _print_scores(scores: dict[str, SetScore]) -> None:
@@ -482,23 +539,26 @@ def _rows(
     *,
     translation_guarded: bool = False,
 ) -> tuple[DemoRow, ...]:
-    from whisper_sv.text import wer_change_interval
+    from whisper_sv.text import error_types, wer_change_interval
 
     def row(name: str, key: str) -> DemoRow:
         b, a = before[key], after[key]
-        band = None
+        band = errors = None
         if a.references and a.references == b.references:
             band = wer_change_interval(a.references, b.hypotheses, a.hypotheses)
-        return DemoRow(name, a.n, "WER %", b.wer, a.wer, b.cer, a.cer, band)
+            errors = [error_types(a.references, s.hypotheses).shares() for s in (b, a)]
+        return DemoRow(name, a.n, "WER %", b.wer, a.wer, b.cer, a.cer, band, *(errors or ()))
 
     rows = [row("synthetic test, unseen voices", "synthetic")]
-    rows += [row(r.label, r.name) for r in real]
+    # General Swedish (out of domain) first: the row that says whether the run may be used.
+    rows += [row(r.label, r.name) for r in sorted(real, key=lambda r: r.domain != "out")]
     if "long-form" in after:
         b, a = before["long-form"], after["long-form"]
         name = (
             f"real long-form: one file of held-out phrases ({b.segments} -> {a.segments} segments)"
         )
-        rows.append(DemoRow(name, 1, "WER %", b.wer, a.wer, b.cer, a.cer))
+        errors = [error_types(a.references, s.hypotheses).shares() for s in (b, a)]
+        rows.append(DemoRow(name, 1, "WER %", b.wer, a.wer, b.cer, a.cer, None, *errors))
     for r in real:
         b, a = before.get(r.name), after[r.name]
         if not r.translate or a.chrf is None or b is None or b.english is None:
@@ -534,8 +594,9 @@ def _write_report(out: Path, res: DemoResult) -> None:
     report.update(run=str(res.run), relative_reduction=res.relative_reduction)
     report["rows"] = [{**dataclasses.asdict(r), "change": r.change} for r in res.rows]
     (out / "demo.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), "utf-8")
-    (out / "demo.md").write_text(res.table() + "\n", encoding="utf-8")
-    print("\n" + res.table())
+    errors = "\n\nError types, pretrained -> fine-tuned:\n\n" + res.error_table()
+    (out / "demo.md").write_text(res.table() + errors + "\n", encoding="utf-8")
+    print("\n" + res.table() + errors)
     print(
         f"\nrun folder: {res.run} (metrics.md, curves.png, best/, ct2/, model_card.md)"
         f"\nreport: {out / 'demo.md'}"

@@ -52,6 +52,8 @@ CER_SUFFIX = " CER"
 CHRF_SUFFIX = " translate chrF"
 ENGLISH_SUFFIX = " translate English %"  # share of translations detected as English
 SEGMENTS_SUFFIX = " segments"  # long-form guards: segments transcribed (reported, not judged)
+DOMAINS = ("", "in", "out")
+DOMAIN_NAMES = {"": "domain not stated", "in": "in domain", "out": "out of domain"}
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,18 @@ class GuardSpec:
     # > 0: the manifest's clips joined into one file of about this many seconds, transcribed
     # window by window with timestamps (guard_longform.py) instead of clip by clip.
     long_form: float = 0.0
+    # "in": the same speakers or recordings as the training data; "out": speakers, microphones
+    # or styles training never had (what says whether general Swedish got worse); "": unsaid.
+    domain: str = ""
+    # WER points this guard may lose against the start model; < 0: the run's guard_tolerance.
+    tolerance: float = -1.0
 
     def __post_init__(self) -> None:
+        if self.domain not in DOMAINS:
+            raise ValueError(
+                f"guard {self.name!r}: domain {self.domain!r}; use 'in' (the training speakers) "
+                "or 'out' (speakers and recordings training never had), or leave it empty"
+            )
         if not self.name or any(c in self.name for c in ",=\t\n"):
             raise ValueError(f"guard name {self.name!r}: give a short name without , = or tabs")
         if not self.path:
@@ -86,7 +98,8 @@ class GuardSpec:
 
     @classmethod
     def parse(cls, text: str) -> GuardSpec:
-        """``NAME=PATH[,translate][,split=S][,limit=N][,long_form=S]`` (``--set guards=[...]``)."""
+        """``NAME=PATH[,translate][,split=S][,limit=N][,long_form=S][,domain=D][,tolerance=T]``
+        (``--set guards=[...]``)."""
         head, *flags = [p.strip() for p in text.split(",")]
         name, sep, path = head.partition("=")
         if not sep:
@@ -104,10 +117,14 @@ class GuardSpec:
                 kwargs["limit"] = int(value)
             elif key == "long_form" and sep and value.replace(".", "", 1).isdigit():
                 kwargs["long_form"] = float(value)
+            elif key == "domain" and sep:
+                kwargs["domain"] = value
+            elif key == "tolerance" and sep and value.replace(".", "", 1).isdigit():
+                kwargs["tolerance"] = float(value)
             else:
                 raise ValueError(
                     f"guard {text!r}: unknown flag {flag!r}; flags are translate, split=S, "
-                    "limit=N, long_form=SECONDS"
+                    "limit=N, long_form=SECONDS, domain=in|out, tolerance=POINTS"
                 )
         return cls(**kwargs)
 
@@ -173,14 +190,16 @@ def regressions(
     wer_tolerance: float,
     chrf_tolerance: float,
     english_tolerance: float = 100.0,
+    specs: Sequence[GuardSpec] = (),
 ) -> list[GuardCheck]:
     """The guard columns of ``values`` that are worse than ``start`` beyond the tolerance.
 
-    WER columns use ``wer_tolerance`` (points); chrF columns ``chrf_tolerance`` and English
-    share columns ``english_tolerance`` (points, lower is worse). CER and segment columns are
-    reported in the table but do not decide (a CER change without a WER change is not a lost
-    word).
+    WER columns use ``wer_tolerance`` (points), or the ``tolerance`` of their guard in
+    ``specs`` where it sets one; chrF columns ``chrf_tolerance`` and English share columns
+    ``english_tolerance`` (points, lower is worse). CER and segment columns are reported in the
+    table but do not decide (a CER change without a WER change is not a lost word).
     """
+    own = {s.name + WER_SUFFIX: s.tolerance for s in specs if s.tolerance >= 0}
     tolerances = {
         WER_SUFFIX: wer_tolerance,
         CHRF_SUFFIX: chrf_tolerance,
@@ -191,7 +210,7 @@ def regressions(
         suffix = next((s for s in tolerances if column.endswith(s)), None)
         if column not in start or suffix is None:
             continue
-        tol = tolerances[suffix]
+        tol = own.get(column, tolerances[suffix])
         check = GuardCheck(column, float(start[column]), float(value), tol)
         if check.regressed:
             bad.append(check)

@@ -3,9 +3,10 @@
 The project ships no real speech (no corpus can be installed offline), but a checkout may
 have folders of real recordings with a ``manifest.tsv`` (``path``, ``sentence`` and optional
 group column such as ``theme``). :func:`split_by_group` cuts such a folder into parts by
-*group* (a theme, or the sentence itself for single words), so a held-out part holds phrases
-and words that the guard part never had: a guard that improves because a run learned its exact
-words would not say anything about real speech in general.
+*group* (a speaker where the set names one, else a theme, or the sentence itself for single
+words), so a held-out part holds voices, phrases and words that the guard part never had: a
+guard that improves because a run learned its exact words or voices would not say anything
+about real speech in general. Sets in :data:`OUT_OF_DOMAIN` are never cut into training.
 
 Where real sets are looked for (:func:`find_real_data`): ``$WHISPER_SV_REAL_DATA``, else a
 ``shared/data`` folder beside the checkout (``../shared/data`` from the repository root).
@@ -24,10 +25,19 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REAL_SETS", "RealSplit", "find_real_data", "split_by_group"]
+__all__ = ["OUT_OF_DOMAIN", "REAL_SETS", "RealSplit", "find_real_data", "split_by_group"]
 
-# Known real sets: folder name -> the column that groups its rows (None: the sentence).
-REAL_SETS: dict[str, str | None] = {"lexin-phrases": "theme", "sv-words": None}
+# Known real sets: folder name -> the column that groups its rows (None: the sentence). A set
+# with speakers is cut by speaker (Common Voice's client_id), so no voice is in two parts.
+REAL_SETS: dict[str, str | None] = {
+    "lexin-phrases": "theme",
+    "sv-words": None,
+    "cv-dev": "client_id",
+}
+# Sets whose speakers, microphones and style no other set has (Common Voice volunteers reading
+# sentences at home): never trained on, they guard whole and say whether Swedish in general
+# got worse. The others share speakers across their parts: "in domain".
+OUT_OF_DOMAIN = frozenset({"cv-dev"})
 
 
 @dataclass(frozen=True)

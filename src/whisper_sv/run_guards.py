@@ -371,6 +371,12 @@ def summary(trainer: Any) -> dict[str, Any]:
     best_checks = trainer.guard_regressions(st.best_guards) if st.best_guards else []
     return {
         "guards": trainer.guards.names if trainer.guards else [],
+        # Whether each guard hears the training speakers ("in") or others ("out"), and the WER
+        # points it may lose (its own tolerance, else the run's).
+        "domains": {g.name: g.domain for g in cfg.guards},
+        "guard_wer_tolerance": {
+            g.name: g.tolerance if g.tolerance >= 0 else cfg.guard_tolerance for g in cfg.guards
+        },
         "tolerance": {
             "wer": cfg.guard_tolerance,
             "english": cfg.guard_english_tolerance,
@@ -415,14 +421,30 @@ def write_summary(trainer: Any) -> dict[str, Any]:
     return data
 
 
+def guard_lines(data: dict[str, Any]) -> list[str]:
+    """One line per guard of a guards.json summary: name, domain, WER tolerance, start and
+    best/ WER (the model card's list; out-of-domain guards say so)."""
+    from whisper_sv.guards import DOMAIN_NAMES, WER_SUFFIX
+
+    lines = []
+    for name in data["guards"]:
+        column = name + WER_SUFFIX
+        start, best = data["start"].get(column), data["best"]["values"].get(column)
+        scores = f": WER {_f(start)} -> {_f(best)}" if start is not None else ""
+        domain = DOMAIN_NAMES[data.get("domains", {}).get(name, "")]
+        tol = data.get("guard_wer_tolerance", {}).get(name, data["tolerance"]["wer"])
+        lines.append(f"{name} ({domain}; may lose {tol:g} WER points){scores}")
+    return lines
+
+
 def card_section(trainer: Any) -> str:
     """The model card's section on guards and interpolation (Markdown)."""
     data = summary(trainer)
     lines = ["## Real-speech guards", ""]
     if data["guards"]:
+        lines += [f"- {line}" for line in guard_lines(data)] + [""]
         lines += [
-            f"Guards: {', '.join(data['guards'])}; best/ may lose at most "
-            f"{data['tolerance']['wer']:g} WER points, {data['tolerance']['english']:g} points "
+            f"best/ may lose at most the WER points above, {data['tolerance']['english']:g} points "
             f"of English share in translation and {data['tolerance']['chrf']:g} chrF points of "
             "agreement with the start model's English against the start model (step 0). Their "
             "values are in the table below.",

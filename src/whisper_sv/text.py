@@ -40,6 +40,7 @@ __all__ = [
     "WordErrors",
     "cer",
     "error_rates",
+    "error_types",
     "kblab_swedish",
     "normalize",
     "scores",
@@ -166,6 +167,30 @@ class WordErrors:
     def errors(self) -> int:
         return self.substitutions + self.deletions + self.insertions
 
+    @property
+    def hypothesis_words(self) -> int:
+        return self.reference_words - self.deletions + self.insertions
+
+    def __add__(self, other: WordErrors) -> WordErrors:
+        return WordErrors(
+            self.substitutions + other.substitutions,
+            self.deletions + other.deletions,
+            self.insertions + other.insertions,
+            self.reference_words + other.reference_words,
+        )
+
+    def shares(self) -> dict[str, float]:
+        """Substitutions, deletions and insertions as percent of the reference words (they add
+        up to the WER), and the hypothesis length as percent of the reference's: under 100
+        means words are left out (early stops), over 100 that words are invented."""
+        n = max(self.reference_words, 1)
+        return {
+            "substitutions": 100.0 * self.substitutions / n,
+            "deletions": 100.0 * self.deletions / n,
+            "insertions": 100.0 * self.insertions / n,
+            "length": 100.0 * self.hypothesis_words / n,
+        }
+
 
 def _check(references: Sequence[str], hypotheses: Sequence[str]) -> tuple[list[str], list[str]]:
     if isinstance(references, str) or isinstance(hypotheses, str):
@@ -246,6 +271,15 @@ def word_errors(reference: str, hypothesis: str, *, normalized: bool = True) -> 
         insertions=out.insertions,
         reference_words=out.substitutions + out.deletions + out.hits,
     )
+
+
+def error_types(references: Sequence[str], hypotheses: Sequence[str]) -> WordErrors:
+    """Word edit counts of a whole set (normalised text), summed over its utterances."""
+    refs, hyps = _check(references, hypotheses)
+    total = WordErrors(0, 0, 0, 0)
+    for r, h in zip(refs, hyps, strict=True):
+        total = total + word_errors(r, h)
+    return total
 
 
 def wer_change_interval(

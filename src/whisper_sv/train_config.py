@@ -75,8 +75,20 @@ class TrainConfig:
     lora_alpha: float = 32.0  # LoRA scaling numerator (scale = alpha / rank)
     lora_dropout: float = 0.05  # dropout on the LoRA input
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # module names that get adapters
+    # Train only the top N decoder layers and the decoder's layer norms (embeddings, lower
+    # layers and encoder frozen); 0: the whole decoder (and encoder unless frozen).
+    decoder_top_layers: int = 0
     # regularisation
     dropout: float = 0.0  # Whisper's dropout (residual and attention), as in its config
+    # L2-SP (Li et al. 2018, "Explicit inductive bias for transfer learning"): a penalty
+    # l2sp / 2 * ||w - w_start||^2 on the trainable weights, pulling toward the start model
+    # instead of toward zero as weight decay does. 0: off.
+    l2sp: float = 0.0
+    # Learning without forgetting (Li & Hoiem 2016) as distillation: this share of the loss is
+    # the KL divergence from the start model's next-token distribution on the same windows
+    # (soft targets at distill_temperature), the rest the labels' cross-entropy. 0: off.
+    distill: float = 0.0
+    distill_temperature: float = 1.0  # softens both distributions; the KL is scaled by T^2
     spec_augment: bool = False  # SpecAugment masking of the log-mel in training
     mask_time_prob: float = 0.05  # SpecAugment: share of frames masked
     mask_time_length: int = 10  # SpecAugment: frames per time mask
@@ -181,6 +193,20 @@ def _validate(c: TrainConfig) -> None:
         "lora_targets is empty: name the modules to adapt, e.g. [q_proj, v_proj]",
     )
     need(0 <= c.dropout < 1, f"dropout must be in [0, 1) (got {c.dropout})")
+    need(
+        c.decoder_top_layers >= 0,
+        f"decoder_top_layers must be >= 0 (got {c.decoder_top_layers}); 0 trains every layer",
+    )
+    need(
+        not (c.decoder_top_layers and c.lora_rank),
+        "decoder_top_layers and lora_rank both choose what is trained: set one of them to 0",
+    )
+    need(c.l2sp >= 0, f"l2sp must be >= 0 (got {c.l2sp}); 0 turns it off, e.g. 0.01")
+    need(0 <= c.distill < 1, f"distill must be in [0, 1) (got {c.distill}); 0 is off, e.g. 0.5")
+    need(
+        c.distill_temperature > 0,
+        f"distill_temperature must be > 0 (got {c.distill_temperature}), e.g. 1 or 2",
+    )
     for name in ("mask_time_prob", "mask_feature_prob"):
         v = getattr(c, name)
         need(0 <= v <= 1, f"{name} must be in [0, 1] (got {v})")

@@ -72,9 +72,28 @@ def load_model(folder: Path, cfg: TrainConfig) -> WhisperForConditionalGeneratio
             # Tied with proj_out: 26.6 M of base's 72.6 M parameters, a large share of the
             # AdamW update and of the output layer's weight gradient.
             model.get_decoder().embed_tokens.requires_grad_(False)
+        if cfg.decoder_top_layers:
+            _train_top_layers(model, cfg.decoder_top_layers)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def _train_top_layers(model: Any, n: int) -> None:
+    """Only the top ``n`` decoder layers and every decoder layer norm stay trainable: the
+    fewer weights move, the less of what the start model knows can be lost."""
+    decoder = model.get_decoder()
+    layers = decoder.layers
+    if n > len(layers):
+        raise ValueError(
+            f"decoder_top_layers {n}: the model's decoder has only {len(layers)} layers"
+        )
+    model.requires_grad_(False)
+    for layer in layers[len(layers) - n :]:
+        layer.requires_grad_(True)
+    for name, module in decoder.named_modules():
+        if name.endswith("layer_norm"):
+            module.requires_grad_(True)
 
 
 def set_train_mode(model: Any, cfg: TrainConfig) -> None:

@@ -37,6 +37,7 @@ from whisper_sv.runtime import gather_objects, unwrap_base
 from whisper_sv.store import pad_labels
 from whisper_sv.train_config import TrainConfig, TrainResult
 from whisper_sv.train_data import RankBatches, StreamOrder
+from whisper_sv.train_objective import Objective
 from whisper_sv.train_setup import set_train_mode, trainable_params
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ class Trainer:
         # The start model's trainable weights (taken before a checkpoint is loaded) and the
         # best-validation weights whatever the guards said: the two ends of WiSE-FT.
         self.start_weights = self.trainable_copy() if cfg.interpolate else None
+        self.objective = Objective(cfg, accelerator.unwrap_model(model))
         self.raw_best_weights: dict[str, Any] | None = None
 
     def _make_guards(self, base: Any) -> Any:
@@ -307,13 +309,19 @@ class Trainer:
             return decoder_io(labels, self.sot, self.pad)
         return {"labels": strip_sot(labels, self.sot)}
 
-    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to minimise, the labels' cross-entropy) of one micro-batch."""
         inputs = {k: v for k, v in batch.items() if k not in ("hidden", "input_features")}
         if "hidden" in batch:
-            out = self.model(encoder_outputs=(batch["hidden"],), use_cache=False, **inputs)
+            inputs["encoder_outputs"] = (batch["hidden"],)
         else:
-            out = self.model(input_features=batch["input_features"], use_cache=False, **inputs)
-        return out.loss
+            inputs["input_features"] = batch["input_features"]
+
+        def run(net: Any, x: dict[str, Any]) -> Any:
+            with self.acc.autocast():  # the teacher is not prepared by accelerate
+                return net(use_cache=False, **x)
+
+        return self.objective(self.model, self.acc.unwrap_model(self.model), inputs, run)
 
     def fit(self, resumed_from: int) -> TrainResult:
         """Train until the planned step (or early stopping); then best/, card and export."""
@@ -367,9 +375,11 @@ class Trainer:
             # No gradient all-reduce until the last micro-batch of the step.
             ctx = acc.no_sync(self.model) if not last else contextlib.nullcontext()
             with ctx:
-                loss = self._forward(batch)
+                loss, cross_entropy = self._forward(batch)
                 acc.backward(loss / cfg.grad_accum)
-            step_loss += loss.detach() / cfg.grad_accum
+            # The table's Training Loss stays the labels' cross-entropy, comparable across
+            # objectives (objective.py).
+            step_loss += cross_entropy.detach() / cfg.grad_accum
             st.cursor += per_step
         if cfg.max_grad_norm > 0:
             acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -513,6 +523,7 @@ class Trainer:
             wer_tolerance=cfg.guard_tolerance,
             chrf_tolerance=cfg.guard_chrf_tolerance,
             english_tolerance=cfg.guard_english_tolerance,
+            specs=cfg.guards,
         )
 
     def _evaluate_and_record(self) -> None:
