@@ -62,6 +62,7 @@ from whisper_sv.infer_backends import (
 from whisper_sv.infer_types import (
     FALLBACK_STEP,
     TASKS,
+    Dropped,
     Segment,
     TranscribeOptions,
     Transcript,
@@ -79,6 +80,8 @@ from whisper_sv.loop_guard import (
     max_new_tokens_for,
     trim_repetition,
 )
+from whisper_sv.speech_guard import judge, judge_translation
+from whisper_sv.subtitles import fit_to_speech
 
 __all__ = [
     "BEST_OF",
@@ -99,6 +102,7 @@ __all__ = [
     "SILENCE_PEAK",
     "TASKS",
     "TIME_PRECISION_S",
+    "Dropped",
     "Segment",
     "TranscribeOptions",
     "Transcriber",
@@ -115,6 +119,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AudioInput = str | os.PathLike | bytes | np.ndarray
+Span = tuple[float, float]
 Backend = Literal["ct2", "transformers"]
 BACKENDS = ("ct2", "transformers")
 DEVICES = ("auto", "cpu", "cuda")
@@ -171,22 +176,43 @@ class Transcriber:
         self._impl.batched = bool(value)
 
     def transcribe(
-        self, audio: AudioInput, options: TranscribeOptions | None = None, **overrides
+        self,
+        audio: AudioInput,
+        options: TranscribeOptions | None = None,
+        *,
+        transcript: Sequence[Segment] | None = None,
+        **overrides,
     ) -> Transcript:
-        """Transcribe (or translate) one input: a path, encoded bytes, or a 16 kHz array."""
+        """Transcribe (or translate) one input: a path, encoded bytes, or a 16 kHz array.
+
+        ``transcript``: with task "translate" and ``check_translation``, the kept transcript
+        of the same audio when the caller has it (None: it is decoded first).
+        """
         opts = self._options(options, overrides)
         samples, source = _as_samples(audio)
         spans = _speech(samples, opts)
-        segments = tuple(self._segments(samples, opts, spans))
-        return _transcript(segments, samples, source, opts, spans)
+        dropped: list[Dropped] = []
+        segments = tuple(self._kept(samples, opts, spans, dropped, transcript))
+        return _transcript(segments, samples, source, opts, spans, dropped)
 
     def stream(
-        self, audio: AudioInput, options: TranscribeOptions | None = None, **overrides
+        self,
+        audio: AudioInput,
+        options: TranscribeOptions | None = None,
+        *,
+        dropped: list[Dropped] | None = None,
+        transcript: Sequence[Segment] | None = None,
+        **overrides,
     ) -> Iterator[Segment]:
-        """The Segments of one input as they are decoded (for live display)."""
+        """The kept Segments of one input as they are decoded (for live display).
+
+        What the speech guard drops is appended to ``dropped`` when given; ``transcript`` as
+        in ``transcribe``.
+        """
         opts = self._options(options, overrides)
         samples, _ = _as_samples(audio)
-        yield from self._segments(samples, opts, _speech(samples, opts))
+        out = dropped if dropped is not None else []
+        yield from self._kept(samples, opts, _speech(samples, opts), out, transcript)
 
     def transcribe_many(
         self,
@@ -224,20 +250,18 @@ class Transcriber:
                         continue
                     if one_by_one or len(samples) > N_SAMPLES:
                         spans = _speech(samples, opts)
-                        segments = tuple(self._segments(samples, opts, spans))
-                        results[i] = _transcript(segments, samples, source, opts, spans)
+                        dropped: list[Dropped] = []
+                        segments = tuple(self._kept(samples, opts, spans, dropped))
+                        results[i] = _transcript(segments, samples, source, opts, spans, dropped)
                         bar.update()
                     else:
                         batch.append((i, samples, source))
                 if batch:
-                    decoded = self._decode_short([s for _, s, _ in batch], opts)
-                    for (i, samples, source), segments in zip(batch, decoded, strict=True):
-                        spans = _speech(samples, opts)
-                        if spans:
-                            from whisper_sv.subtitles import fit_to_speech
-
-                            segments = list(fit_to_speech(segments, spans))
-                        results[i] = _transcript(tuple(segments), samples, source, opts, spans)
+                    clips = [samples for _, samples, _ in batch]
+                    for (i, samples, source), (segments, spans, dropped) in zip(
+                        batch, self._kept_short(clips, opts), strict=True
+                    ):
+                        results[i] = _transcript(segments, samples, source, opts, spans, dropped)
                     bar.update(len(batch))
         return results  # type: ignore[return-value]
 
@@ -256,8 +280,39 @@ class Transcriber:
         self._impl.check(opts)
         return opts
 
+    def _kept(
+        self,
+        samples: np.ndarray,
+        opts: TranscribeOptions,
+        spans: tuple[Span, ...] | None,
+        dropped: list[Dropped],
+        transcript: Sequence[Segment] | None = None,
+    ) -> Iterator[Segment]:
+        """The segments of one input that the speech guard keeps (``speech_guard``)."""
+        if opts.task == "translate" and opts.check_translation:
+            if transcript is None:
+                as_said = dataclasses.replace(opts, task="transcribe")
+                transcript = list(self._kept(samples, as_said, spans, []))
+            if not transcript:  # nothing kept to translate: no English is decoded at all
+                return
+            english = self._judged(samples, opts, spans, dropped)
+            yield from judge_translation(english, transcript, opts, dropped)
+        else:
+            yield from self._judged(samples, opts, spans, dropped)
+
+    def _judged(
+        self,
+        samples: np.ndarray,
+        opts: TranscribeOptions,
+        spans: tuple[Span, ...] | None,
+        dropped: list[Dropped],
+    ) -> Iterator[Segment]:
+        if opts.speech_gate and spans == ():
+            return  # no speech found: not decoded (the guard would drop every segment)
+        yield from judge(self._segments(samples, opts, spans), opts, spans, dropped)
+
     def _segments(
-        self, samples: np.ndarray, opts: TranscribeOptions, spans: Sequence[tuple[float, float]]
+        self, samples: np.ndarray, opts: TranscribeOptions, spans: tuple[Span, ...] | None
     ) -> Iterator[Segment]:
         if _is_silent(samples):
             return
@@ -265,11 +320,37 @@ class Transcriber:
         segments = _monotonic(self._impl.segments(_min_length(samples), opts), duration)
         if opts.loop_guard:
             segments = _guarded(segments)
-        if spans:
-            from whisper_sv.subtitles import fit_to_speech
-
+        if opts.fit_to_speech and spans:
             segments = fit_to_speech(segments, spans)
         yield from segments
+
+    def _kept_short(
+        self, clips: list[np.ndarray], opts: TranscribeOptions
+    ) -> list[tuple[tuple[Segment, ...], tuple[Span, ...] | None, list[Dropped]]]:
+        """(kept segments, speech spans, dropped) of clips <= 30 s each, decoded batched."""
+        spans = [_speech(c, opts) for c in clips]
+        source: list[tuple[Segment, ...] | None] = [None] * len(clips)
+        if opts.task == "translate" and opts.check_translation:
+            as_said = dataclasses.replace(opts, task="transcribe")
+            source = [kept for kept, _, _ in self._kept_short(clips, as_said)]
+        todo = [
+            i
+            for i, c in enumerate(clips)
+            if not (opts.speech_gate and spans[i] == ()) and source[i] != ()
+        ]
+        decoded: list[list[Segment]] = [[] for _ in clips]
+        decodings = self._decode_short([clips[i] for i in todo], opts)
+        for i, segments in zip(todo, decodings, strict=True):
+            fitted = opts.fit_to_speech and spans[i]
+            decoded[i] = list(fit_to_speech(segments, spans[i]) if fitted else segments)
+        out = []
+        for i, segments in enumerate(decoded):
+            dropped: list[Dropped] = []
+            kept = judge(segments, opts, spans[i], dropped)
+            if source[i] is not None:
+                kept = judge_translation(kept, source[i], opts, dropped)
+            out.append((tuple(kept), spans[i], dropped))
+        return out
 
     def _decode_short(
         self, clips: list[np.ndarray], opts: TranscribeOptions
@@ -303,9 +384,12 @@ def _as_samples(audio: AudioInput) -> tuple[np.ndarray, str]:
     return load_audio(audio), str(audio)
 
 
-def _speech(samples: np.ndarray, opts: TranscribeOptions) -> tuple[tuple[float, float], ...]:
-    """Speech spans for fit_to_speech (none for digital silence or with the option off)."""
-    if not opts.fit_to_speech or _is_silent(samples):
+def _speech(samples: np.ndarray, opts: TranscribeOptions) -> tuple[Span, ...] | None:
+    """Silero VAD's speech spans for fit_to_speech and the speech gate; () for digital
+    silence, None when neither option asks for them."""
+    if not (opts.fit_to_speech or opts.speech_gate):
+        return None
+    if _is_silent(samples):
         return ()
     from whisper_sv.subtitles import speech_spans
 
@@ -317,7 +401,8 @@ def _transcript(
     samples: np.ndarray,
     source: str,
     opts: TranscribeOptions,
-    spans: tuple[tuple[float, float], ...] = (),
+    spans: tuple[Span, ...] | None = None,
+    dropped: Sequence[Dropped] = (),
 ) -> Transcript:
     return Transcript(
         text=" ".join(s.text for s in segments if s.text),
@@ -327,7 +412,8 @@ def _transcript(
         task=opts.task,
         source=source,
         options=opts,
-        speech=spans,
+        speech=spans if opts.fit_to_speech and spans else (),
+        dropped=tuple(sorted(dropped, key=lambda d: d.segment.start)),
     )
 
 

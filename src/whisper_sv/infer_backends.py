@@ -270,7 +270,8 @@ class _Ct2Backend(_Backend):
             word_timestamps=opts.word_timestamps,
             vad_filter=opts.vad and long,
             without_timestamps=False,
-            no_speech_threshold=NO_SPEECH_THRESHOLD,
+            no_speech_threshold=opts.no_speech_threshold,
+            # Also the fallback's threshold: the guard's own value applies after decoding.
             log_prob_threshold=LOG_PROB_THRESHOLD,
             max_new_tokens=_new_tokens(opts, min(len(samples) / SAMPLE_RATE, CHUNK_LENGTH)),
             # Without VAD, stretches of digital silence are skipped, not decoded: Whisper
@@ -282,7 +283,14 @@ class _Ct2Backend(_Backend):
                 Word(start=w.start, end=w.end, text=w.word, probability=w.probability)
                 for w in (piece.words or ())
             )
-            yield Segment(start=piece.start, end=piece.end, text=piece.text.strip(), words=words)
+            yield Segment(
+                start=piece.start,
+                end=piece.end,
+                text=piece.text.strip(),
+                words=words,
+                avg_logprob=piece.avg_logprob,
+                no_speech_prob=piece.no_speech_prob,
+            )
 
     def _features(self, window: np.ndarray) -> np.ndarray:
         """Log-mel of ``window`` padded with silence to 30 s first, as OpenAI's Whisper does.
@@ -342,9 +350,6 @@ class _Ct2Backend(_Backend):
                     alone, 1, prompt, tokenizer, max_length, temperature, beam, no_repeat
                 )
             chosen = tried[-1] if not tried[-1].needs_fallback else _best(tried)
-            if chosen.is_silence:
-                out.append([])
-                continue
             segments, _ = _tokens_to_segments(
                 chosen.tokens,
                 timestamp_begin=tokenizer.timestamp_begin,
@@ -352,7 +357,10 @@ class _Ct2Backend(_Backend):
                 decode=tokenizer.decode,
                 duration=len(window) / SAMPLE_RATE,
             )
-            out.append(segments)
+            # A window judged silence keeps its text here: the speech guard drops it and
+            # says so (Transcript.dropped).
+            scores = {"avg_logprob": chosen.avg_logprob, "no_speech_prob": chosen.no_speech_prob}
+            out.append([dataclasses.replace(s, **scores) for s in segments])
         return out
 
     def _encode(self, features: np.ndarray):
