@@ -334,10 +334,29 @@ def test_option_errors(ct2, hf):
 
 
 def test_word_timestamps_ct2(ct2):
-    result = ct2.transcribe(noise(3.0), word_timestamps=True, **FAST)
-    words = [w for s in result.segments for w in s.words]
-    assert words
-    assert all(w.start <= w.end for w in words)
+    for seconds in (3.0, 40.0):  # one silence-padded window; faster-whisper's loop
+        result = ct2.transcribe(noise(seconds), word_timestamps=True, vad=False, **FAST)
+        words = [w for s in result.segments for w in s.words]
+        assert words
+        assert all(0.0 <= w.start <= w.end <= seconds for w in words)
+        assert all(0.0 <= w.probability <= 1.0 for w in words)
+    for s in ct2.transcribe(noise(3.0), word_timestamps=True, **FAST).segments:
+        # Each segment holds its own words: together they spell its text.
+        assert "".join(w.text for w in s.words).replace(" ", "") == s.text.replace(" ", "")
+
+
+def test_language_auto(ct2, hf):
+    result = ct2.transcribe(noise(2.0), language="auto", **FAST)
+    assert result.language != "auto" and len(result.language) in (2, 3, 5)
+    assert 0.0 < result.language_probability <= 1.0
+    assert result.options.language == result.language  # the options used
+    assert ct2.transcribe(noise(2.0), **FAST).language_probability is None
+    assert ct2.detect_language(noise(2.0))[0] == result.language
+    assert ct2.detect_language(np.zeros(SAMPLE_RATE, np.float32)) == ("sv", 0.0)
+    with pytest.raises(ValueError, match="language='auto' needs backend='ct2'"):
+        hf.transcribe(noise(1.0), language="auto")
+    with pytest.raises(ValueError, match="or 'auto' to detect it"):
+        TranscribeOptions(language="swedish")
 
 
 def test_bad_backend_and_device(tiny_ct2_dir):
@@ -378,6 +397,20 @@ def test_real_model_reads_swedish_words(sv_words_dir, backend):
     # Batched decoding gives what decoding each file alone gives (the same generate call with
     # a batch of one).
     assert [transcriber.transcribe(p).text for p in paths[:4]] == [r.text for r in many[:4]]
+
+
+@pytest.mark.slow
+def test_real_model_detects_english_speech():
+    from scipy.signal import resample_poly
+
+    from whisper_sv.sources.espeak import synthesize
+
+    speech, rate = synthesize("The weather is nice today, so I am going for a walk.", voice="en")
+    english = resample_poly(speech / 32768, SAMPLE_RATE, rate).astype(np.float32)
+    t = Transcriber("bundled:base", device="cpu")
+    result = t.transcribe(english, language="auto")
+    assert result.language == "en" and result.language_probability > 0.5
+    assert "walk" in result.text.lower()
 
 
 @pytest.mark.slow

@@ -60,6 +60,7 @@ from whisper_sv.infer_backends import (
     speech_windows,
 )
 from whisper_sv.infer_types import (
+    AUTO,
     FALLBACK_STEP,
     TASKS,
     Dropped,
@@ -190,10 +191,15 @@ class Transcriber:
         """
         opts = self._options(options, overrides)
         samples, source = _as_samples(audio)
-        spans = _speech(samples, opts)
-        dropped: list[Dropped] = []
-        segments = tuple(self._kept(samples, opts, spans, dropped, transcript))
-        return _transcript(segments, samples, source, opts, spans, dropped)
+        return self._one(samples, source, opts, transcript)
+
+    def detect_language(self, audio: AudioInput) -> tuple[str, float]:
+        """(Whisper language code, probability) heard in the first 30 s of speech (ct2).
+
+        Digital silence gives ("sv", 0.0): there is nothing to hear.
+        """
+        samples, _ = _as_samples(audio)
+        return self._detect(samples, _speech(samples, TranscribeOptions(fit_to_speech=True)))
 
     def stream(
         self,
@@ -212,7 +218,10 @@ class Transcriber:
         opts = self._options(options, overrides)
         samples, _ = _as_samples(audio)
         out = dropped if dropped is not None else []
-        yield from self._kept(samples, opts, _speech(samples, opts), out, transcript)
+        spans = _speech(samples, opts)
+        if opts.language == AUTO:
+            opts = dataclasses.replace(opts, language=self._detect(samples, spans)[0])
+        yield from self._kept(samples, opts, spans, out, transcript)
 
     def transcribe_many(
         self,
@@ -236,7 +245,12 @@ class Transcriber:
 
         opts = self._options(options, overrides)
         results: list[Transcript | AudioError | None] = [None] * len(audios)
-        one_by_one = not self.batched or opts.word_timestamps or opts.temperature_fallback
+        one_by_one = (
+            not self.batched
+            or opts.word_timestamps
+            or opts.temperature_fallback
+            or opts.language == AUTO
+        )
         with tqdm(total=len(audios), unit="file", disable=not progress) as bar:
             for first in range(0, len(audios), opts.batch_size):
                 batch: list[tuple[int, np.ndarray, str]] = []
@@ -249,10 +263,7 @@ class Transcriber:
                         bar.update()
                         continue
                     if one_by_one or len(samples) > N_SAMPLES:
-                        spans = _speech(samples, opts)
-                        dropped: list[Dropped] = []
-                        segments = tuple(self._kept(samples, opts, spans, dropped))
-                        results[i] = _transcript(segments, samples, source, opts, spans, dropped)
+                        results[i] = self._one(samples, source, opts)
                         bar.update()
                     else:
                         batch.append((i, samples, source))
@@ -279,6 +290,31 @@ class Transcriber:
             opts = dataclasses.replace(opts, **overrides)
         self._impl.check(opts)
         return opts
+
+    def _one(
+        self,
+        samples: np.ndarray,
+        source: str,
+        opts: TranscribeOptions,
+        transcript: Sequence[Segment] | None = None,
+    ) -> Transcript:
+        """The Transcript of one input, its language detected first with language="auto"."""
+        spans = _speech(samples, opts)
+        probability = None
+        if opts.language == AUTO:
+            language, probability = self._detect(samples, spans)
+            opts = dataclasses.replace(opts, language=language)
+        dropped: list[Dropped] = []
+        segments = tuple(self._kept(samples, opts, spans, dropped, transcript))
+        result = _transcript(segments, samples, source, opts, spans, dropped)
+        return dataclasses.replace(result, language_probability=probability)
+
+    def _detect(self, samples: np.ndarray, spans: tuple[Span, ...] | None) -> tuple[str, float]:
+        """The language of the 30 s from the first speech silero VAD found (or the start)."""
+        if _is_silent(samples):
+            return "sv", 0.0
+        first = int(spans[0][0] * SAMPLE_RATE) if spans else 0
+        return self._impl.detect_language(_min_length(samples[first:]))
 
     def _kept(
         self,

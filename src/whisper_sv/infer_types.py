@@ -12,6 +12,7 @@ from whisper_sv.loop_guard import MAX_NEW_TOKENS
 __all__ = ["TASKS", "Dropped", "Segment", "TranscribeOptions", "Transcript", "Word"]
 
 TASKS = ("transcribe", "translate")
+AUTO = "auto"  # TranscribeOptions.language: detect the spoken language
 # The fallback ladder when asked for: up from the given temperature in OpenAI's 0.2 steps.
 FALLBACK_STEP = 0.2
 
@@ -20,7 +21,9 @@ FALLBACK_STEP = 0.2
 class TranscribeOptions:
     """How to decode; every field has a safe default for Swedish."""
 
-    language: str = "sv"  # Whisper language code, always passed (never detected)
+    # Whisper language code; "auto": detected by the model from the first 30 s of speech
+    # (ct2 backend), else always passed (detection guesses wrong on short Swedish clips)
+    language: str = "sv"
     task: Literal["transcribe", "translate"] = "transcribe"  # translate: to English text
     beam_size: int = 1  # 1 = greedy; 5 is OpenAI's beam (about 1.6x slower on CPU)
     temperature: float = 0.0  # 0 = deterministic; > 0 samples
@@ -49,10 +52,11 @@ class TranscribeOptions:
     def __post_init__(self) -> None:
         from faster_whisper.tokenizer import _LANGUAGE_CODES
 
-        if self.language not in _LANGUAGE_CODES:
+        if self.language != AUTO and self.language not in _LANGUAGE_CODES:
             raise ValueError(
                 f"unknown language {self.language!r}; use a Whisper language code such as "
-                f"'sv' (Swedish) or 'en'; valid: {', '.join(sorted(_LANGUAGE_CODES))}"
+                f"'sv' (Swedish) or 'en', or 'auto' to detect it; valid: "
+                f"{', '.join(sorted(_LANGUAGE_CODES))}"
             )
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; use one of: {', '.join(TASKS)}")
@@ -132,9 +136,10 @@ class Transcript:
     text: str  # the segments' text joined by spaces
     segments: tuple[Segment, ...]  # in time order, start times never decreasing
     duration: float  # seconds of audio decoded
-    language: str  # the language passed to Whisper
+    language: str  # the language passed to Whisper (the detected one with language="auto")
     task: str  # "transcribe" or "translate"
     source: str  # the file name, or "<bytes>"/"<array>"
     options: TranscribeOptions  # the options used
     speech: tuple[tuple[float, float], ...] = ()  # VAD speech spans, s (fit_to_speech only)
     dropped: tuple[Dropped, ...] = ()  # segments the speech guard left out, in time order
+    language_probability: float | None = None  # the model's, with language="auto" (else None)
