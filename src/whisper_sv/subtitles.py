@@ -26,7 +26,16 @@ if TYPE_CHECKING:
 
     from whisper_sv.infer_types import Segment
 
-__all__ = ["Cue", "SubtitleOptions", "cues", "fit_to_speech", "render", "speech_spans"]
+__all__ = [
+    "RULES",
+    "Cue",
+    "SubtitleOptions",
+    "cues",
+    "fit_to_speech",
+    "render",
+    "rule_breaks",
+    "speech_spans",
+]
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +212,44 @@ def cues(
             end = min(end, raw[i + 1].start)
         end = max(end, start + opts.min_cue_s)
         out.append(Cue(round(start, 3), round(end, 3), c.lines))
+    return out
+
+
+# Readable subtitles (Swedish broadcast practice): what ``rule_breaks`` counts.
+RULES = {
+    "short": "on screen under 0.8 s",
+    "long": "on screen over 7 s",
+    "wide": "a line over 42 characters",
+    "tall": "over 2 lines",
+    "fast": "over 17 characters a second",
+    "lone": "ends with the first word of the next sentence, or is one word of a sentence "
+    "that goes on in the next cue",
+    "mid": "ends inside a clause (no punctuation at its end)",
+}
+SENTENCE_END = ".!?…"
+CLAUSE_END = ",;:–"
+
+
+def _ends(word: str, marks: str) -> bool:
+    return word.rstrip("\"')»”").endswith(tuple(marks))
+
+
+def rule_breaks(cue_list: Sequence[Cue]) -> dict[str, int]:
+    """How many cues break each rule of RULES (the limits are the rules', not options)."""
+    out = dict.fromkeys(RULES, 0)
+    for i, c in enumerate(cue_list):
+        words = " ".join(c.lines).split()
+        seconds = c.end - c.start
+        out["short"] += seconds < 0.8 - 1e-6
+        out["long"] += seconds > 7.0 + 1e-6
+        out["wide"] += any(len(line) > 42 for line in c.lines)
+        out["tall"] += len(c.lines) > 2
+        out["fast"] += len(" ".join(words)) / max(seconds, 1e-3) > 17.0
+        last = words[-1] if words else ""
+        goes_on = i + 1 < len(cue_list) and not _ends(last, SENTENCE_END)
+        carried = len(words) >= 2 and _ends(words[-2], SENTENCE_END) and goes_on
+        out["lone"] += carried or (len(words) == 1 and goes_on)
+        out["mid"] += bool(words) and not _ends(last, SENTENCE_END + CLAUSE_END)
     return out
 
 
