@@ -260,15 +260,16 @@ def test_subtitle_files():
 
     segments = [
         Segment(0.0, 2.5, " Hej "),
-        Segment(2.5, 3661.042, "på dig"),
+        Segment(3.5, 3661.042, "på dig"),
         Segment(4.0, 4.0, " "),
     ]
-    # A cue lasts no longer than its text takes to say at 2 characters a second.
+    # A cue lasts no longer than its text takes to say at 2 characters a second; the pause
+    # of 1.5 s between them keeps them apart.
     assert subtitles(segments, "srt") == (
-        "1\n00:00:00,000 --> 00:00:02,000\nHej\n\n2\n00:00:02,500 --> 00:00:06,000\npå dig\n"
+        "1\n00:00:00,000 --> 00:00:02,000\nHej\n\n2\n00:00:03,500 --> 00:00:07,000\npå dig\n"
     )
     assert subtitles(segments, "vtt") == (
-        "WEBVTT\n\n00:00:00.000 --> 00:00:02.000\nHej\n\n00:00:02.500 --> 00:00:06.000\npå dig\n"
+        "WEBVTT\n\n00:00:00.000 --> 00:00:02.000\nHej\n\n00:00:03.500 --> 00:00:07.000\npå dig\n"
     )
     assert subtitles(segments, "txt") == "Hej\npå dig\n"
 
