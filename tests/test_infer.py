@@ -133,7 +133,9 @@ def test_temperature_ladder():
 
 # The random model never stops on its own: cap its output. Its every window fails OpenAI's
 # rules, so the loop guard would sample at every temperature: off here, tested on its own.
-FAST = {"max_new_tokens": 8, "loop_guard": False}
+# The speech guard would drop all of it (noise holds no speech): off here, tested in
+# test_speech_guard.py.
+FAST = {"max_new_tokens": 8, "loop_guard": False, "speech_gate": False}
 
 
 # batched=True: exercise the batched path (the CUDA default) on this CPU.
@@ -267,7 +269,7 @@ def test_long_audio_windows_move_forward(hf):
     # inside the audio, and the second window is reached.
     # Two tokens per window (a timestamp and a word): no finished segment, so each window is
     # consumed whole and the loop makes three steps.
-    result = hf.transcribe(noise(65.0), vad=False, max_new_tokens=2)
+    result = hf.transcribe(noise(65.0), vad=False, max_new_tokens=2, speech_gate=False)
     assert_well_formed(result, 65.0)
     assert result.segments[-1].start > 30.0
 
@@ -284,7 +286,7 @@ def test_previous_text_prompts_fit_the_decoder(ct2, hf):
     assert _new_tokens(TranscribeOptions(), 30.0) > PROMPTED_MAX_NEW_TOKENS
     assert _new_tokens(dataclasses.replace(prompted, max_new_tokens=8), 30.0) == 8
     # A window allowed 440 tokens, after a prompt of the first window's text: cut to fit.
-    long = {"max_new_tokens": 440, "loop_guard": False, "vad": False}
+    long = {"max_new_tokens": 440, "loop_guard": False, "vad": False, "speech_gate": False}
     result = ct2.transcribe(noise(65.0), condition_on_previous_text=True, **long)
     assert_well_formed(result, 65.0)
     assert result.segments[-1].end > 30.0
@@ -475,8 +477,10 @@ def test_max_new_tokens_bounded_by_duration():
 def test_loop_guard_bounds_the_random_model(ct2, hf):
     # The random model never stops: with the guard its output is bounded by the clip's length.
     for transcriber in (ct2, hf):
-        guarded = transcriber.transcribe(noise(1.0, seed=40))
-        free = transcriber.transcribe(noise(1.0, seed=40), loop_guard=False, max_new_tokens=200)
+        guarded = transcriber.transcribe(noise(1.0, seed=40), speech_gate=False)
+        free = transcriber.transcribe(
+            noise(1.0, seed=40), loop_guard=False, max_new_tokens=200, speech_gate=False
+        )
         assert len(guarded.text) < len(free.text)
         assert not any(
             a.text.strip(" .,!?").lower() == b.text.strip(" .,!?").lower()

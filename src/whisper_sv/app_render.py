@@ -107,8 +107,8 @@ def render_markdown(reply: Reply) -> str:
     return "\n\n".join(parts)
 
 
-# A word the model gave less than this probability is marked. Whisper base's words in the
-# lexin phrases it got right averaged 0.84; most words it got wrong were under 0.5.
+# A word the model gave less than this probability is marked (faster-whisper's word
+# probability: the mean of its tokens' probabilities).
 UNSURE_BELOW = 0.5
 _UNSURE_MARK = "<u>underlined</u>"
 _REASONS = {

@@ -102,13 +102,17 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     option_flag(p, T, "max_new_tokens", metavar="N", help="tokens per 30 s window (not given: 448)")
     # The speech guard: what it drops is listed under "dropped" in --format json.
     on_off = {"action": argparse.BooleanOptionalAction}
-    option_flag(p, T, "speech_gate", **on_off)
-    option_flag(p, T, "no_speech_threshold", metavar="P")
-    option_flag(p, T, "log_prob_threshold", metavar="L")
-    option_flag(p, T, "drop_known_hallucinations", **on_off)
-    option_flag(p, T, "check_translation", **on_off)
-    option_flag(p, T, "max_translation_ratio", metavar="R")
-    option_flag(p, T, "translation_slack_chars", metavar="N")
+    option_flag(p, T, "speech_gate", **on_off, help="no text where silero VAD hears no speech")
+    option_flag(
+        p, T, "no_speech_threshold", metavar="P", help="drop a window above this P(no speech)..."
+    )
+    option_flag(p, T, "log_prob_threshold", metavar="L", help="...whose tokens average below L")
+    option_flag(p, T, "drop_known_hallucinations", **on_off, help="drop outros, credits, URLs")
+    option_flag(p, T, "check_translation", **on_off, help="English only over a kept transcript")
+    option_flag(
+        p, T, "max_translation_ratio", metavar="R", help="English at most R x the transcript..."
+    )
+    option_flag(p, T, "translation_slack_chars", metavar="N", help="...plus N characters")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
     p.set_defaults(func=_cmd_transcribe)
 

@@ -8,8 +8,15 @@
   CUDA); long audio is cut at the pauses silero VAD finds into windows of at most 30 s,
   decoded in batches, or without VAD decoded 30 s at a time from the last timestamp on.
 
-The language is always passed to Whisper (Swedish by default): its language detection
-guesses wrong on short and synthetic Swedish clips.
+The language is passed to Whisper (Swedish by default): its language detection guesses wrong
+on short and synthetic Swedish clips. ``language="auto"`` detects it (ct2 backend: one more
+encoder pass over the first 30 s of speech) and the Transcript carries the language found and
+its probability, so a clip in another language says so instead of being read as Swedish.
+
+The speech guard (``speech_guard``) judges every decoded segment before it is kept: text
+where silero VAD finds no speech, windows OpenAI's no-speech rule calls silence, phrases
+Whisper is known to invent (``hallucinations.txt``) and English the transcript does not
+support are left out and listed in ``Transcript.dropped`` with the reason.
 
 The loop guard (``TranscribeOptions.loop_guard``, on by default) keeps greedy decoding's
 speed and removes its loops: every 30 s window is decoded greedily first; only a window whose
