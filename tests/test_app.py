@@ -260,15 +260,16 @@ def test_subtitle_files():
 
     segments = [
         Segment(0.0, 2.5, " Hej "),
-        Segment(2.5, 3661.042, "på dig"),
+        Segment(3.5, 3661.042, "på dig"),
         Segment(4.0, 4.0, " "),
     ]
-    # A cue lasts no longer than its text takes to say at 2 characters a second.
+    # A cue lasts no longer than its text takes to say at 2 characters a second; the pause
+    # of 1.5 s between them keeps them apart.
     assert subtitles(segments, "srt") == (
-        "1\n00:00:00,000 --> 00:00:02,000\nHej\n\n2\n00:00:02,500 --> 00:00:06,000\npå dig\n"
+        "1\n00:00:00,000 --> 00:00:02,000\nHej\n\n2\n00:00:03,500 --> 00:00:07,000\npå dig\n"
     )
     assert subtitles(segments, "vtt") == (
-        "WEBVTT\n\n00:00:00.000 --> 00:00:02.000\nHej\n\n00:00:02.500 --> 00:00:06.000\npå dig\n"
+        "WEBVTT\n\n00:00:00.000 --> 00:00:02.000\nHej\n\n00:00:03.500 --> 00:00:07.000\npå dig\n"
     )
     assert subtitles(segments, "txt") == "Hej\npå dig\n"
 
@@ -282,6 +283,36 @@ def test_markdown_is_escaped_and_long_audio_gets_timestamps():
     assert r"\*inte fet\* \<b\>" in text
     assert "`0:00–0:04`" in text and "`1:01–1:05` sen" in text
     assert "a\\_b.wav · 1:35" in text
+
+
+def test_unsure_words_and_left_out_parts_are_shown():
+    from whisper_sv.infer import Dropped, Segment, Word
+
+    words = (Word(0.0, 1.0, " tvättar", 0.9), Word(1.0, 2.0, " sig", 0.3))
+    reply = Reply(source="a.wav", duration=2.0, translator="whisper")
+    reply.swedish = [Segment(0.0, 2.0, "tvättar sig", words=words)]
+    reply.english_dropped = [
+        Dropped(Segment(0.0, 2.0, "Thanks for watching!"), "known_hallucination", "x")
+    ]
+    text = render_markdown(reply)
+    assert "tvättar <u>sig</u>" in text
+    assert "unsure of this word" in text  # the legend, only when a word is marked
+    assert "Thanks for watching" not in text  # what was left out is not shown
+    assert (
+        "Left out 1 part of the English as probably invented (a phrase Whisper is known to invent)."
+    ) in text
+    sure = Reply(source="a.wav", duration=2.0, translator="none")
+    sure.swedish = [Segment(0.0, 2.0, "tvättar", words=words[:1])]
+    assert "unsure" not in render_markdown(sure) and "Left out" not in render_markdown(sure)
+
+
+def test_detected_language_is_named_in_the_reply(tiny_app, clips):
+    states = list(tiny_app.run(str(clips["speech"]), None, None, "none", language="auto"))
+    last = states[-1]
+    assert not last.error
+    assert last.language != "auto" and 0.0 < last.language_probability <= 1.0
+    assert any("Detecting the language" in render_markdown(s) for s in states)
+    assert "sure)" in render_markdown(last).split("\n")[0]
 
 
 # --------------------------------------------------------------------------- served

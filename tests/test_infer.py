@@ -133,7 +133,9 @@ def test_temperature_ladder():
 
 # The random model never stops on its own: cap its output. Its every window fails OpenAI's
 # rules, so the loop guard would sample at every temperature: off here, tested on its own.
-FAST = {"max_new_tokens": 8, "loop_guard": False}
+# The speech guard would drop all of it (noise holds no speech): off here, tested in
+# test_speech_guard.py.
+FAST = {"max_new_tokens": 8, "loop_guard": False, "speech_gate": False}
 
 
 # batched=True: exercise the batched path (the CUDA default) on this CPU.
@@ -267,7 +269,7 @@ def test_long_audio_windows_move_forward(hf):
     # inside the audio, and the second window is reached.
     # Two tokens per window (a timestamp and a word): no finished segment, so each window is
     # consumed whole and the loop makes three steps.
-    result = hf.transcribe(noise(65.0), vad=False, max_new_tokens=2)
+    result = hf.transcribe(noise(65.0), vad=False, max_new_tokens=2, speech_gate=False)
     assert_well_formed(result, 65.0)
     assert result.segments[-1].start > 30.0
 
@@ -284,7 +286,7 @@ def test_previous_text_prompts_fit_the_decoder(ct2, hf):
     assert _new_tokens(TranscribeOptions(), 30.0) > PROMPTED_MAX_NEW_TOKENS
     assert _new_tokens(dataclasses.replace(prompted, max_new_tokens=8), 30.0) == 8
     # A window allowed 440 tokens, after a prompt of the first window's text: cut to fit.
-    long = {"max_new_tokens": 440, "loop_guard": False, "vad": False}
+    long = {"max_new_tokens": 440, "loop_guard": False, "vad": False, "speech_gate": False}
     result = ct2.transcribe(noise(65.0), condition_on_previous_text=True, **long)
     assert_well_formed(result, 65.0)
     assert result.segments[-1].end > 30.0
@@ -334,10 +336,29 @@ def test_option_errors(ct2, hf):
 
 
 def test_word_timestamps_ct2(ct2):
-    result = ct2.transcribe(noise(3.0), word_timestamps=True, **FAST)
-    words = [w for s in result.segments for w in s.words]
-    assert words
-    assert all(w.start <= w.end for w in words)
+    for seconds in (3.0, 40.0):  # one silence-padded window; faster-whisper's loop
+        result = ct2.transcribe(noise(seconds), word_timestamps=True, vad=False, **FAST)
+        words = [w for s in result.segments for w in s.words]
+        assert words
+        assert all(0.0 <= w.start <= w.end <= seconds for w in words)
+        assert all(0.0 <= w.probability <= 1.0 for w in words)
+    for s in ct2.transcribe(noise(3.0), word_timestamps=True, **FAST).segments:
+        # Each segment holds its own words: together they spell its text.
+        assert "".join(w.text for w in s.words).replace(" ", "") == s.text.replace(" ", "")
+
+
+def test_language_auto(ct2, hf):
+    result = ct2.transcribe(noise(2.0), language="auto", **FAST)
+    assert result.language != "auto" and len(result.language) in (2, 3, 5)
+    assert 0.0 < result.language_probability <= 1.0
+    assert result.options.language == result.language  # the options used
+    assert ct2.transcribe(noise(2.0), **FAST).language_probability is None
+    assert ct2.detect_language(noise(2.0))[0] == result.language
+    assert ct2.detect_language(np.zeros(SAMPLE_RATE, np.float32)) == ("sv", 0.0)
+    with pytest.raises(ValueError, match="language='auto' needs backend='ct2'"):
+        hf.transcribe(noise(1.0), language="auto")
+    with pytest.raises(ValueError, match="or 'auto' to detect it"):
+        TranscribeOptions(language="swedish")
 
 
 def test_bad_backend_and_device(tiny_ct2_dir):
@@ -378,6 +399,20 @@ def test_real_model_reads_swedish_words(sv_words_dir, backend):
     # Batched decoding gives what decoding each file alone gives (the same generate call with
     # a batch of one).
     assert [transcriber.transcribe(p).text for p in paths[:4]] == [r.text for r in many[:4]]
+
+
+@pytest.mark.slow
+def test_real_model_detects_english_speech():
+    from scipy.signal import resample_poly
+
+    from whisper_sv.sources.espeak import synthesize
+
+    speech, rate = synthesize("The weather is nice today, so I am going for a walk.", voice="en")
+    english = resample_poly(speech / 32768, SAMPLE_RATE, rate).astype(np.float32)
+    t = Transcriber("bundled:base", device="cpu")
+    result = t.transcribe(english, language="auto")
+    assert result.language == "en" and result.language_probability > 0.5
+    assert "walk" in result.text.lower()
 
 
 @pytest.mark.slow
@@ -442,8 +477,10 @@ def test_max_new_tokens_bounded_by_duration():
 def test_loop_guard_bounds_the_random_model(ct2, hf):
     # The random model never stops: with the guard its output is bounded by the clip's length.
     for transcriber in (ct2, hf):
-        guarded = transcriber.transcribe(noise(1.0, seed=40))
-        free = transcriber.transcribe(noise(1.0, seed=40), loop_guard=False, max_new_tokens=200)
+        guarded = transcriber.transcribe(noise(1.0, seed=40), speech_gate=False)
+        free = transcriber.transcribe(
+            noise(1.0, seed=40), loop_guard=False, max_new_tokens=200, speech_gate=False
+        )
         assert len(guarded.text) < len(free.text)
         assert not any(
             a.text.strip(" .,!?").lower() == b.text.strip(" .,!?").lower()

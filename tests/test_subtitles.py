@@ -10,7 +10,14 @@ import pytest
 
 from whisper_sv.audio import SAMPLE_RATE, load_audio
 from whisper_sv.infer import Segment, Word, subtitles
-from whisper_sv.subtitles import Cue, SubtitleOptions, cues, fit_to_speech, speech_spans
+from whisper_sv.subtitles import (
+    Cue,
+    SubtitleOptions,
+    cues,
+    fit_to_speech,
+    rule_breaks,
+    speech_spans,
+)
 
 OPTS = SubtitleOptions()
 
@@ -149,3 +156,69 @@ def test_fitted_starts_never_go_back():
     fitted = list(fit_to_speech(segments, [(23.064, 24.0)]))
     assert [s.start for s in fitted] == sorted(s.start for s in fitted)
     assert all(s.start <= s.end for s in fitted)
+
+
+# ------------------------------------------------------------------ readable cues
+
+
+def cue_text(cue_list: list[Cue]) -> list[str]:
+    return [" ".join(c.lines) for c in cue_list]
+
+
+def test_no_lone_word_carried_from_the_next_sentence():
+    # Whisper's segments often end with the first word of the next sentence.
+    segments = [
+        Segment(0.0, 3.0, "Vi var ute hela dagen. Ingen"),
+        Segment(3.4, 6.0, "visste vad som hade hänt."),
+    ]
+    cue_list = cues(segments)
+    check(cue_list)
+    assert all(not t.endswith(". Ingen") and t != "Ingen" for t in cue_text(cue_list))
+    assert rule_breaks(cue_list)["lone"] == 0
+    assert " ".join(cue_text(cue_list)).split() == " ".join(s.text for s in segments).split()
+
+
+def test_long_text_breaks_at_sentence_and_clause_ends():
+    text = (
+        "Det regnade hela förmiddagen i Stockholm och vinden var kall. "
+        "På eftermiddagen kom solen fram, och många gick ut i parkerna för att njuta."
+    )
+    cue_list = cues([Segment(0.0, 10.0, text)])
+    check(cue_list)
+    assert cue_text(cue_list)[0].endswith("kall.")
+    assert all(t[-1] in ".,!?" for t in cue_text(cue_list))
+    for c in cue_list:  # two balanced lines where one would be too long
+        assert len(c.lines) == 1 or abs(len(c.lines[0]) - len(c.lines[1])) < 20
+
+
+def test_short_and_fast_cues_take_the_pause_after_them():
+    segments = [
+        Segment(0.0, 0.3, "Ja."),  # one short word: 0.8 s on screen, from the pause after it
+        Segment(3.0, 4.0, "Det här är en ganska lång mening."),  # 33 chars in 1 s
+        Segment(9.0, 10.0, "Slut."),
+    ]
+    cue_list = cues(segments)
+    check(cue_list)
+    assert cue_list[0].end - cue_list[0].start == pytest.approx(0.8)
+    speeds = [len(t) / (c.end - c.start) for t, c in zip(cue_text(cue_list), cue_list, strict=True)]
+    assert max(speeds) <= OPTS.max_chars_per_s + 0.01  # times are rounded to ms
+    assert rule_breaks(cue_list) == dict.fromkeys(rule_breaks(cue_list), 0)
+
+
+def test_rule_breaks_counts_each_rule():
+    bad = [
+        Cue(0.0, 0.5, ("Hej.",)),  # short
+        Cue(1.0, 9.0, ("a" * 20 + " " + "b" * 22,)),  # long, wide, ends mid-clause
+        Cue(9.0, 10.0, ("Ett två tre fyra fem sex sju åtta nio tio elva tolv.",)),  # fast, wide
+        Cue(10.0, 12.0, ("Nu.", "Två.", "Tre. Och")),  # tall, carries "Och" of the next
+        Cue(12.0, 14.0, ("sen.",)),
+    ]
+    assert rule_breaks(bad) == {
+        "short": 1,
+        "long": 1,
+        "wide": 2,
+        "tall": 1,
+        "fast": 1,
+        "lone": 1,
+        "mid": 2,
+    }

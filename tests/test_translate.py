@@ -113,4 +113,8 @@ def test_no_swedish_text_no_translation(tiny_ct2_dir):
     fast = {"max_new_tokens": 8, "loop_guard": False}
     assert list(translate.translate_speech(ct2, noise, swedish=[], **fast)) == []
     said = [Segment(0.0, 1.0, "hej")]
-    assert list(translate.translate_speech(ct2, noise, swedish=said, **fast))
+    unguarded = {**fast, "speech_gate": False, "check_translation": False}
+    assert list(translate.translate_speech(ct2, noise, swedish=said, **unguarded))
+    # The speech guard hears no speech in the noise: no English, and it says why.
+    dropped: list = []
+    assert list(translate.translate_speech(ct2, noise, swedish=said, dropped=dropped)) == []

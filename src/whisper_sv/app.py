@@ -39,6 +39,7 @@ from whisper_sv.app_options import (
 from whisper_sv.app_render import Reply, _md, _plain, _progress, _too_long, render_markdown
 from whisper_sv.app_space import export_space
 from whisper_sv.audio import AudioError, duration_s, load_audio
+from whisper_sv.infer_types import AUTO
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -243,9 +244,19 @@ class ChatApp:
     def _transcribe(
         self, reply: Reply, transcriber: Transcriber, audio: np.ndarray, request: Request
     ) -> Iterator[Reply]:
+        if request.language == AUTO:
+            reply.status = "Detecting the language…"
+            yield reply
+            reply.language, reply.language_probability = transcriber.detect_language(audio)
         reply.status = _progress("Transcribing", 0.0, reply.duration)
         yield reply
-        stream = transcriber.stream(audio, language=request.language, beam_size=request.beam_size)
+        stream = transcriber.stream(
+            audio,
+            language=reply.language,
+            beam_size=request.beam_size,
+            word_timestamps=True,  # each word's probability: unsure words are shown so
+            dropped=reply.dropped,
+        )
         for segment in stream:
             reply.swedish.append(segment)
             reply.status = _progress("Transcribing", segment.end, reply.duration)
@@ -265,13 +276,14 @@ class ChatApp:
             reply.translation_model = self.model_label(choice.model)
             reply.status = "Translating…"
             yield reply
-            source = translate.TranslateOptions(source=request.language)
+            source = translate.TranslateOptions(source=reply.language)
             for segment in translate.translate_speech(
                 transcriber,
                 audio,
                 source,
                 beam_size=request.beam_size,
                 swedish=reply.swedish,
+                dropped=reply.english_dropped,
             ):
                 reply.english.append(segment)
                 reply.status = _progress("Translating", segment.end, reply.duration)
@@ -282,7 +294,7 @@ class ChatApp:
             yield reply
             online = translate.TranslateOptions(
                 backend="google",
-                source=request.language,
+                source=reply.language,
                 timeout_s=self.options.translate_timeout_s,
             )
             try:

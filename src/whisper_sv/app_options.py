@@ -24,6 +24,7 @@ LANGUAGE_CHOICES: tuple[tuple[str, str], ...] = (
     ("Deutsch", "de"),
     ("Français", "fr"),
     ("Español", "es"),
+    ("Detect the language", "auto"),  # the model's guess (faster-whisper), shown in the reply
 )
 LANGUAGE_NAMES = {code: name for name, code in LANGUAGE_CHOICES}
 QUALITY_CHOICES: tuple[tuple[str, str], ...] = (

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from whisper_sv.app_options import LANGUAGE_NAMES
 
 if TYPE_CHECKING:
-    from whisper_sv.infer import Segment
+    from whisper_sv.infer import Dropped, Segment
 
 __all__ = ["Reply", "render_markdown"]
 
@@ -20,12 +20,15 @@ class Reply:
     source: str = ""  # what was sent: a file name or a link
     duration: float = 0.0  # seconds of audio
     status: str = ""  # what is happening now ("" once done)
-    language: str = "sv"  # spoken language (Whisper code)
+    language: str = "sv"  # spoken language (Whisper code; "auto" until detected)
+    language_probability: float | None = None  # the model's, when it detected the language
     model: str = ""  # which model wrote the transcript (a label)
     quality: str = ""  # "fast" or "accurate"
     swedish: list[Segment] = field(default_factory=list)  # transcript so far (any language)
     english: list[Segment] = field(default_factory=list)  # Whisper translation so far
     english_text: str = ""  # online translation (whole text)
+    dropped: list[Dropped] = field(default_factory=list)  # transcript the speech guard left out
+    english_dropped: list[Dropped] = field(default_factory=list)  # English it left out
     translator: str = "none"  # which translation is shown
     translation_model: str = ""  # which model or service wrote the English (a label)
     # Why there is no translation (online translator unreachable), or why another model than
@@ -38,7 +41,12 @@ class Reply:
     def snapshot(self) -> Reply:
         """A copy that later changes to this one do not touch."""
         return replace(
-            self, swedish=list(self.swedish), english=list(self.english), files=list(self.files)
+            self,
+            swedish=list(self.swedish),
+            english=list(self.english),
+            files=list(self.files),
+            dropped=list(self.dropped),
+            english_dropped=list(self.english_dropped),
         )
 
     @property
@@ -63,6 +71,8 @@ def render_markdown(reply: Reply) -> str:
         return f"⚠️ {reply.error}"
     parts = []
     head = f"**{LANGUAGE_NAMES.get(reply.language, reply.language)}**"
+    if reply.language_probability is not None:
+        head += f" (detected, {reply.language_probability:.0%} sure)"
     head += f" · {_md(reply.source)}" if reply.source else ""
     if reply.duration:
         head += f" · {_length(reply.duration)}"
@@ -72,12 +82,16 @@ def render_markdown(reply: Reply) -> str:
         )
     parts.append(head)
     parts.append(_lines(reply.swedish, reply.timestamps) or "…")
+    if reply.dropped:
+        parts.append(_dropped_line(reply.dropped, "of the transcript"))
     by = f" · model {_md(reply.translation_model)}" if reply.translation_model else ""
     if reply.translator == "whisper" and (reply.english or not reply.status):
         parts.append("**English** · Whisper (offline)" + by)
         if reply.translation_note:  # the English came from another model than the transcript
             parts.append(f"ℹ️ {_md(reply.translation_note)}")
         parts.append(_lines(reply.english, reply.timestamps) or "…")
+        if reply.english_dropped:
+            parts.append(_dropped_line(reply.english_dropped, "of the English"))
     elif reply.translator == "google" and not reply.status:
         parts.append("**English** · Google Translate (online)")
         if reply.translation_note:
@@ -88,17 +102,55 @@ def render_markdown(reply: Reply) -> str:
         parts.append(f"*⏳ {reply.status}*")
     elif not reply.swedish:
         parts.append("*No speech found.*")
+    if any(_unsure(w) for s in [*reply.swedish, *reply.english] for w in s.words):
+        parts.append(f"<sub>{_UNSURE_MARK} = the model was unsure of this word</sub>")
     return "\n\n".join(parts)
+
+
+# A word the model gave less than this probability is marked (faster-whisper's word
+# probability: the mean of its tokens' probabilities).
+UNSURE_BELOW = 0.5
+_UNSURE_MARK = "<u>underlined</u>"
+_REASONS = {
+    "no_speech_detected": "no speech heard there",
+    "silence": "the model judged it silence",
+    "known_hallucination": "a phrase Whisper is known to invent",
+    "unconfirmed_translation": "no transcript under it",
+    "translation_too_long": "much longer than the transcript",
+}
+
+
+def _unsure(word) -> bool:
+    return word.probability < UNSURE_BELOW
+
+
+def _dropped_line(dropped: list[Dropped], what: str) -> str:
+    """One line saying how much the speech guard left out, and why (not the text itself)."""
+    reasons = sorted({_REASONS.get(d.reason, d.reason) for d in dropped})
+    n = len(dropped)
+    return (
+        f"ℹ️ Left out {n} part{'s' if n > 1 else ''} {what} as probably invented "
+        f"({'; '.join(reasons)})."
+    )
+
+
+def _words(segment: Segment) -> str:
+    """The segment's text, unsure words underlined (its words when it has them)."""
+    if not segment.words:
+        return _md(segment.text.strip())
+    return " ".join(
+        f"<u>{_md(w.text.strip())}</u>" if _unsure(w) else _md(w.text.strip())
+        for w in segment.words
+        if w.text.strip()
+    )
 
 
 def _lines(segments: list[Segment], timestamps: bool) -> str:
     if timestamps:
         return "\n".join(
-            f"`{_clock(s.start)}–{_clock(s.end)}` {_md(s.text.strip())}"
-            for s in segments
-            if s.text.strip()
+            f"`{_clock(s.start)}–{_clock(s.end)}` {_words(s)}" for s in segments if s.text.strip()
         )
-    return _md(" ".join(s.text.strip() for s in segments if s.text.strip()))
+    return " ".join(_words(s) for s in segments if s.text.strip())
 
 
 def _too_long(source: str, seconds: float, limit: float) -> str:

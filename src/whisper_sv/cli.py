@@ -73,7 +73,7 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="bundled:base", help="model reference")
     p.add_argument("--backend", choices=("ct2", "transformers"), default="ct2", help="engine")
     option_flag(p, T, "task", help="transcribe, or translate to English text")
-    option_flag(p, T, "language", help="spoken language code")
+    option_flag(p, T, "language", help="spoken language code, or auto to detect it")
     p.add_argument(
         "--format",
         choices=("txt", "srt", "vtt", "json"),
@@ -100,6 +100,19 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
         p, T, "condition_on_previous_text", help="prompt each 30 s window with the text before"
     )
     option_flag(p, T, "max_new_tokens", metavar="N", help="tokens per 30 s window (not given: 448)")
+    # The speech guard: what it drops is listed under "dropped" in --format json.
+    on_off = {"action": argparse.BooleanOptionalAction}
+    option_flag(p, T, "speech_gate", **on_off, help="no text where silero VAD hears no speech")
+    option_flag(
+        p, T, "no_speech_threshold", metavar="P", help="drop a window above this P(no speech)..."
+    )
+    option_flag(p, T, "log_prob_threshold", metavar="L", help="...whose tokens average below L")
+    option_flag(p, T, "drop_known_hallucinations", **on_off, help="drop outros, credits, URLs")
+    option_flag(p, T, "check_translation", **on_off, help="English only over a kept transcript")
+    option_flag(
+        p, T, "max_translation_ratio", metavar="R", help="English at most R x the transcript..."
+    )
+    option_flag(p, T, "translation_slack_chars", metavar="N", help="...plus N characters")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
     p.set_defaults(func=_cmd_transcribe)
 
@@ -158,6 +171,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
             print(f"error: {result}", file=sys.stderr)
             failed.append(name)
             continue
+        _notes(name, result)
         text = format_transcript(result, args.format)
         if args.out:
             out = args.out / f"{_unique_stem(name, used)}.{args.format}"
@@ -175,6 +189,23 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
         print(f"{len(failed)} of {len(args.inputs)} input(s) failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _notes(name: str, result) -> None:
+    """What the text output does not show, on standard error: the language detected, and
+    how much the speech guard left out (the text itself only in --format json)."""
+    if result.language_probability is not None:
+        print(
+            f"{name}: language {result.language} (probability {result.language_probability:.2f})",
+            file=sys.stderr,
+        )
+    if result.dropped:
+        reasons = sorted({d.reason for d in result.dropped})
+        print(
+            f"{name}: {len(result.dropped)} segment(s) left out as probably not said "
+            f"({', '.join(reasons)}; --format json lists them)",
+            file=sys.stderr,
+        )
 
 
 def _unique_stem(name: str, used: set[str]) -> str:

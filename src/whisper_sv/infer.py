@@ -8,8 +8,15 @@
   CUDA); long audio is cut at the pauses silero VAD finds into windows of at most 30 s,
   decoded in batches, or without VAD decoded 30 s at a time from the last timestamp on.
 
-The language is always passed to Whisper (Swedish by default): its language detection
-guesses wrong on short and synthetic Swedish clips.
+The language is passed to Whisper (Swedish by default): its language detection guesses wrong
+on short and synthetic Swedish clips. ``language="auto"`` detects it (ct2 backend: one more
+encoder pass over the first 30 s of speech) and the Transcript carries the language found and
+its probability, so a clip in another language says so instead of being read as Swedish.
+
+The speech guard (``speech_guard``) judges every decoded segment before it is kept: text
+where silero VAD finds no speech, windows OpenAI's no-speech rule calls silence, phrases
+Whisper is known to invent (``hallucinations.txt``) and English the transcript does not
+support are left out and listed in ``Transcript.dropped`` with the reason.
 
 The loop guard (``TranscribeOptions.loop_guard``, on by default) keeps greedy decoding's
 speed and removes its loops: every 30 s window is decoded greedily first; only a window whose
@@ -60,8 +67,10 @@ from whisper_sv.infer_backends import (
     speech_windows,
 )
 from whisper_sv.infer_types import (
+    AUTO,
     FALLBACK_STEP,
     TASKS,
+    Dropped,
     Segment,
     TranscribeOptions,
     Transcript,
@@ -79,6 +88,8 @@ from whisper_sv.loop_guard import (
     max_new_tokens_for,
     trim_repetition,
 )
+from whisper_sv.speech_guard import judge, judge_translation
+from whisper_sv.subtitles import fit_to_speech
 
 __all__ = [
     "BEST_OF",
@@ -99,6 +110,7 @@ __all__ = [
     "SILENCE_PEAK",
     "TASKS",
     "TIME_PRECISION_S",
+    "Dropped",
     "Segment",
     "TranscribeOptions",
     "Transcriber",
@@ -115,6 +127,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AudioInput = str | os.PathLike | bytes | np.ndarray
+Span = tuple[float, float]
 Backend = Literal["ct2", "transformers"]
 BACKENDS = ("ct2", "transformers")
 DEVICES = ("auto", "cpu", "cuda")
@@ -171,22 +184,51 @@ class Transcriber:
         self._impl.batched = bool(value)
 
     def transcribe(
-        self, audio: AudioInput, options: TranscribeOptions | None = None, **overrides
+        self,
+        audio: AudioInput,
+        options: TranscribeOptions | None = None,
+        *,
+        transcript: Sequence[Segment] | None = None,
+        **overrides,
     ) -> Transcript:
-        """Transcribe (or translate) one input: a path, encoded bytes, or a 16 kHz array."""
+        """Transcribe (or translate) one input: a path, encoded bytes, or a 16 kHz array.
+
+        ``transcript``: with task "translate" and ``check_translation``, the kept transcript
+        of the same audio when the caller has it (None: it is decoded first).
+        """
         opts = self._options(options, overrides)
         samples, source = _as_samples(audio)
-        spans = _speech(samples, opts)
-        segments = tuple(self._segments(samples, opts, spans))
-        return _transcript(segments, samples, source, opts, spans)
+        return self._one(samples, source, opts, transcript)
+
+    def detect_language(self, audio: AudioInput) -> tuple[str, float]:
+        """(Whisper language code, probability) heard in the first 30 s of speech (ct2).
+
+        Digital silence gives ("sv", 0.0): there is nothing to hear.
+        """
+        samples, _ = _as_samples(audio)
+        return self._detect(samples, _speech(samples, TranscribeOptions(fit_to_speech=True)))
 
     def stream(
-        self, audio: AudioInput, options: TranscribeOptions | None = None, **overrides
+        self,
+        audio: AudioInput,
+        options: TranscribeOptions | None = None,
+        *,
+        dropped: list[Dropped] | None = None,
+        transcript: Sequence[Segment] | None = None,
+        **overrides,
     ) -> Iterator[Segment]:
-        """The Segments of one input as they are decoded (for live display)."""
+        """The kept Segments of one input as they are decoded (for live display).
+
+        What the speech guard drops is appended to ``dropped`` when given; ``transcript`` as
+        in ``transcribe``.
+        """
         opts = self._options(options, overrides)
         samples, _ = _as_samples(audio)
-        yield from self._segments(samples, opts, _speech(samples, opts))
+        out = dropped if dropped is not None else []
+        spans = _speech(samples, opts)
+        if opts.language == AUTO:
+            opts = dataclasses.replace(opts, language=self._detect(samples, spans)[0])
+        yield from self._kept(samples, opts, spans, out, transcript)
 
     def transcribe_many(
         self,
@@ -210,7 +252,12 @@ class Transcriber:
 
         opts = self._options(options, overrides)
         results: list[Transcript | AudioError | None] = [None] * len(audios)
-        one_by_one = not self.batched or opts.word_timestamps or opts.temperature_fallback
+        one_by_one = (
+            not self.batched
+            or opts.word_timestamps
+            or opts.temperature_fallback
+            or opts.language == AUTO
+        )
         with tqdm(total=len(audios), unit="file", disable=not progress) as bar:
             for first in range(0, len(audios), opts.batch_size):
                 batch: list[tuple[int, np.ndarray, str]] = []
@@ -223,21 +270,16 @@ class Transcriber:
                         bar.update()
                         continue
                     if one_by_one or len(samples) > N_SAMPLES:
-                        spans = _speech(samples, opts)
-                        segments = tuple(self._segments(samples, opts, spans))
-                        results[i] = _transcript(segments, samples, source, opts, spans)
+                        results[i] = self._one(samples, source, opts)
                         bar.update()
                     else:
                         batch.append((i, samples, source))
                 if batch:
-                    decoded = self._decode_short([s for _, s, _ in batch], opts)
-                    for (i, samples, source), segments in zip(batch, decoded, strict=True):
-                        spans = _speech(samples, opts)
-                        if spans:
-                            from whisper_sv.subtitles import fit_to_speech
-
-                            segments = list(fit_to_speech(segments, spans))
-                        results[i] = _transcript(tuple(segments), samples, source, opts, spans)
+                    clips = [samples for _, samples, _ in batch]
+                    for (i, samples, source), (segments, spans, dropped) in zip(
+                        batch, self._kept_short(clips, opts), strict=True
+                    ):
+                        results[i] = _transcript(segments, samples, source, opts, spans, dropped)
                     bar.update(len(batch))
         return results  # type: ignore[return-value]
 
@@ -256,8 +298,64 @@ class Transcriber:
         self._impl.check(opts)
         return opts
 
+    def _one(
+        self,
+        samples: np.ndarray,
+        source: str,
+        opts: TranscribeOptions,
+        transcript: Sequence[Segment] | None = None,
+    ) -> Transcript:
+        """The Transcript of one input, its language detected first with language="auto"."""
+        spans = _speech(samples, opts)
+        probability = None
+        if opts.language == AUTO:
+            language, probability = self._detect(samples, spans)
+            opts = dataclasses.replace(opts, language=language)
+        dropped: list[Dropped] = []
+        segments = tuple(self._kept(samples, opts, spans, dropped, transcript))
+        result = _transcript(segments, samples, source, opts, spans, dropped)
+        return dataclasses.replace(result, language_probability=probability)
+
+    def _detect(self, samples: np.ndarray, spans: tuple[Span, ...] | None) -> tuple[str, float]:
+        """The language of the 30 s from the first speech silero VAD found (or the start)."""
+        if _is_silent(samples):
+            return "sv", 0.0
+        first = int(spans[0][0] * SAMPLE_RATE) if spans else 0
+        return self._impl.detect_language(_min_length(samples[first:]))
+
+    def _kept(
+        self,
+        samples: np.ndarray,
+        opts: TranscribeOptions,
+        spans: tuple[Span, ...] | None,
+        dropped: list[Dropped],
+        transcript: Sequence[Segment] | None = None,
+    ) -> Iterator[Segment]:
+        """The segments of one input that the speech guard keeps (``speech_guard``)."""
+        if opts.task == "translate" and opts.check_translation:
+            if transcript is None:
+                as_said = dataclasses.replace(opts, task="transcribe")
+                transcript = list(self._kept(samples, as_said, spans, []))
+            if not transcript:  # nothing kept to translate: no English is decoded at all
+                return
+            english = self._judged(samples, opts, spans, dropped)
+            yield from judge_translation(english, transcript, opts, dropped)
+        else:
+            yield from self._judged(samples, opts, spans, dropped)
+
+    def _judged(
+        self,
+        samples: np.ndarray,
+        opts: TranscribeOptions,
+        spans: tuple[Span, ...] | None,
+        dropped: list[Dropped],
+    ) -> Iterator[Segment]:
+        if opts.speech_gate and spans == ():
+            return  # no speech found: not decoded (the guard would drop every segment)
+        yield from judge(self._segments(samples, opts, spans), opts, spans, dropped)
+
     def _segments(
-        self, samples: np.ndarray, opts: TranscribeOptions, spans: Sequence[tuple[float, float]]
+        self, samples: np.ndarray, opts: TranscribeOptions, spans: tuple[Span, ...] | None
     ) -> Iterator[Segment]:
         if _is_silent(samples):
             return
@@ -265,11 +363,37 @@ class Transcriber:
         segments = _monotonic(self._impl.segments(_min_length(samples), opts), duration)
         if opts.loop_guard:
             segments = _guarded(segments)
-        if spans:
-            from whisper_sv.subtitles import fit_to_speech
-
+        if opts.fit_to_speech and spans:
             segments = fit_to_speech(segments, spans)
         yield from segments
+
+    def _kept_short(
+        self, clips: list[np.ndarray], opts: TranscribeOptions
+    ) -> list[tuple[tuple[Segment, ...], tuple[Span, ...] | None, list[Dropped]]]:
+        """(kept segments, speech spans, dropped) of clips <= 30 s each, decoded batched."""
+        spans = [_speech(c, opts) for c in clips]
+        source: list[tuple[Segment, ...] | None] = [None] * len(clips)
+        if opts.task == "translate" and opts.check_translation:
+            as_said = dataclasses.replace(opts, task="transcribe")
+            source = [kept for kept, _, _ in self._kept_short(clips, as_said)]
+        todo = [
+            i
+            for i, c in enumerate(clips)
+            if not (opts.speech_gate and spans[i] == ()) and source[i] != ()
+        ]
+        decoded: list[list[Segment]] = [[] for _ in clips]
+        decodings = self._decode_short([clips[i] for i in todo], opts)
+        for i, segments in zip(todo, decodings, strict=True):
+            fitted = opts.fit_to_speech and spans[i]
+            decoded[i] = list(fit_to_speech(segments, spans[i]) if fitted else segments)
+        out = []
+        for i, segments in enumerate(decoded):
+            dropped: list[Dropped] = []
+            kept = judge(segments, opts, spans[i], dropped)
+            if source[i] is not None:
+                kept = judge_translation(kept, source[i], opts, dropped)
+            out.append((tuple(kept), spans[i], dropped))
+        return out
 
     def _decode_short(
         self, clips: list[np.ndarray], opts: TranscribeOptions
@@ -303,9 +427,12 @@ def _as_samples(audio: AudioInput) -> tuple[np.ndarray, str]:
     return load_audio(audio), str(audio)
 
 
-def _speech(samples: np.ndarray, opts: TranscribeOptions) -> tuple[tuple[float, float], ...]:
-    """Speech spans for fit_to_speech (none for digital silence or with the option off)."""
-    if not opts.fit_to_speech or _is_silent(samples):
+def _speech(samples: np.ndarray, opts: TranscribeOptions) -> tuple[Span, ...] | None:
+    """Silero VAD's speech spans for fit_to_speech and the speech gate; () for digital
+    silence, None when neither option asks for them."""
+    if not (opts.fit_to_speech or opts.speech_gate):
+        return None
+    if _is_silent(samples):
         return ()
     from whisper_sv.subtitles import speech_spans
 
@@ -317,7 +444,8 @@ def _transcript(
     samples: np.ndarray,
     source: str,
     opts: TranscribeOptions,
-    spans: tuple[tuple[float, float], ...] = (),
+    spans: tuple[Span, ...] | None = None,
+    dropped: Sequence[Dropped] = (),
 ) -> Transcript:
     return Transcript(
         text=" ".join(s.text for s in segments if s.text),
@@ -327,7 +455,8 @@ def _transcript(
         task=opts.task,
         source=source,
         options=opts,
-        speech=spans,
+        speech=spans if opts.fit_to_speech and spans else (),
+        dropped=tuple(sorted(dropped, key=lambda d: d.segment.start)),
     )
 
 

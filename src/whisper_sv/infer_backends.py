@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from whisper_sv import models
-from whisper_sv.audio import CHUNK_LENGTH, N_FFT, N_SAMPLES, SAMPLE_RATE
+from whisper_sv.audio import CHUNK_LENGTH, HOP_LENGTH, N_FFT, N_SAMPLES, SAMPLE_RATE
 from whisper_sv.feature_config import MAX_DECODER_POSITIONS, MAX_PREVIOUS_TOKENS
-from whisper_sv.infer_types import Segment, TranscribeOptions, Word
+from whisper_sv.infer_types import AUTO, Segment, TranscribeOptions, Word
 from whisper_sv.loop_guard import (
     COMPRESSION_RATIO_THRESHOLD,
     compression_ratio,
@@ -83,6 +83,30 @@ def _sounding(samples: np.ndarray, min_gap_s: int = 3) -> list[float] | str:
         return "0"
     end = len(samples) / SAMPLE_RATE
     return [float(min(t, end)) for span in spans for t in span] or [0.0, 0.0]
+
+
+def _punctuation_joined(words: list[Word]) -> list[Word]:
+    """Punctuation the alignment gives as words of its own ("!") joined to the word before,
+    as faster-whisper's own word timestamps do."""
+    out: list[Word] = []
+    for w in words:
+        if out and not any(c.isalnum() for c in w.text):
+            out[-1] = dataclasses.replace(out[-1], end=w.end, text=out[-1].text + w.text.strip())
+        else:
+            out.append(w)
+    return out
+
+
+def _words_into(segments: list[Segment], words: list[Word]) -> list[Segment]:
+    """``segments`` each given the next words whose letters add up to its text's."""
+    out, k = [], 0
+    for s in segments:
+        need, have, start = len(s.text.replace(" ", "")), 0, k
+        while k < len(words) and have < need:
+            have += len(words[k].text.replace(" ", ""))
+            k += 1
+        out.append(dataclasses.replace(s, words=tuple(words[start:k])))
+    return out
 
 
 def _max_length(
@@ -172,6 +196,10 @@ class _Backend:
     def check(self, opts: TranscribeOptions) -> None:
         """Raise ValueError when the model cannot do what ``opts`` asks."""
 
+    def detect_language(self, samples: np.ndarray) -> tuple[str, float]:
+        """(language code, probability) the model hears in the first 30 s of ``samples``."""
+        raise ValueError("language='auto' needs backend='ct2'")
+
     def segments(self, samples: np.ndarray, opts: TranscribeOptions) -> Iterator[Segment]:
         raise NotImplementedError
 
@@ -248,8 +276,14 @@ class _Ct2Backend(_Backend):
         if not self.model.model.is_multilingual and opts.language != "en":
             raise ValueError("this model is English-only; use a multilingual Whisper model")
 
+    def detect_language(self, samples: np.ndarray) -> tuple[str, float]:
+        # The same silence-padded log-mel as decoding (decode_windows), one encoder pass.
+        features = self._features(samples[:N_SAMPLES])[None].astype(np.float32)
+        token, probability = self.model.model.detect_language(self._encode(features))[0][0]
+        return token[2:-2], float(probability)  # "<|sv|>" -> "sv"
+
     def segments(self, samples: np.ndarray, opts: TranscribeOptions) -> Iterator[Segment]:
-        if len(samples) <= N_SAMPLES and not opts.word_timestamps:
+        if len(samples) <= N_SAMPLES:
             # One window, its audio padded with silence (decode_windows' doc).
             yield from self.decode_windows([samples], opts)[0]
             return
@@ -270,7 +304,8 @@ class _Ct2Backend(_Backend):
             word_timestamps=opts.word_timestamps,
             vad_filter=opts.vad and long,
             without_timestamps=False,
-            no_speech_threshold=NO_SPEECH_THRESHOLD,
+            no_speech_threshold=opts.no_speech_threshold,
+            # Also the fallback's threshold: the guard's own value applies after decoding.
             log_prob_threshold=LOG_PROB_THRESHOLD,
             max_new_tokens=_new_tokens(opts, min(len(samples) / SAMPLE_RATE, CHUNK_LENGTH)),
             # Without VAD, stretches of digital silence are skipped, not decoded: Whisper
@@ -282,7 +317,14 @@ class _Ct2Backend(_Backend):
                 Word(start=w.start, end=w.end, text=w.word, probability=w.probability)
                 for w in (piece.words or ())
             )
-            yield Segment(start=piece.start, end=piece.end, text=piece.text.strip(), words=words)
+            yield Segment(
+                start=piece.start,
+                end=piece.end,
+                text=piece.text.strip(),
+                words=words,
+                avg_logprob=piece.avg_logprob,
+                no_speech_prob=piece.no_speech_prob,
+            )
 
     def _features(self, window: np.ndarray) -> np.ndarray:
         """Log-mel of ``window`` padded with silence to 30 s first, as OpenAI's Whisper does.
@@ -324,6 +366,7 @@ class _Ct2Backend(_Backend):
             encoded, len(windows), prompt, tokenizer, max_length, temps[0], opts.beam_size
         )
         out = []
+        texts: list[list[int]] = []  # text tokens of each window's chosen decoding
         for i, (window, attempt) in enumerate(zip(windows, first, strict=True)):
             tried = [attempt]
             # The encoder runs once per window: a bad window of a batch is encoded alone
@@ -342,9 +385,6 @@ class _Ct2Backend(_Backend):
                     alone, 1, prompt, tokenizer, max_length, temperature, beam, no_repeat
                 )
             chosen = tried[-1] if not tried[-1].needs_fallback else _best(tried)
-            if chosen.is_silence:
-                out.append([])
-                continue
             segments, _ = _tokens_to_segments(
                 chosen.tokens,
                 timestamp_begin=tokenizer.timestamp_begin,
@@ -352,7 +392,41 @@ class _Ct2Backend(_Backend):
                 decode=tokenizer.decode,
                 duration=len(window) / SAMPLE_RATE,
             )
-            out.append(segments)
+            # A window judged silence keeps its text here: the speech guard drops it and
+            # says so (Transcript.dropped).
+            scores = {"avg_logprob": chosen.avg_logprob, "no_speech_prob": chosen.no_speech_prob}
+            out.append([dataclasses.replace(s, **scores) for s in segments])
+            texts.append([t for t in chosen.tokens if t < tokenizer.eot])
+        if opts.word_timestamps:
+            out = self._with_words(out, texts, windows, features, encoded, tokenizer)
+        return out
+
+    def _with_words(self, out, texts, windows, features, encoded, tokenizer):
+        """Segments with their words' times and probabilities (faster-whisper's alignment of
+        the chosen tokens on the same encoder output: the audio stays silence-padded)."""
+        todo = [i for i, tokens in enumerate(texts) if tokens]
+        if not todo:
+            return out
+        if len(todo) < len(windows):
+            encoded = self._encode(features[todo])
+        aligned = self.model.find_alignment(
+            tokenizer,
+            [texts[i] for i in todo],
+            encoded,
+            [min(len(windows[i]), N_SAMPLES) // HOP_LENGTH for i in todo],
+        )
+        for i, words in zip(todo, aligned, strict=True):
+            duration = len(windows[i]) / SAMPLE_RATE
+            found = [
+                Word(
+                    start=round(min(float(w["start"]), duration), 3),
+                    end=round(min(float(w["end"]), duration), 3),
+                    text=w["word"],
+                    probability=round(float(w["probability"]), 4),
+                )
+                for w in words
+            ]
+            out[i] = _words_into(out[i], _punctuation_joined(found))
         return out
 
     def _encode(self, features: np.ndarray):
@@ -510,6 +584,8 @@ class _HfBackend(_Backend):
         ):
             raise ValueError("this model is English-only; use a multilingual Whisper model")
         # What only faster-whisper's loop does (the ct2 backend).
+        if opts.language == AUTO:
+            raise ValueError("language='auto' needs backend='ct2' (or pass the language)")
         if opts.word_timestamps:
             raise ValueError("word_timestamps needs backend='ct2' (faster-whisper)")
         if opts.condition_on_previous_text:

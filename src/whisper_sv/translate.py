@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     import numpy as np
 
-    from whisper_sv.infer import Segment, Transcriber
+    from whisper_sv.infer import Dropped, Segment, Transcriber
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +68,17 @@ def translate_speech(
     options: TranslateOptions | None = None,
     *,
     swedish: Sequence[Segment] | None = None,
+    dropped: list[Dropped] | None = None,
     **overrides,
 ) -> Iterator[Segment]:
     """English segments of ``audio`` from Whisper's ``translate`` task, as they are decoded.
 
     Audio with no text in the source language is not translated (Whisper base turned 10 s of
     white noise into an English line repeated three times): ``swedish`` is its transcript
-    when the caller has it; None transcribes it first. ``overrides`` go to
-    :meth:`Transcriber.stream` (``beam_size``, ``vad``, ``loop_guard`` ...); the loop guard is
-    on unless turned off there.
+    when the caller has it; None transcribes it first. The English is checked against it
+    (``TranscribeOptions.check_translation``); what the speech guard drops is appended to
+    ``dropped`` when given. ``overrides`` go to :meth:`Transcriber.stream` (``beam_size``,
+    ``vad``, ``loop_guard`` ...); the loop guard is on unless turned off there.
     """
     options = options or TranslateOptions()
     if swedish is None:
@@ -84,7 +86,14 @@ def translate_speech(
     if not any(s.text.strip() for s in swedish):
         log.info("no %s speech found: nothing to translate", options.source)
         return iter(())
-    return transcriber.stream(audio, task="translate", language=options.source, **overrides)
+    return transcriber.stream(
+        audio,
+        task="translate",
+        language=options.source,
+        transcript=swedish,
+        dropped=dropped,
+        **overrides,
+    )
 
 
 def translate_text(text: str, options: TranslateOptions | None = None) -> str:
