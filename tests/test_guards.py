@@ -267,8 +267,10 @@ def test_example_guarded_config_loads():
 
     example = Path(__file__).resolve().parents[1] / "examples" / "train-guarded.yaml"
     cfg = load_options(TrainConfig, example)
-    assert [g.name for g in cfg.guards] == ["phrases", "words", "long-form"]
+    assert [g.name for g in cfg.guards] == ["phrases", "words", "long-form", "cv-dev"]
     assert cfg.guards[2].long_form == 60 and cfg.select == "validation+guards"
-    assert cfg.interpolate == (0.5, 0.6, 0.7) and cfg.timestamp_share == 0.5
+    assert (cfg.guards[3].domain, cfg.guards[3].tolerance) == ("out", 0.5)
+    assert cfg.interpolate == (0.2, 0.3, 0.4, 0.5, 0.6, 0.7) and cfg.timestamp_share == 0.5
+    assert (cfg.distill, cfg.distill_temperature) == (0.5, 2.0)
     assert cfg.guards[0].translate and cfg.translate_share == 0.5
     assert cfg.translate_sources == ("manifest",)

@@ -231,3 +231,17 @@ def test_pipeline_refuses_to_promote_a_run_that_lost_its_guards(
     forced = _stages(capsys.readouterr().out)
     assert "forced" in forced["promote"] and " ran " in forced["export"]
     assert (run / "ct2" / "model.bin").is_file()
+
+
+def test_promotion_needs_an_out_of_domain_guard(tmp_path):
+    from whisper_sv.pipeline import promotion_refusal
+
+    summary = {"guards": ["lexin"], "domains": {"lexin": "in"}, "regressed": []}
+    (tmp_path / "guards.json").write_text(json.dumps(summary))
+    assert "no guard is out of domain" in promotion_refusal(tmp_path)
+    summary = {**summary, "guards": ["lexin", "cv"], "domains": {"lexin": "in", "cv": "out"}}
+    (tmp_path / "guards.json").write_text(json.dumps(summary))
+    assert promotion_refusal(tmp_path) == ""
+    summary["regressed"] = ["cv WER 44.00 -> 46.00 (+2.00, tolerance 0.5)"]
+    (tmp_path / "guards.json").write_text(json.dumps(summary))
+    assert "cv WER 44.00 -> 46.00" in promotion_refusal(tmp_path)

@@ -283,8 +283,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     for name in ("real_train", "real_repeat"):
         option_flag(p, DemoOptions, name)
     option_flag(p, DemoOptions, "select", choices=("validation", "validation+guards"))
-    for name in ("timestamp_share", "translate_share", "prompt_share"):
+    for name in ("timestamp_share", "translate_share", "prompt_share", "distill"):
         option_flag(p, DemoOptions, name)
+    option_flag(p, DemoOptions, "distill_temperature")
     option_flag(p, DemoOptions, "wise_ft", "--no-wise-ft")
     option_flag(p, DemoOptions, "guard_translation", "--no-guard-translation")
     option_flag(p, DemoOptions, "train_set", "--set", nargs="*", metavar="KEY=VALUE")

@@ -59,7 +59,8 @@ class StageReport:
 
 def promotion_refusal(run: Path) -> str:
     """Why ``run`` must not be exported or published ("" when it may be): its best/ regressed
-    on a real-speech guard, or no fine-tuned model kept the guards (best/ is the start model).
+    on a real-speech guard, no guard was out of domain (general Swedish unchecked), or no
+    fine-tuned model kept the guards (best/ is the start model).
     Runs trained without guards have no RUN/guards.json and are not judged here."""
     from whisper_sv.run_guards import GUARDS_JSON
 
@@ -75,6 +76,13 @@ def promotion_refusal(run: Path) -> str:
             f"no fine-tuned model kept its real-speech guards (the best validation model, "
             f"step {raw.get('step')}, regressed: {'; '.join(raw.get('regressed') or ['-'])}); "
             "best/ is the start model"
+        )
+    if data.get("guards") and "out" not in data.get("domains", {}).values():
+        # Guards cut from the training recordings measure the training speakers: a run can
+        # pass them all and still be worse for everyone else (docs/experiments.md, section 9).
+        return (
+            "no guard is out of domain, so general Swedish was never checked; add a guard of "
+            "speakers and recordings training never had (domain: out, e.g. cv-dev)"
         )
     return ""
 
