@@ -12,7 +12,10 @@ word into a *training* part mixed into the store, a *guard* part, which training
 every evaluation together with a long-form file joined from guard phrases (``best/`` never
 loses on them, and is chosen by the mean of validation and guard WERs over checkpoints and
 WiSE-FT mixes), and a *held-out* part with other phrases and words, scored before and after
-along with a 2-minute long-form file of held-out phrases and the English translation.
+along with a 2-minute long-form file of held-out phrases and the English translation. Those
+sets share speakers across their parts (in domain); ``cv-dev`` (Common Voice, other speakers
+and microphones) is never trained on and guards whole, out of domain: the "general Swedish"
+row. Training distils from the start model (``distill``) so that general Swedish holds.
 
 Every stage is the project's own public function (``build_store``, ``train``, ``Evaluator``,
 ``Transcriber``); the demo only chooses small settings. Re-running it reuses what is finished:
