@@ -46,8 +46,8 @@ def make_clip(seconds: float, folder: Path, seed: int = 1) -> tuple[Path, str]:
     import numpy as np
     import soundfile as sf
 
-    from whisper_sv.audio import SAMPLE_RATE
-    from whisper_sv.sources.synthetic import SyntheticOptions, SyntheticSource
+    from whisper_sv.core.audio import SAMPLE_RATE
+    from whisper_sv.data.sources.synthetic import SyntheticOptions, SyntheticSource
 
     n = max(4, int(seconds / 2.5))  # sentences average ~4 s; draw more than needed
     # One voice Whisper base reads fairly well (sv+m3), so WER says something about accuracy.
@@ -88,7 +88,7 @@ def time_app(chat, path: Path, translator: str) -> tuple[float, float, str]:
 
 
 def time_pipeline(pipe, path: Path) -> tuple[float, float, str]:
-    from whisper_sv.audio import load_audio
+    from whisper_sv.core.audio import load_audio
 
     start = time.perf_counter()
     audio = load_audio(path)  # the same decode the app does, timed likewise
@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.cores)
-    from whisper_sv import models, text
-    from whisper_sv.app import AppOptions, ChatApp
+    from whisper_sv.app.chat import AppOptions, ChatApp
+    from whisper_sv.core import text
+    from whisper_sv.models import loading as models
 
     folder = Path(tempfile.mkdtemp(prefix="bench-app-"))
     clips = [make_clip(s, folder, args.seed) for s in args.lengths]

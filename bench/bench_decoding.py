@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from whisper_sv.audio import load_audio
-from whisper_sv.infer import LOG_PROB_THRESHOLD, NO_SPEECH_THRESHOLD, Transcriber
-from whisper_sv.text import scores, wer
+from whisper_sv.core.audio import load_audio
+from whisper_sv.core.text import scores, wer
+from whisper_sv.infer.transcriber import LOG_PROB_THRESHOLD, NO_SPEECH_THRESHOLD, Transcriber
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -50,7 +50,7 @@ def real_set(name: str, n: int) -> tuple[list[np.ndarray], list[str]]:
 
 def synthetic_set(n: int) -> tuple[list[np.ndarray], list[str]]:
     """The synthetic source's test split (held-out voices and sentences), rendered."""
-    from whisper_sv.sources.synthetic import SyntheticOptions, SyntheticSource
+    from whisper_sv.data.sources.synthetic import SyntheticOptions, SyntheticSource
 
     source = SyntheticSource(SyntheticOptions(train=0, validation=0, test=n))
     items = list(source.items("test"))
@@ -85,7 +85,7 @@ def decoders(transcriber: Transcriber) -> dict[str, Callable[[np.ndarray], str]]
 def padding_variants(transcriber: Transcriber) -> dict[str, Callable[[np.ndarray], str]]:
     """The backend gap: log-mel zero padding (faster-whisper) against audio padding, with and
     without timestamp tokens, against the transformers backend; all greedy, no fallback."""
-    from whisper_sv.audio import N_SAMPLES
+    from whisper_sv.core.audio import N_SAMPLES
 
     model = transcriber._impl.model
     hf = Transcriber("bundled:base", backend="transformers", device="cpu")

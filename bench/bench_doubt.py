@@ -17,8 +17,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from whisper_sv.infer import Transcriber
-from whisper_sv.text import normalize
+from whisper_sv.core.text import normalize
+from whisper_sv.infer.transcriber import Transcriber
 
 LEXIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "lexin-phrases"
 

@@ -34,8 +34,8 @@ def make_clips(n: int, cache: Path) -> Path:
     import soundfile as sf
     from tqdm import tqdm
 
-    from whisper_sv.audio import SAMPLE_RATE
-    from whisper_sv.sources.synthetic import SyntheticOptions, SyntheticSource
+    from whisper_sv.core.audio import SAMPLE_RATE
+    from whisper_sv.data.sources.synthetic import SyntheticOptions, SyntheticSource
 
     folder = cache / f"clips-{n}"
     tsv = folder / "manifest.tsv"
@@ -115,8 +115,8 @@ def run_blog(tsv: Path, processor, out: Path) -> tuple[float, float, float]:
 
 def run_ours(tsv: Path, processor, out: Path, workers: int) -> tuple[float, float, float, int]:
     """(seconds, CPU seconds, MB on disk, rows kept) of build_store on the clips of ``tsv``."""
-    from whisper_sv.features import BuildOptions, build_store
-    from whisper_sv.sources import open_source
+    from whisper_sv.data.features import BuildOptions, build_store
+    from whisper_sv.data.sources import open_source
 
     start, cpu = time.perf_counter(), cpu_seconds()
     source = open_source(f"manifest:{tsv}")
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-blog", action="store_true", help="only run ours")
     args = parser.parse_args(argv)
 
-    from whisper_sv import models
+    from whisper_sv.models import loading as models
 
     tsv = make_clips(args.n, args.cache)
     hours = audio_hours(tsv)

@@ -29,8 +29,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def build(tsv: Path, processor, out: Path, **options) -> float:
     """Seconds of one build_store run into a fresh ``out``."""
-    from whisper_sv.features import BuildOptions, build_store
-    from whisper_sv.sources import open_source
+    from whisper_sv.data.features import BuildOptions, build_store
+    from whisper_sv.data.sources import open_source
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
@@ -43,7 +43,7 @@ def same_stores(a: Path, b: Path) -> tuple[int, float]:
     """(rows compared, largest feature difference); raises AssertionError on another row."""
     import numpy as np
 
-    from whisper_sv.store import FeatureStore
+    from whisper_sv.data.store import FeatureStore
 
     sa, sb = FeatureStore(a), FeatureStore(b)
     assert sa.splits() == sb.splits(), (sa.splits(), sb.splits())
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from whisper_sv import models
+    from whisper_sv.models import loading as models
 
     tsv = make_clips(args.n, args.cache)
     processor = models.build_processor(models.bundled_tokenizer_json(), n_mels=80)

@@ -1,6 +1,6 @@
 """Hallucination benchmark: text written for audio that does not say it, and words lost.
 
-Sets: generated non-speech (``whisper_sv.nonspeech``: silence, noises, fan and room noise,
+Sets: generated non-speech (``whisper_sv.data.nonspeech``: silence, noises, fan and room noise,
 hum, tones, chords, clicks, music-like audio, very quiet noise), real Swedish speech from
 ../shared/data (lexin-phrases, sv-words) and long files joined from lexin phrases
 (``longform.join_clips``: with 0.6-1.5 s pauses and with pauses of at most 0.2 s). Every
@@ -39,11 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-from whisper_sv.audio import N_SAMPLES, SAMPLE_RATE, load_audio
-from whisper_sv.infer import Segment, TranscribeOptions, Transcriber
-from whisper_sv.nonspeech import nonspeech_set
-from whisper_sv.speech_guard import judge, judge_translation, known_hallucination
-from whisper_sv.text import error_rates
+from whisper_sv.core.audio import N_SAMPLES, SAMPLE_RATE, load_audio
+from whisper_sv.core.text import error_rates
+from whisper_sv.data.nonspeech import nonspeech_set
+from whisper_sv.infer.hallucination import judge, judge_translation, known_hallucination
+from whisper_sv.infer.transcriber import Segment, TranscribeOptions, Transcriber
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -91,7 +91,7 @@ class Outcome:
 
 
 def load_sets(limit: int | None, work: Path) -> list[Item]:
-    from whisper_sv.longform import join_clips
+    from whisper_sv.data.longform import join_clips
 
     items = [Item("non-speech", c.name, c.samples, None) for c in nonspeech_set()]
     for name in ("lexin-phrases", "sv-words"):

@@ -1,7 +1,7 @@
 """Inference speed: faster-whisper int8 against transformers fp32, same model, same audio.
 
 Baseline: transformers float32 decoding one file at a time (what the Hugging Face blog's
-evaluation does). Measured through ``whisper_sv.infer.Transcriber``, so the figures are those
+evaluation does). Measured through ``whisper_sv.infer.transcriber.Transcriber``, so the figures are those
 of the project's own code paths:
 
 1. one ~10 s clip (sv-words recordings joined with pauses), greedy and beam 5, median of
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from whisper_sv.audio import SAMPLE_RATE, load_audio
-from whisper_sv.infer import TranscribeOptions, Transcriber, Transcript
-from whisper_sv.text import error_rates
+from whisper_sv.core.audio import SAMPLE_RATE, load_audio
+from whisper_sv.core.text import error_rates
+from whisper_sv.infer.transcriber import TranscribeOptions, Transcriber, Transcript
 
 # The engines alone: no loop guard re-decoding, no VAD pass for segment times (those are
 # measured in bench_decoding.py).

@@ -19,9 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from whisper_sv.infer import Segment, Transcriber, Word
-from whisper_sv.longform import join_clips
-from whisper_sv.subtitles import RULES, cues, rule_breaks
+from whisper_sv.data.longform import join_clips
+from whisper_sv.infer.subtitles import RULES, cues, rule_breaks
+from whisper_sv.infer.transcriber import Segment, Transcriber, Word
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FILES = {  # name: (set, pause range s)

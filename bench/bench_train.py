@@ -5,7 +5,7 @@ Baseline (the blog "Fine-Tune Whisper For Multilingual ASR with Transformers"):
 CUDA, ``predict_with_generate`` with ``generation_max_length=225``, eval batch 8) and its
 ``DataCollatorSpeechSeq2SeqWithPadding``, reading the same feature store's torch dataset.
 
-Ours: :func:`whisper_sv.train.train` on the same store, batch and learning rate:
+Ours: :func:`whisper_sv.train.run.train` on the same store, batch and learning rate:
 - full fine-tuning (the blog's setting);
 - frozen encoder with cached encoder outputs (decoder-only training; the one-time encoder pass
   is reported separately, it is paid once per clip, not per epoch);
@@ -17,9 +17,9 @@ the median step (data loading included). Both sides use lr 1e-5 with a linear de
 warm-up, so the loss after equal samples can be put side by side (the data order differs).
 
 Evaluation: the blog's ``trainer.evaluate()`` (generate, up to 225 new tokens, loss + WER)
-against ``whisper_sv.train.evaluate_dataset`` (one encoder pass per batch for loss and batched
+against ``whisper_sv.train.run.evaluate_dataset`` (one encoder pass per batch for loss and batched
 greedy decoding bounded by the longest reference + margin) on the same validation clips of the
-pretrained model; both WERs use ``whisper_sv.text.wer`` (normalised).
+pretrained model; both WERs use ``whisper_sv.core.text.wer`` (normalised).
 
 Without ``--features`` a store of synthetic Swedish speech (the synthetic source, espeak-ng) is
 built once and cached. Runs unchanged on a GPU (precision auto: bf16, blog fp16).
@@ -58,9 +58,9 @@ class PathResult:
 
 def build_store(train_clips: int, eval_clips: int, model: str) -> Path:
     """A cached store of synthetic Swedish speech (train + validation)."""
-    from whisper_sv import models
-    from whisper_sv.features import BuildOptions, build_store
-    from whisper_sv.sources import open_source
+    from whisper_sv.data.features import BuildOptions, build_store
+    from whisper_sv.data.sources import open_source
+    from whisper_sv.models import loading as models
 
     out = models.cache_dir() / f"bench-train-store-{train_clips}-{eval_clips}"
     if (out / "manifest.json").is_file():
@@ -101,8 +101,8 @@ def _blog_trainer(model_ref: str, train_ds: Any, args: argparse.Namespace, out: 
         WhisperForConditionalGeneration,
     )
 
-    from whisper_sv import models
-    from whisper_sv.text import wer
+    from whisper_sv.core.text import wer
+    from whisper_sv.models import loading as models
 
     folder = models.transformers_dir(model_ref)
     processor = models.load_processor(model_ref)
@@ -199,7 +199,7 @@ def run_blog_eval(model_ref: str, val_ds: Any, args: argparse.Namespace) -> tupl
 def run_ours(
     name: str, store: Path, model_ref: str, args: argparse.Namespace, **options: Any
 ) -> PathResult:
-    from whisper_sv.train import TrainConfig, train
+    from whisper_sv.train.run import TrainConfig, train
 
     cfg = TrainConfig(
         lr=args.lr,
@@ -226,8 +226,8 @@ def run_ours(
         note = f"one-time encoder pass: {result.encode_seconds:.1f} s for the train split"
     clips_per_item = 1.0
     if cfg.pack_clips > 1:  # a batch item is a window of several clips: count clips
-        from whisper_sv.store import FeatureStore
-        from whisper_sv.train import _train_windows
+        from whisper_sv.data.store import FeatureStore
+        from whisper_sv.train.run import _train_windows
 
         windows = _train_windows(FeatureStore(store), cfg) or []
         clips_per_item = sum(len(w) for w in windows) / max(1, len(windows))
@@ -240,8 +240,8 @@ def run_ours_eval(model_ref: str, val_ds: Any, n: int, precision: str) -> tuple[
 
     import torch
 
-    from whisper_sv import models
-    from whisper_sv.train import _resolve_precision, evaluate_dataset
+    from whisper_sv.models import loading as models
+    from whisper_sv.train.run import _resolve_precision, evaluate_dataset
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, processor = models.load_model(model_ref, device=device)
@@ -283,7 +283,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from whisper_sv.store import FeatureStore
+    from whisper_sv.data.store import FeatureStore
 
     store = args.features or build_store(args.train_clips, args.eval_clips, args.model)
     fs = FeatureStore(store)

@@ -2,10 +2,10 @@
 section of docs/benchmarks.md.
 
 1. training throughput: the blog recipe's fp16 ``Seq2SeqTrainer`` (gradient checkpointing)
-   against ``whisper_sv.train`` in bf16, full fine-tuning and with the frozen encoder (cached
+   against ``whisper_sv.train.run`` in bf16, full fine-tuning and with the frozen encoder (cached
    outputs), same store, batch and steps (``bench_train.py``'s paths);
 2. inference: faster-whisper batched over ``--clips`` clips against the same model one clip at
-   a time (``whisper_sv.infer.Transcriber``);
+   a time (``whisper_sv.infer.transcriber.Transcriber``);
 3. a short real fine-tune: validation WER of the model before, and the best after
    ``--finetune-steps`` steps.
 
@@ -37,7 +37,7 @@ def tiny_model(folder: Path) -> str:
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import build_tiny_model
 
-    from whisper_sv import models
+    from whisper_sv.models import loading as models
 
     processor = models.build_processor(models.bundled_tokenizer_json(), n_mels=80)
     build_tiny_model(processor).save_pretrained(folder)
@@ -48,7 +48,7 @@ def tiny_model(folder: Path) -> str:
 def training(store: Path, model: str, args: argparse.Namespace) -> list[tuple[str, str, str]]:
     from bench_train import run_blog_training, run_ours
 
-    from whisper_sv.store import FeatureStore
+    from whisper_sv.data.store import FeatureStore
 
     ns = argparse.Namespace(batch=args.batch, steps=args.steps, lr=1e-5, precision=args.precision)
     blog = run_blog_training(model, FeatureStore(store).torch_dataset("train"), ns)
@@ -67,7 +67,7 @@ def _rate(r) -> str:
 
 
 def inference(model: str, audio: list, device: str) -> list[tuple[str, str, str]]:
-    from whisper_sv.infer import TranscribeOptions, Transcriber
+    from whisper_sv.infer.transcriber import TranscribeOptions, Transcriber
 
     t = Transcriber(model, backend="ct2", device=device)
     t.transcribe(audio[0])  # warm-up: kernels, allocations
@@ -95,8 +95,8 @@ def inference(model: str, audio: list, device: str) -> list[tuple[str, str, str]
 def finetune(store: Path, model: str, args: argparse.Namespace) -> list[tuple[str, str, str]]:
     from bench_train import run_ours_eval
 
-    from whisper_sv.store import FeatureStore
-    from whisper_sv.train import TrainConfig, train
+    from whisper_sv.data.store import FeatureStore
+    from whisper_sv.train.run import TrainConfig, train
 
     val = FeatureStore(store).torch_dataset("validation")
     _, before = run_ours_eval(model, val, len(val), args.precision)
@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         model = tiny_model(Path(tmp) / "tiny") if tiny else args.model
         store = build_store(n_train, n_val, model)
         # Inference audio: the validation clips (decoded again from the synthetic source).
-        from whisper_sv.sources import open_source
-        from whisper_sv.store import FeatureStore
+        from whisper_sv.data.sources import open_source
+        from whisper_sv.data.store import FeatureStore
 
         source = open_source("synthetic", train=0, validation=max(n_clips, n_val), test=0)
         audio = [source.load(i) for i in list(source.items("validation"))[:n_clips]]

@@ -29,7 +29,7 @@ TINY_FFN = 128
 @pytest.fixture(scope="session")
 def processor():
     """The real multilingual Whisper processor (bundled tokenizer + timestamp tokens, 80 mels)."""
-    from whisper_sv import models
+    from whisper_sv.models import loading as models
 
     return models.build_processor(models.bundled_tokenizer_json(), n_mels=80)
 
@@ -41,7 +41,7 @@ def build_tiny_model(processor, seed: int = 0):
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    from whisper_sv import models
+    from whisper_sv.models import loading as models
 
     bundled = json.loads((models.bundled_data_dir(1) / "config.json").read_text())
     config = WhisperConfig(
@@ -98,7 +98,7 @@ def tiny_model_dir(tmp_path_factory, processor) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
     """(model, processor) loaded from ``tiny_model_dir`` with ``models.load_model``."""
-    from whisper_sv import models
+    from whisper_sv.models import loading as models
 
     return models.load_model(str(tiny_model_dir))
 
@@ -106,7 +106,7 @@ def tiny_model(tiny_model_dir):
 @pytest.fixture(scope="session")
 def tiny_ct2_dir(tmp_path_factory, tiny_model_dir) -> Path:
     """The tiny model exported to CTranslate2 (float16) with ``models.export_ct2``."""
-    from whisper_sv import models
+    from whisper_sv.models import loading as models
 
     out = tmp_path_factory.mktemp("tiny-ct2") / "ct2"
     return models.export_ct2(tiny_model_dir, out)
@@ -151,7 +151,7 @@ class ArraySource:
 
     def items(self, split: str):
         for i, (cid, sentence, _) in enumerate(self.clips[split]):
-            from whisper_sv.sources import Item
+            from whisper_sv.data.sources import Item
 
             yield Item(
                 id=cid,
@@ -194,7 +194,7 @@ class ToySource:
         return ["train", "validation"]
 
     def items(self, split: str):
-        from whisper_sv.sources import Item
+        from whisper_sv.data.sources import Item
 
         n = self.n_train if split == "train" else self.n_val
         for i in range(n):
@@ -215,7 +215,7 @@ class ToySource:
 
 def make_store(out: Path, processor, **source_options) -> Path:
     """A feature store built by the real pipeline from ToySource."""
-    from whisper_sv.features import BuildOptions, build_store
+    from whisper_sv.data.features import BuildOptions, build_store
 
     build_store(
         ToySource(**source_options),
@@ -241,8 +241,8 @@ def one_torch_thread():
 def own_output_store(root: Path, processor, model, n: int = 8) -> Path:
     """A store of speech-like clips whose transcripts are ``model``'s own greedy output: a
     guard the model gets right, so any change of its output is a regression."""
-    from whisper_sv.evaluation import evaluate_split
-    from whisper_sv.features import BuildOptions, build_store
+    from whisper_sv.data.features import BuildOptions, build_store
+    from whisper_sv.train.scoring import evaluate_split
 
     clips = [(f"g{i}", "ett ord", speechlike(0.7 + 0.1 * i, seed=40 + i)) for i in range(n)]
     opts = BuildOptions(progress=False)

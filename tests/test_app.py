@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from whisper_sv import app as app_mod
-from whisper_sv import cli, links
-from whisper_sv.app import AppOptions, ChatApp, Reply, render_markdown
+from whisper_sv.app import chat as app_mod
+from whisper_sv.app.chat import AppOptions, ChatApp, Reply, render_markdown
+from whisper_sv.cli import main as cli
+from whisper_sv.infer import links
 
 SENTENCE = "Stockholm är Sveriges huvudstad och ligger vid Mälaren."
 
@@ -38,7 +39,7 @@ def free_port() -> int:
 
 def speak(path: Path, text: str = SENTENCE, voice: str = "sv+m3") -> Path:
     """Swedish speech from espeak-ng written to ``path`` (a wav at espeak's 22,050 Hz)."""
-    from whisper_sv.sources import espeak
+    from whisper_sv.data.sources import espeak
 
     pcm, rate = espeak.synthesize(text, voice=voice, rate=150)
     sf.write(path, pcm, rate, subtype="PCM_16")
@@ -131,7 +132,7 @@ def test_a_clip_streams_into_a_transcript_translation_and_files(tiny_ct2_dir, cl
     assert Path(last.files[2]).read_text(encoding="utf-8").strip() == last.text
     assert Path(last.files[1]).read_text(encoding="utf-8").startswith("WEBVTT\n\n")
     # The English as subtitles too, with the translation's own segments and times.
-    from whisper_sv.infer import subtitles
+    from whisper_sv.infer.transcriber import subtitles
 
     assert last.english, "the tiny model translated nothing: the English files need text"
     assert [Path(f).name for f in last.files][3:] == [f"{stem}.en.srt", f"{stem}.en.vtt"]
@@ -256,7 +257,7 @@ def test_a_link_on_the_allow_list_is_downloaded_and_transcribed(tiny_ct2_dir, me
 
 
 def test_subtitle_files():
-    from whisper_sv.infer import Segment, subtitles
+    from whisper_sv.infer.transcriber import Segment, subtitles
 
     segments = [
         Segment(0.0, 2.5, " Hej "),
@@ -275,7 +276,7 @@ def test_subtitle_files():
 
 
 def test_markdown_is_escaped_and_long_audio_gets_timestamps():
-    from whisper_sv.infer import Segment
+    from whisper_sv.infer.transcriber import Segment
 
     reply = Reply(source="a_b.wav", duration=95, timestamps=True, translator="none")
     reply.swedish = [Segment(0, 4.2, "*inte fet* <b>"), Segment(61, 65, "sen")]
@@ -286,7 +287,7 @@ def test_markdown_is_escaped_and_long_audio_gets_timestamps():
 
 
 def test_unsure_words_and_left_out_parts_are_shown():
-    from whisper_sv.infer import Dropped, Segment, Word
+    from whisper_sv.infer.transcriber import Dropped, Segment, Word
 
     words = (Word(0.0, 1.0, " tvättar", 0.9), Word(1.0, 2.0, " sig", 0.3))
     reply = Reply(source="a.wav", duration=2.0, translator="whisper")
@@ -562,7 +563,7 @@ def test_export_space_writes_a_complete_folder(space, tiny_ct2_dir):
     reqs = (out / "requirements.txt").read_text().split()
     assert any(r.startswith("gradio==") for r in reqs) and any("faster-whisper" in r for r in reqs)
     assert (out / "model" / "model.bin").is_file() and (out / "model" / "tokenizer.json").is_file()
-    assert (out / "whisper_sv" / "app.py").is_file()
+    assert (out / "whisper_sv" / "app" / "chat.py").is_file()
     with pytest.raises(ValueError, match="not empty"):
         app_mod.export_space(out, AppOptions(model=str(tiny_ct2_dir)))
     app_py = (out / "app.py").read_text(encoding="utf-8")
@@ -683,7 +684,7 @@ def test_cli_translate_with_an_unchecked_run_uses_its_start_model(
 
     import yaml
 
-    from whisper_sv.cli import main
+    from whisper_sv.cli.main import main
 
     run = tmp_path / "run"
     shutil.copytree(tiny_model_dir, run / "best")

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from whisper_sv import links
-from whisper_sv.app import AppOptions, ChatApp
+from whisper_sv.app.chat import AppOptions, ChatApp
+from whisper_sv.infer import links
 
 CHROMIUM = shutil.which("chromium")
 CHROMIUM_ARGS = [
@@ -50,7 +50,7 @@ def _free_port() -> int:
 
 
 def _speak(path: Path, text: str, voice: str = "sv+m3") -> Path:
-    from whisper_sv.sources import espeak
+    from whisper_sv.data.sources import espeak
 
     pcm, rate = espeak.synthesize(text, voice=voice, rate=150)
     sf.write(path, pcm, rate, subtype="PCM_16")

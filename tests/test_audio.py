@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_sv.audio import (
+from whisper_sv.core.audio import (
     HOP_LENGTH,
     N_FRAMES,
     N_SAMPLES,
@@ -241,7 +241,7 @@ def test_16k_files_read_by_libsndfile_equal_pyav(tmp_path, monkeypatch, fmt, sub
     # The libsndfile fast path must give exactly what the PyAV path gives.
     import soundfile as sf
 
-    from whisper_sv import audio
+    from whisper_sv.core import audio
 
     rng = np.random.default_rng(channels)
     samples = np.clip(rng.standard_normal((16000, channels)) * 0.2, -1, 1)
@@ -259,7 +259,7 @@ def test_16k_files_read_by_libsndfile_equal_pyav(tmp_path, monkeypatch, fmt, sub
 def test_other_rates_and_damaged_wavs_go_through_pyav(tmp_path):
     import soundfile as sf
 
-    from whisper_sv import audio
+    from whisper_sv.core import audio
 
     path = tmp_path / "44k.wav"
     sf.write(path, np.zeros(4410, dtype=np.float32), 44100)

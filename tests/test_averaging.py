@@ -8,14 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from whisper_sv.averaging import _lora_deltas, average_checkpoints, select_checkpoints
-from whisper_sv.registry import RunFolder
+from whisper_sv.core.run_folder import RunFolder
+from whisper_sv.train.averaging import _lora_deltas, average_checkpoints, select_checkpoints
 
 
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory, processor, tiny_model_dir) -> Path:
-    from whisper_sv.features import BuildOptions, build_store
-    from whisper_sv.sources import open_source
+    from whisper_sv.data.features import BuildOptions, build_store
+    from whisper_sv.data.sources import open_source
 
     out = tmp_path_factory.mktemp("avg-store") / "store"
     source = open_source("synthetic", train=4, validation=2, test=1)
@@ -28,7 +28,7 @@ def tiny_store(tmp_path_factory, processor, tiny_model_dir) -> Path:
 @pytest.fixture(scope="module")
 def run_with_checkpoints(tmp_path_factory, tiny_store, tiny_model_dir) -> Path:
     """A tiny run that evaluated and kept a checkpoint at each of its 3 steps."""
-    from whisper_sv.train import TrainConfig, train
+    from whisper_sv.train.run import TrainConfig, train
 
     run = tmp_path_factory.mktemp("avg-run") / "run"
     cfg = TrainConfig(
@@ -50,7 +50,7 @@ def run_with_checkpoints(tmp_path_factory, tiny_store, tiny_model_dir) -> Path:
 
 
 def test_average_of_two_is_the_elementwise_mean(run_with_checkpoints, tmp_path):
-    from whisper_sv import models
+    from whisper_sv.models import loading as models
 
     run = RunFolder(run_with_checkpoints)
     chosen = select_checkpoints(run.path, 2)
@@ -85,7 +85,7 @@ def test_average_of_two_is_the_elementwise_mean(run_with_checkpoints, tmp_path):
 
 
 def test_average_is_evaluated_like_any_model(run_with_checkpoints, tiny_store, tmp_path, capsys):
-    from whisper_sv.cli import main
+    from whisper_sv.cli.main import main
 
     out = tmp_path / "avg3"
     code = main(

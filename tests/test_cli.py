@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from whisper_sv import cli
+from whisper_sv.cli import main as cli
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -78,9 +78,9 @@ def test_main_help_lists_exit_codes(capsys):
 
 
 def _option_classes() -> dict[str, type]:
-    from whisper_sv.app import AppOptions
-    from whisper_sv.demo import DemoOptions
-    from whisper_sv.infer import TranscribeOptions
+    from whisper_sv.app.chat import AppOptions
+    from whisper_sv.infer.transcriber import TranscribeOptions
+    from whisper_sv.workflows.demo import DemoOptions
 
     return {"transcribe": TranscribeOptions, "app": AppOptions, "demo": DemoOptions}
 
@@ -108,7 +108,7 @@ def test_every_option_field_has_its_flag_with_the_same_default(name):
 
 
 def test_field_comments_are_the_help():
-    from whisper_sv.app import AppOptions
+    from whisper_sv.app.chat import AppOptions
 
     comments = cli.field_comments(AppOptions)
     assert comments["port"] == "TCP port"
@@ -255,7 +255,7 @@ def test_sigterm_removes_the_apps_transcripts(tmp_path, tiny_ct2_dir):
 
 
 def test_features_engine_flags_reach_build_options():
-    from whisper_sv.features import BuildOptions
+    from whisper_sv.data.features import BuildOptions
 
     parse = cli.build_parser().parse_args
     args = parse(["features", "--out", "s", "--engine", "ray", "--ray-address", "ray://h:10001"])
@@ -266,7 +266,7 @@ def test_features_engine_flags_reach_build_options():
 
 
 def test_tune_storage_flags_reach_tune_options():
-    from whisper_sv.tune import TuneOptions
+    from whisper_sv.tune.study import TuneOptions
 
     parse = cli.build_parser().parse_args
     need = ["tune", "--features", "f", "--space", "s.yaml", "--out", "o"]

@@ -4,7 +4,7 @@ from typing import Literal
 
 import pytest
 
-from whisper_sv.config import dump_options, load_options, parse_overrides
+from whisper_sv.core.config import dump_options, load_options, parse_overrides
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Tests of whisper_sv.ct2_format: the CTranslate2 model.bin reader and writer."""
+"""Tests of whisper_sv.models.ct2_format: the CTranslate2 model.bin reader and writer."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from whisper_sv import ct2_format
-from whisper_sv.ct2_format import Ct2FormatError, Ct2Model
+from whisper_sv.models import ct2_format
+from whisper_sv.models.ct2_format import Ct2FormatError, Ct2Model
 
 
 def _sample_model() -> Ct2Model:
@@ -151,7 +151,7 @@ def test_ctranslate2_loads_what_we_wrote(tiny_ct2_dir, tmp_path):
 
 @pytest.mark.slow
 def test_bundled_model_bin():
-    from whisper_sv import models
+    from whisper_sv.models import loading as models
 
     m = ct2_format.read_model_bin(models.bundled_ct2_dir() / "model.bin")
     assert (m.spec, m.revision, m.binary_version) == ("WhisperSpec", 3, 6)

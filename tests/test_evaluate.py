@@ -8,11 +8,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from whisper_sv.audio import SAMPLE_RATE
-from whisper_sv.cli import main
-from whisper_sv.evaluate import evaluate, read_manifest, write_report
-from whisper_sv.infer import TranscribeOptions, Transcriber
-from whisper_sv.text import error_rates
+from whisper_sv.cli.main import main
+from whisper_sv.core.audio import SAMPLE_RATE
+from whisper_sv.core.text import error_rates
+from whisper_sv.infer.evaluate import evaluate, read_manifest, write_report
+from whisper_sv.infer.transcriber import TranscribeOptions, Transcriber
 
 # The tiny random model never stops on its own; every window of it fails the loop guard's rules.
 FAST = TranscribeOptions(max_new_tokens=8, loop_guard=False)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from whisper_sv.experiments import ExperimentOptions, run_experiment, speaker
-from whisper_sv.sources.synthetic import SyntheticOptions, SyntheticSource
+from whisper_sv.data.sources.synthetic import SyntheticOptions, SyntheticSource
+from whisper_sv.workflows.experiments import ExperimentOptions, run_experiment, speaker
 
 
 def _items(options: SyntheticOptions, split: str):
@@ -67,7 +67,7 @@ def test_recipe_is_the_cpu_fast_path():
 
 
 def test_stores_of_the_same_shape_never_share_encoder_outputs(tmp_path):
-    from whisper_sv.experiments import _Lab
+    from whisper_sv.workflows.experiments import _Lab
 
     o = ExperimentOptions()
     lab = _Lab(tmp_path, o, o.train_config(), progress=False)
@@ -108,7 +108,7 @@ def test_speaker_adaptation_end_to_end(sv_words_dir, tiny_model_dir, tmp_path):
     assert adapted.test == "held-out words" and adapted.n == pretrained.n > 0
     assert adapted.train_seconds > 0 and adapted.best_step in (1, 2)
     # No held-out word was trained on.
-    from whisper_sv.store import FeatureStore
+    from whisper_sv.data.store import FeatureStore
 
     store = FeatureStore(out / "stores" / "sv-words")
     train_words = {r["sentence"] for r in store.metadata("train", ["sentence"])}

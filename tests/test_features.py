@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 from conftest import ArraySource, speechlike
 
-from whisper_sv.audio import SAMPLE_RATE
-from whisper_sv.features import REASONS, BuildOptions, FeatureStore, build_store, report
-from whisper_sv.sources import open_source
-from whisper_sv.store import read_rejects
+from whisper_sv.core.audio import SAMPLE_RATE
+from whisper_sv.data.features import REASONS, BuildOptions, FeatureStore, build_store, report
+from whisper_sv.data.sources import open_source
+from whisper_sv.data.store import read_rejects
 
 
 def write_wav(path: Path, audio: np.ndarray, rate: int = SAMPLE_RATE) -> str:
@@ -256,7 +256,7 @@ def test_report_writes_table_and_plot(tmp_path, processor):
 
 
 def test_cli_features_and_report(tmp_path, good_clips, tiny_model_dir, capsys):
-    from whisper_sv.cli import main
+    from whisper_sv.cli.main import main
 
     folder, rows = good_clips
     tsv = write_manifest(folder, rows[:6])

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import soundfile as sf
 from conftest import speechlike
 
-from whisper_sv.audio import SAMPLE_RATE
-from whisper_sv.store import FeatureStore, read_rejects
+from whisper_sv.core.audio import SAMPLE_RATE
+from whisper_sv.data.store import FeatureStore, read_rejects
 
 N_CLIPS = 120  # 30 shards of 4: seconds of work after the first, so the kill lands mid-run
 SHARD_SIZE = 4

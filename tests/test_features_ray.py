@@ -14,9 +14,9 @@ import pytest
 from test_features import write_manifest, write_wav
 from test_store import speechlike
 
-from whisper_sv.features import BuildOptions, build_store
-from whisper_sv.sources import open_source
-from whisper_sv.store import FeatureStore, read_rejects
+from whisper_sv.data.features import BuildOptions, build_store
+from whisper_sv.data.sources import open_source
+from whisper_sv.data.store import FeatureStore, read_rejects
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the 'ray' extra")
 

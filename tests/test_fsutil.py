@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from whisper_sv.fsutil import atomic_write_bytes, atomic_write_text, newer, temp_name
+from whisper_sv.core.fsutil import atomic_write_bytes, atomic_write_text, newer, temp_name
 
 
 def test_atomic_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):

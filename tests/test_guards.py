@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from whisper_sv.guards import GuardSpec, chrf, regressions
+from whisper_sv.train.guards import GuardSpec, chrf, regressions
 
 
 def test_spec_parses_text_and_yaml_forms_and_names_the_fix():
@@ -50,7 +50,7 @@ def test_a_guard_says_its_domain_and_may_have_its_own_tolerance():
 
 
 def test_card_lines_say_which_guards_are_out_of_domain():
-    from whisper_sv.run_guards import guard_lines
+    from whisper_sv.train.run_guards import guard_lines
 
     data = {
         "guards": ["cv-dev", "lexin"],
@@ -77,7 +77,7 @@ def test_long_form_guard_spec_has_a_segments_column_and_no_translate_check():
 
 
 def test_selection_score_is_the_validation_wer_or_its_mean_with_the_guard_wers():
-    from whisper_sv.guards import selection_score
+    from whisper_sv.train.guards import selection_score
 
     values = {"a WER": 60.0, "a CER": 1.0, "a translate chrF": 5.0, "b WER": 90.0, "b segments": 9}
     assert selection_score("validation", 30.0, values) == 30.0
@@ -86,8 +86,8 @@ def test_selection_score_is_the_validation_wer_or_its_mean_with_the_guard_wers()
 
 
 def test_train_config_reads_guards_from_yaml_and_overrides(tmp_path):
-    from whisper_sv.config import load_options, parse_overrides
-    from whisper_sv.train import TrainConfig
+    from whisper_sv.core.config import load_options, parse_overrides
+    from whisper_sv.train.run import TrainConfig
 
     yaml_file = tmp_path / "train.yaml"
     yaml_file.write_text("guards:\n  - {name: words, path: w.tsv, translate: true}\n")
@@ -128,7 +128,7 @@ def test_regression_rule_uses_wer_and_chrf_tolerances_not_cer():
 
 
 def test_english_share_tells_english_translations_from_swedish_answers():
-    from whisper_sv.guards import english_share
+    from whisper_sv.train.guards import english_share
 
     # What the pretrained model and a fine-tune that forgot translation answered (measured).
     english = ["Show the ticket.", "Swing to the higher.", "Turn off the car belt.", "Bye!"]
@@ -142,7 +142,7 @@ def test_english_share_tells_english_translations_from_swedish_answers():
 def test_only_english_answers_become_translation_labels():
     """The pretrained base's answers to the translate task for training clips (measured):
     English ones are kept; a Swedish word spelt back, a loop or nothing are not."""
-    from whisper_sv.run_guards import usable_translation
+    from whisper_sv.train.run_guards import usable_translation
 
     kept = [" See you later.", " We're close.", " Sleeps.", " Bye!"]
     spelt_back = [" Hengel", " Fihlar", " Halspand.", " Smirjör"]
@@ -172,7 +172,7 @@ def _write_manifest(folder: Path, rows: list[tuple[str, str, str]]) -> Path:
 
 
 def test_split_by_group_keeps_every_group_in_one_part(tmp_path):
-    from whisper_sv.realsets import split_by_group
+    from whisper_sv.data.realsets import split_by_group
 
     folder = tmp_path / "phrases"
     folder.mkdir()
@@ -201,7 +201,7 @@ def test_split_by_group_keeps_every_group_in_one_part(tmp_path):
 
 
 def test_split_of_the_real_sets_holds_out_new_words(sv_words_dir, tmp_path):
-    from whisper_sv.realsets import split_by_group
+    from whisper_sv.data.realsets import split_by_group
 
     lexin = sv_words_dir.parent / "lexin-phrases"
     if not (lexin / "manifest.tsv").is_file():
@@ -214,7 +214,7 @@ def test_split_of_the_real_sets_holds_out_new_words(sv_words_dir, tmp_path):
 
 
 def test_guard_store_is_built_once_from_a_manifest(sv_words_dir, tmp_path, processor):
-    from whisper_sv.guards import prepare_guard_store
+    from whisper_sv.train.guards import prepare_guard_store
 
     with open(sv_words_dir / "manifest.tsv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))[:6]
@@ -243,7 +243,7 @@ def test_guard_store_is_built_once_from_a_manifest(sv_words_dir, tmp_path, proce
 def test_translation_uses_the_start_model_unless_the_run_guarded_it(tmp_path):
     import yaml
 
-    from whisper_sv.tasks import translation_model
+    from whisper_sv.infer.translation_model import translation_model
 
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
@@ -262,8 +262,8 @@ def test_translation_uses_the_start_model_unless_the_run_guarded_it(tmp_path):
 
 
 def test_example_guarded_config_loads():
-    from whisper_sv.config import load_options
-    from whisper_sv.train import TrainConfig
+    from whisper_sv.core.config import load_options
+    from whisper_sv.train.run import TrainConfig
 
     example = Path(__file__).resolve().parents[1] / "examples" / "train-guarded.yaml"
     cfg = load_options(TrainConfig, example)

@@ -12,8 +12,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from whisper_sv.audio import SAMPLE_RATE, AudioError, load_audio
-from whisper_sv.infer import (
+from whisper_sv.core.audio import SAMPLE_RATE, AudioError, load_audio
+from whisper_sv.infer.backends import _tokens_to_segments
+from whisper_sv.infer.transcriber import (
     Segment,
     TranscribeOptions,
     Transcriber,
@@ -24,7 +25,6 @@ from whisper_sv.infer import (
     speech_windows,
     trim_repetition,
 )
-from whisper_sv.infer_backends import _tokens_to_segments
 
 TS = 50_364  # <|0.00|>
 EOT = 50_257
@@ -278,8 +278,8 @@ def test_previous_text_prompts_fit_the_decoder(ct2, hf):
     """With condition_on_previous_text each window after the first is prompted with up to
     223 tokens of the text before; the tokens a window may add are cut so that prompt and
     answer fit the decoder's 448 positions (faster-whisper refuses a window otherwise)."""
-    from whisper_sv.infer_backends import PROMPTED_MAX_NEW_TOKENS, _new_tokens
-    from whisper_sv.infer_types import TranscribeOptions
+    from whisper_sv.infer.backends import PROMPTED_MAX_NEW_TOKENS, _new_tokens
+    from whisper_sv.infer.types import TranscribeOptions
 
     prompted = TranscribeOptions(condition_on_previous_text=True)
     assert _new_tokens(prompted, 30.0) == PROMPTED_MAX_NEW_TOKENS == 448 - 227
@@ -385,7 +385,7 @@ def sv_words(folder, n):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ct2", "transformers"])
 def test_real_model_reads_swedish_words(sv_words_dir, backend):
-    from whisper_sv.text import cer
+    from whisper_sv.core.text import cer
 
     paths, refs = sv_words(sv_words_dir, 8)
     transcriber = Transcriber("bundled:base", backend=backend, batched=True)
@@ -405,7 +405,7 @@ def test_real_model_reads_swedish_words(sv_words_dir, backend):
 def test_real_model_detects_english_speech():
     from scipy.signal import resample_poly
 
-    from whisper_sv.sources.espeak import synthesize
+    from whisper_sv.data.sources.espeak import synthesize
 
     speech, rate = synthesize("The weather is nice today, so I am going for a walk.", voice="en")
     english = resample_poly(speech / 32768, SAMPLE_RATE, rate).astype(np.float32)
@@ -418,7 +418,7 @@ def test_real_model_detects_english_speech():
 @pytest.mark.slow
 def test_real_model_long_audio_vad(sv_words_dir):
     # 12 words with 4 s pauses (~70 s): VAD windows, timestamps forward, words found in order.
-    from whisper_sv.audio import load_audio
+    from whisper_sv.core.audio import load_audio
 
     paths, _ = sv_words(sv_words_dir, 12)
     pause = np.zeros(4 * SAMPLE_RATE, np.float32)
@@ -433,7 +433,7 @@ def test_real_model_long_audio_vad(sv_words_dir):
 def test_real_model_never_loops_on_synthetic_speech():
     # Greedy decoding without the guard turned a 29-character sentence of this split into
     # 735 characters (docs/benchmarks.md); with it no hypothesis is over 3x its reference.
-    from whisper_sv.sources.synthetic import SyntheticOptions, SyntheticSource
+    from whisper_sv.data.sources.synthetic import SyntheticOptions, SyntheticSource
 
     source = SyntheticSource(SyntheticOptions(train=0, validation=0, test=40))
     items = list(source.items("test"))
@@ -489,7 +489,7 @@ def test_loop_guard_bounds_the_random_model(ct2, hf):
 
 
 def test_digital_silence_is_not_decoded_without_vad():
-    from whisper_sv.infer_backends import _sounding
+    from whisper_sv.infer.backends import _sounding
 
     audio = np.zeros(70 * SAMPLE_RATE, np.float32)
     audio[2 * SAMPLE_RATE : 10 * SAMPLE_RATE] = noise(8.0)
@@ -499,7 +499,7 @@ def test_digital_silence_is_not_decoded_without_vad():
 
 
 def test_fallback_ladder_beam_first_then_hotter():
-    from whisper_sv.infer_backends import _ladder
+    from whisper_sv.infer.backends import _ladder
 
     opts = TranscribeOptions()
     assert _ladder(opts, opts.temperatures()) == [(0.0, 5, 0), (0.0, 5, 4)]  # deterministic
@@ -518,7 +518,7 @@ def test_loop_guard_is_deterministic(ct2):
 
 
 def test_alternating_zero_length_repeats_are_dropped_but_said_repeats_kept():
-    from whisper_sv.infer import Segment, _guarded
+    from whisper_sv.infer.transcriber import Segment, _guarded
 
     tail = [
         Segment(118.5, 119.8, "sminkar sig"),

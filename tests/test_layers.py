@@ -25,7 +25,7 @@ def _layers() -> dict[str, int]:
 
 
 def _unit(module: str) -> str:
-    """``whisper_sv.sources.hf`` -> ``sources``; ``whisper_sv`` -> ``whisper_sv``."""
+    """``whisper_sv.data.sources.hf`` -> ``sources``; ``whisper_sv`` -> ``whisper_sv``."""
     parts = module.split(".")[1:]
     if not parts:
         return "whisper_sv"
@@ -59,7 +59,7 @@ def _imports(path: Path, module: str) -> list[tuple[str, bool]]:
                 pkg = module.split(".")
                 pkg = pkg if path.name == "__init__.py" else pkg[:-1]
                 base = ".".join(pkg[: len(pkg) - node.level + 1] + ([base] if base else []))
-            # ``from whisper_sv import models`` imports the module ``whisper_sv.models``.
+            # ``from whisper_sv import models`` imports the module ``whisper_sv.models.loading``.
             names = [f"{base}.{a.name}" for a in node.names] + [base]
         else:
             continue
@@ -75,7 +75,7 @@ def _graph() -> dict[str, set[tuple[str, bool]]]:
     graph: dict[str, set[tuple[str, bool]]] = {_unit(m): set() for m in modules}
     for module, path in modules.items():
         for name, typing_only in _imports(path, module):
-            # The longest prefix that is a module: ``whisper_sv.store.collate`` -> store.
+            # The longest prefix that is a module: ``whisper_sv.data.store.collate`` -> store.
             parts = name.split(".")
             while parts and ".".join(parts) not in modules:
                 parts.pop()
@@ -138,7 +138,7 @@ def test_the_checks_catch_an_upward_import_and_a_cycle(tmp_path, monkeypatch):
 
     fake = tmp_path / "whisper_sv"
     fake.mkdir()
-    (fake / "store.py").write_text("def f():\n    from whisper_sv.trainer import Trainer\n")
+    (fake / "store.py").write_text("def f():\n    from whisper_sv.train.trainer import Trainer\n")
     (fake / "trainer.py").write_text("from whisper_sv import store\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     graph = _graph()

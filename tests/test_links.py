@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from whisper_sv import links
-from whisper_sv.links import LinkError, LinkOptions
+from whisper_sv.infer import links
+from whisper_sv.infer.links import LinkError, LinkOptions
 
 
 class _Quiet(SimpleHTTPRequestHandler):

@@ -1,4 +1,4 @@
-"""Tests of whisper_sv.models: processor, resolver, conversion, export."""
+"""Tests of whisper_sv.models.loading: processor, resolver, conversion, export."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from whisper_sv import models
+from whisper_sv.models import loading as models
 
 SOT_SV_TRANSCRIBE = [
     50258,
@@ -265,7 +265,7 @@ def test_convert_tiny_ct2_matches_weights_and_logits(tiny_model, tiny_ct2_dir, t
 def _edited_ct2(src, dst, edit):
     import shutil
 
-    from whisper_sv import ct2_format
+    from whisper_sv.models import ct2_format
 
     shutil.copytree(src, dst)
     m = ct2_format.read_model_bin(src / "model.bin")
@@ -384,7 +384,7 @@ def test_export_ct2_replaces_an_older_export(tiny_model_dir, tiny_ct2_dir, tmp_p
     (out / "stale.txt").write_text("old")
     models.export_ct2(tiny_model_dir, out, quantization="float32")
     assert not (out / "stale.txt").exists()
-    from whisper_sv import ct2_format
+    from whisper_sv.models import ct2_format
 
     m = ct2_format.read_model_bin(out)
     assert m["encoder/conv1/weight"].dtype == np.float32
@@ -516,7 +516,7 @@ def test_export_round_trip_is_lossless(bundled_hf, clips, tmp_path):
     """bundled -> transformers -> export_ct2: same weights, same faster-whisper transcripts."""
     from faster_whisper import WhisperModel
 
-    from whisper_sv import ct2_format
+    from whisper_sv.models import ct2_format
 
     hf, ct2 = bundled_hf
     out = models.export_ct2(hf, tmp_path / "export")

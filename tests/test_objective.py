@@ -34,7 +34,7 @@ def _run(net, x):
 
 
 def test_distillation_kl_is_zero_for_the_teacher_itself_and_skips_ignored_positions():
-    from whisper_sv.train_objective import distillation_kl
+    from whisper_sv.train.objective import distillation_kl
 
     g = torch.Generator().manual_seed(1)
     teacher = torch.randn(2, 5, 11, generator=g)
@@ -48,8 +48,8 @@ def test_distillation_kl_is_zero_for_the_teacher_itself_and_skips_ignored_positi
 
 
 def test_l2sp_adds_half_the_squared_distance_to_the_start_weights(tiny_model_dir, processor):
-    from whisper_sv.train_objective import Objective
-    from whisper_sv.train_setup import load_model
+    from whisper_sv.train.objective import Objective
+    from whisper_sv.train.setup import load_model
 
     cfg = config(l2sp=0.5)
     model = load_model(tiny_model_dir, cfg)
@@ -65,8 +65,8 @@ def test_l2sp_adds_half_the_squared_distance_to_the_start_weights(tiny_model_dir
 
 
 def test_distill_at_the_start_is_the_scaled_cross_entropy(tiny_model_dir, processor):
-    from whisper_sv.train_objective import Objective
-    from whisper_sv.train_setup import load_model
+    from whisper_sv.train.objective import Objective
+    from whisper_sv.train.setup import load_model
 
     cfg = config(distill=0.4, distill_temperature=2.0)
     model = load_model(tiny_model_dir, cfg)
@@ -84,7 +84,7 @@ def test_distill_at_the_start_is_the_scaled_cross_entropy(tiny_model_dir, proces
 
 
 def test_top_layers_only_trains_the_top_decoder_layers_and_layer_norms(tiny_model_dir):
-    from whisper_sv.train_setup import load_model, trainable_params
+    from whisper_sv.train.setup import load_model, trainable_params
 
     model = load_model(tiny_model_dir, config(decoder_top_layers=1))
     names = list(trainable_params(model))
@@ -97,7 +97,7 @@ def test_top_layers_only_trains_the_top_decoder_layers_and_layer_norms(tiny_mode
 
 
 def test_config_names_the_fix_for_bad_anti_forgetting_values():
-    from whisper_sv.train import TrainConfig
+    from whisper_sv.train.run import TrainConfig
 
     with pytest.raises(ValueError, match="distill must be in"):
         TrainConfig(distill=1.0)
@@ -115,7 +115,7 @@ def _distance(run: Path, start: Path) -> float:
 
 
 def test_l2sp_and_distill_keep_a_run_closer_to_the_start(tmp_path, store, tiny_model_dir):
-    from whisper_sv.train import train
+    from whisper_sv.train.run import train
 
     common = dict(max_steps=4, eval_steps=4, save_steps=4, validate=False, lr=3e-3)
     runs = {}

@@ -26,7 +26,7 @@ class ChirpSource:
         return ["train", "validation"]
 
     def items(self, split: str):
-        from whisper_sv.sources import Item
+        from whisper_sv.data.sources import Item
 
         n = self.n_train if split == "train" else self.n_val
         for i in range(n):
@@ -48,7 +48,7 @@ class ChirpSource:
 
 @pytest.fixture(scope="module")
 def chirp_store(tmp_path_factory, processor) -> Path:
-    from whisper_sv.features import BuildOptions, build_store
+    from whisper_sv.data.features import BuildOptions, build_store
 
     out = tmp_path_factory.mktemp("packing") / "store"
     build_store(
@@ -61,7 +61,7 @@ def chirp_store(tmp_path_factory, processor) -> Path:
 
 
 def test_plan_keeps_every_clip_once_within_the_limits():
-    from whisper_sv.packing import plan_windows
+    from whisper_sv.data.packing import plan_windows
 
     rng = np.random.default_rng(0)
     frames = rng.integers(100, 1400, size=200)
@@ -80,7 +80,7 @@ def test_plan_keeps_every_clip_once_within_the_limits():
 
 
 def test_plan_never_spans_two_shards_and_one_clip_is_off():
-    from whisper_sv.packing import plan_windows
+    from whisper_sv.data.packing import plan_windows
 
     frames, labels = [300] * 25, [20] * 25
     windows = plan_windows(frames, labels, max_clips=4, seed=0, shard_offsets=[0, 10, 20, 25])
@@ -97,8 +97,8 @@ def test_plan_never_spans_two_shards_and_one_clip_is_off():
 
 
 def test_window_matches_whisper_extractor_on_the_joined_audio(chirp_store, processor):
-    from whisper_sv.packing import PackedRows
-    from whisper_sv.store import FeatureStore
+    from whisper_sv.data.packing import PackedRows
+    from whisper_sv.data.store import FeatureStore
 
     store = FeatureStore(chirp_store)
     clips = store.torch_dataset("train")
@@ -139,7 +139,7 @@ def test_window_matches_whisper_extractor_on_the_joined_audio(chirp_store, proce
 
 def _packed_config(tmp_path: Path, **changes):
     """A short decoder-only run on packed windows of the chirp store (``changes``: more)."""
-    from whisper_sv.train import TrainConfig
+    from whisper_sv.train.run import TrainConfig
 
     base = dict(
         lr=1e-3,
@@ -157,7 +157,7 @@ def _packed_config(tmp_path: Path, **changes):
 
 
 def test_packed_training_uses_windows_and_learns(chirp_store, tiny_model_dir, tmp_path):
-    from whisper_sv.train import TrainConfig, train
+    from whisper_sv.train.run import TrainConfig, train
 
     cfg = _packed_config(tmp_path, epochs=3, max_steps=0, pack_clips=4)
     run = tmp_path / "run"
@@ -175,8 +175,8 @@ def test_packed_training_uses_windows_and_learns(chirp_store, tiny_model_dir, tm
 
 
 def test_timestamped_windows_place_each_clip_between_its_start_and_end(chirp_store, processor):
-    from whisper_sv.packing import PackedRows
-    from whisper_sv.store import FeatureStore
+    from whisper_sv.data.packing import PackedRows
+    from whisper_sv.data.store import FeatureStore
 
     store = FeatureStore(chirp_store)
     clips = store.torch_dataset("train")
@@ -210,7 +210,7 @@ def test_timestamped_windows_place_each_clip_between_its_start_and_end(chirp_sto
 
 
 def test_translation_windows_are_single_clips_after_their_shards_windows():
-    from whisper_sv.packing import add_single_windows
+    from whisper_sv.data.packing import add_single_windows
 
     offsets = [0, 5, 9]  # two shards: clips 0-4 and 5-8
     windows = [[3, 1], [0, 2, 4], [7, 5], [8, 6]]
@@ -224,9 +224,9 @@ def test_translation_windows_are_single_clips_after_their_shards_windows():
 
 
 def test_prompted_windows_begin_with_the_previous_windows_text(chirp_store, processor):
-    from whisper_sv.feature_config import MAX_DECODER_POSITIONS
-    from whisper_sv.packing import PackedRows
-    from whisper_sv.store import FeatureStore
+    from whisper_sv.data.feature_config import MAX_DECODER_POSITIONS
+    from whisper_sv.data.packing import PackedRows
+    from whisper_sv.data.store import FeatureStore
 
     store = FeatureStore(chirp_store)
     clips = store.torch_dataset("train")
@@ -261,8 +261,8 @@ def test_decoder_io_skips_the_prompt_and_matches_the_models_shift(processor):
     import torch
     from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
-    from whisper_sv.evaluation import decoder_io, strip_sot
-    from whisper_sv.store import pad_labels
+    from whisper_sv.data.store import pad_labels
+    from whisper_sv.train.scoring import decoder_io, strip_sot
 
     tok = processor.tokenizer
     prev, sot, sv, tr, nots, eot = tok.convert_tokens_to_ids(
@@ -300,9 +300,9 @@ def test_prompted_training_reads_the_prompt_but_trains_only_the_transcript(
     prompt changes it (the decoder attends to it); a run with prompts on every window trains."""
     import torch
 
-    from whisper_sv.evaluation import decoder_io
-    from whisper_sv.packing import PackedRows
-    from whisper_sv.store import FeatureStore, pad_labels
+    from whisper_sv.data.packing import PackedRows
+    from whisper_sv.data.store import FeatureStore, pad_labels
+    from whisper_sv.train.scoring import decoder_io
 
     model, processor = tiny_model
     store = FeatureStore(chirp_store)
@@ -326,7 +326,7 @@ def test_prompted_training_reads_the_prompt_but_trains_only_the_transcript(
 
 
 def test_packed_training_with_previous_text_prompts(chirp_store, tiny_model_dir, tmp_path):
-    from whisper_sv.train import TrainConfig, train
+    from whisper_sv.train.run import TrainConfig, train
 
     cfg = _packed_config(tmp_path, max_steps=12, pack_clips=2, prompt_share=1.0)
     result = train(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from whisper_sv.cli import main
+from whisper_sv.cli.main import main
 
 TINY_TRAIN = {
     "lr": 1e-3,
@@ -52,7 +52,7 @@ def test_pipeline_runs_every_stage_then_skips_them(tmp_path, tiny_model_dir, cap
     assert (run / "ct2" / "model.bin").is_file() and (run / "metrics.csv").is_file()
 
     # The evaluate stage wrote the scores of the run's best model on the test split.
-    from whisper_sv.evaluation import evaluate_split
+    from whisper_sv.train.scoring import evaluate_split
 
     result = json.loads((run / "eval-test.json").read_text())
     again = evaluate_split(str(run), tmp_path / "store", "test")
@@ -102,14 +102,14 @@ def _small_real_sets(root: Path, shared: Path) -> Path:
 
 def _tiny_demo(tmp_path: Path, model: Path, **changes):
     """The demo on the tiny model with a few clips (``changes``: more DemoOptions)."""
-    from whisper_sv.demo import DemoOptions, run_demo
+    from whisper_sv.workflows.demo import DemoOptions, run_demo
 
     base = dict(train_clips=8, validation_clips=2, batch_size=4, eval_steps=1, workers=1)
     return run_demo(DemoOptions(out=tmp_path / "demo", model=str(model), **{**base, **changes}))
 
 
 def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir, sv_words_dir):
-    from whisper_sv.store import FeatureStore
+    from whisper_sv.data.store import FeatureStore
 
     real = _small_real_sets(tmp_path / "real", sv_words_dir.parent)
     res = _tiny_demo(
@@ -234,7 +234,7 @@ def test_pipeline_refuses_to_promote_a_run_that_lost_its_guards(
 
 
 def test_promotion_needs_an_out_of_domain_guard(tmp_path):
-    from whisper_sv.pipeline import promotion_refusal
+    from whisper_sv.workflows.pipeline import promotion_refusal
 
     summary = {"guards": ["lexin"], "domains": {"lexin": "in"}, "regressed": []}
     (tmp_path / "guards.json").write_text(json.dumps(summary))

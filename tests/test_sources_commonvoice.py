@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_sv.audio import SAMPLE_RATE, AudioError
-from whisper_sv.sources import open_source
+from whisper_sv.core.audio import SAMPLE_RATE, AudioError
+from whisper_sv.data.sources import open_source
 
 HEADER = "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccents\tlocale\tsegment"
 

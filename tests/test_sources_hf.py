@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_sv.audio import SAMPLE_RATE
-from whisper_sv.sources import open_source
-from whisper_sv.sources.hf import split_spec
+from whisper_sv.core.audio import SAMPLE_RATE
+from whisper_sv.data.sources import open_source
+from whisper_sv.data.sources.hf import split_spec
 
 AUDIO_TYPE = {"_type": "Audio"}
 STRING = {"dtype": "string", "_type": "Value"}

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_sv.audio import SAMPLE_RATE, AudioError
-from whisper_sv.sources import open_source
-from whisper_sv.sources.manifest import EXPECTED_HEADER, hash_split
+from whisper_sv.core.audio import SAMPLE_RATE, AudioError
+from whisper_sv.data.sources import open_source
+from whisper_sv.data.sources.manifest import EXPECTED_HEADER, hash_split
 
 
 def write_wav(path: Path, seconds: float, rate: int = 22_050) -> None:

@@ -19,7 +19,7 @@ class Tones:
         return ["train", "test"]
 
     def items(self, split):
-        from whisper_sv.sources import Item
+        from whisper_sv.data.sources import Item
 
         for i in range(self.n):
             yield Item(id=f"{split}-{i}", split=split, sentence=f"ord {i}", audio=None)
@@ -34,7 +34,7 @@ class Tones:
 
 
 def test_mix_lists_each_part_and_repeats_only_training_items():
-    from whisper_sv.sources.mix import MixPart, MixSource
+    from whisper_sv.data.sources.mix import MixPart, MixSource
 
     mix = MixSource([MixPart("syn", Tones("a", 300.0)), MixPart("real", Tones("b", 600.0), 2)])
     train = list(mix.items("train"))
@@ -53,9 +53,9 @@ def test_mix_lists_each_part_and_repeats_only_training_items():
 
 
 def test_mixed_store_holds_both_parts(tmp_path, processor):
-    from whisper_sv.features import BuildOptions, build_store
-    from whisper_sv.sources.mix import MixPart, MixSource
-    from whisper_sv.store import FeatureStore
+    from whisper_sv.data.features import BuildOptions, build_store
+    from whisper_sv.data.sources.mix import MixPart, MixSource
+    from whisper_sv.data.store import FeatureStore
 
     mix = MixSource([MixPart("syn", Tones("a", 300.0)), MixPart("real", Tones("b", 600.0), 3)])
     build_store(mix, tmp_path / "s", BuildOptions(progress=False), processor=processor)

@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from whisper_sv.audio import SAMPLE_RATE
-from whisper_sv.sources import SPECS, Item, Source, espeak, open_source
-from whisper_sv.sources.sentences import clean_sentence, parse_srt, split_sentences
-from whisper_sv.sources.synthetic import Speaker, SyntheticOptions, SyntheticSource, render
+from whisper_sv.core.audio import SAMPLE_RATE
+from whisper_sv.data.sources import SPECS, Item, Source, espeak, open_source
+from whisper_sv.data.sources.sentences import clean_sentence, parse_srt, split_sentences
+from whisper_sv.data.sources.synthetic import Speaker, SyntheticOptions, SyntheticSource, render
 
 SMALL = {"train": 40, "validation": 10, "test": 10}
 

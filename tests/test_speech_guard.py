@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_sv import nonspeech
-from whisper_sv.audio import SAMPLE_RATE
-from whisper_sv.infer import Segment, TranscribeOptions, Transcriber
-from whisper_sv.speech_guard import (
+from whisper_sv.core.audio import SAMPLE_RATE
+from whisper_sv.data import nonspeech
+from whisper_sv.infer.hallucination import (
     REASONS,
     judge,
     judge_translation,
@@ -22,6 +21,7 @@ from whisper_sv.speech_guard import (
     normalise,
     verdict,
 )
+from whisper_sv.infer.transcriber import Segment, TranscribeOptions, Transcriber
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LEXIN = DATA / "lexin-phrases"
@@ -67,7 +67,7 @@ def test_ordinary_speech_does_not_match(text):
 
 
 def test_every_entry_of_the_list_matches_its_own_text():
-    lines = resources.files("whisper_sv").joinpath("hallucinations.txt").read_text("utf-8")
+    lines = resources.files("whisper_sv.infer").joinpath("hallucinations.txt").read_text("utf-8")
     entries = [e.strip() for e in lines.splitlines() if e.strip() and not e.startswith("#")]
     phrases = [e.lstrip("^") for e in entries if not e.startswith("re:")]
     assert len(phrases) > 30
@@ -185,7 +185,7 @@ def test_nonspeech_clips_are_seeded_and_bounded():
 
 
 def test_silero_finds_no_speech_in_the_noises():
-    from whisper_sv.subtitles import speech_spans
+    from whisper_sv.infer.subtitles import speech_spans
 
     for kind in ("white", "pink", "brown", "fan", "hum", "tone", "quiet"):
         assert speech_spans(nonspeech.make(kind, 5.0)) == [], kind

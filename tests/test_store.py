@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import ArraySource, speechlike
 
-from whisper_sv.audio import N_FRAMES, SAMPLE_RATE
-from whisper_sv.features import BuildOptions, build_store
-from whisper_sv.logmel import log_mel_batch, n_audio_frames, pad_log_mel
-from whisper_sv.store import FeatureStore, ShardSampler, StoreError, collate
+from whisper_sv.core.audio import N_FRAMES, SAMPLE_RATE
+from whisper_sv.data.features import BuildOptions, build_store
+from whisper_sv.data.logmel import log_mel_batch, n_audio_frames, pad_log_mel
+from whisper_sv.data.store import FeatureStore, ShardSampler, StoreError, collate
 
 # float16 keeps 11 significant bits: log-mel values (about -1.5..2) round by <= 2**-10.
 F16_TOL = 1.1e-3
@@ -251,7 +251,7 @@ def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
     import subprocess
     import sys
 
-    from whisper_sv.store import remove_stale_tmp
+    from whisper_sv.data.store import remove_stale_tmp
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
@@ -271,8 +271,8 @@ def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
 def test_training_stream_and_shard_sampler_shuffle_alike():
     """One shard-aware shuffle serves the sampler and the training stream: epoch e of the
     stream is the sampler's order for epoch e, each shard's rows together."""
-    from whisper_sv.store import shard_permutation
-    from whisper_sv.train_data import StreamOrder
+    from whisper_sv.data.store import shard_permutation
+    from whisper_sv.train.data_plan import StreamOrder
 
     class Rows:  # what ShardSampler reads: the shard offsets
         offsets = np.array([0, 5, 12, 20])
@@ -295,7 +295,7 @@ def test_training_stream_and_shard_sampler_shuffle_alike():
 
 
 def test_pad_labels_right_pads_with_the_ignore_id():
-    from whisper_sv.store import pad_labels
+    from whisper_sv.data.store import pad_labels
 
     out = pad_labels([[1, 2, 3], [4]])
     assert out.tolist() == [[1, 2, 3], [4, -100, -100]]

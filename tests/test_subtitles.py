@@ -8,9 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from whisper_sv.audio import SAMPLE_RATE, load_audio
-from whisper_sv.infer import Segment, Word, subtitles
-from whisper_sv.subtitles import (
+from whisper_sv.core.audio import SAMPLE_RATE, load_audio
+from whisper_sv.infer.subtitles import (
     Cue,
     SubtitleOptions,
     cues,
@@ -18,6 +17,7 @@ from whisper_sv.subtitles import (
     rule_breaks,
     speech_spans,
 )
+from whisper_sv.infer.transcriber import Segment, Word, subtitles
 
 OPTS = SubtitleOptions()
 
@@ -136,7 +136,7 @@ def parse_srt(text: str) -> list[tuple[float, float, str]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("vad", [True, False])
 def test_real_model_subtitles_fit_speech(sv_words_dir, vad):
-    from whisper_sv.infer import Transcriber, format_transcript
+    from whisper_sv.infer.transcriber import Transcriber, format_transcript
 
     audio, spans, _ = long_file(sv_words_dir, n_words=16)
     speech = sum(b - a for a, b in spans)

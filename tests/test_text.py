@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from whisper_sv.text import (
+from whisper_sv.core.text import (
     NORMALISERS,
     ErrorRates,
     cer,

@@ -34,7 +34,7 @@ FAST = dict(
 
 
 def config(**changes):
-    from whisper_sv.train import TrainConfig
+    from whisper_sv.train.run import TrainConfig
 
     return TrainConfig(**{**FAST, **changes})
 
@@ -47,7 +47,7 @@ def store(tmp_path_factory, processor) -> Path:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, store, tiny_model_dir):
     """One complete run (with ct2 export) shared by the tests that only read it."""
-    from whisper_sv.train import train
+    from whisper_sv.train.run import train
 
     out = tmp_path_factory.mktemp("runs") / "run"
     result = train(
@@ -60,7 +60,7 @@ def finished_run(tmp_path_factory, store, tiny_model_dir):
 
 
 def test_config_rejects_bad_values_naming_the_fix():
-    from whisper_sv.train import TrainConfig
+    from whisper_sv.train.run import TrainConfig
 
     with pytest.raises(ValueError, match="eval_steps must be >= 1"):
         TrainConfig(eval_steps=0)
@@ -74,8 +74,8 @@ def test_config_rejects_bad_values_naming_the_fix():
 
 
 def test_yaml_and_overrides_reject_unknown_keys_and_wrong_types(tmp_path):
-    from whisper_sv.config import load_options, parse_overrides
-    from whisper_sv.train import TrainConfig
+    from whisper_sv.core.config import load_options, parse_overrides
+    from whisper_sv.train.run import TrainConfig
 
     yaml_file = tmp_path / "train.yaml"
     yaml_file.write_text("lr: 3e-4\nmax_steps: 20\nlora_targets: [q_proj, k_proj]\n")
@@ -89,7 +89,7 @@ def test_yaml_and_overrides_reject_unknown_keys_and_wrong_types(tmp_path):
 
 
 def test_cli_config_errors_come_before_any_training(tmp_path, store, capsys):
-    from whisper_sv.cli import main
+    from whisper_sv.cli.main import main
 
     run = tmp_path / "run"
     base = ["train", "--features", str(store), "--out", str(run), "--no-progress"]
@@ -103,7 +103,7 @@ def test_cli_config_errors_come_before_any_training(tmp_path, store, capsys):
 
 
 def test_warmup_longer_than_training_is_refused(tmp_path, store, tiny_model_dir):
-    from whisper_sv.train import train
+    from whisper_sv.train.run import train
 
     with pytest.raises(ValueError, match="warmup_steps .* must be below"):
         train(store, tmp_path / "run", model=str(tiny_model_dir), config=config(warmup_steps=10))
@@ -114,8 +114,8 @@ def test_warmup_longer_than_training_is_refused(tmp_path, store, tiny_model_dir)
 
 
 def test_missing_store_is_a_clear_error(tmp_path, tiny_model_dir):
-    from whisper_sv.store import StoreError
-    from whisper_sv.train import train
+    from whisper_sv.data.store import StoreError
+    from whisper_sv.train.run import train
 
     with pytest.raises(StoreError, match="does not exist.*whisper-sv features"):
         train(tmp_path / "nope", tmp_path / "run", model=str(tiny_model_dir), config=config())
@@ -126,8 +126,8 @@ def test_missing_store_is_a_clear_error(tmp_path, tiny_model_dir):
 
 
 def test_corrupt_store_is_a_clear_error(tmp_path, store, tiny_model_dir):
-    from whisper_sv.store import StoreError
-    from whisper_sv.train import train
+    from whisper_sv.data.store import StoreError
+    from whisper_sv.train.run import train
 
     broken = tmp_path / "broken"
     shutil.copytree(store, broken)
@@ -143,9 +143,9 @@ def test_corrupt_store_is_a_clear_error(tmp_path, store, tiny_model_dir):
 
 def test_store_of_another_model_is_refused(tmp_path, tiny_model_dir):
     """A store made for a 128-mel model (large-v3) does not train an 80-mel model."""
-    from whisper_sv import models
-    from whisper_sv.store import StoreError
-    from whisper_sv.train import train
+    from whisper_sv.data.store import StoreError
+    from whisper_sv.models import loading as models
+    from whisper_sv.train.run import train
 
     proc128 = models.build_processor(models.bundled_tokenizer_json(), n_mels=128)
     foreign = make_store(tmp_path / "store128", proc128, n_train=4, n_val=0)
@@ -158,7 +158,7 @@ def test_store_of_another_model_is_refused(tmp_path, tiny_model_dir):
 
 
 def test_training_reduces_loss_and_writes_the_run_folder(finished_run):
-    from whisper_sv.registry import COLUMNS
+    from whisper_sv.core.run_folder import COLUMNS
 
     run, result = finished_run
     assert result.step == 6 and result.max_steps == 6 and result.resumed_from == 0
@@ -191,7 +191,7 @@ def test_training_reduces_loss_and_writes_the_run_folder(finished_run):
 def test_config_yaml_records_model_store_and_options(finished_run, store, tiny_model_dir):
     import yaml
 
-    from whisper_sv.store import FeatureStore
+    from whisper_sv.data.store import FeatureStore
 
     run, _ = finished_run
     info = yaml.safe_load((run / "config.yaml").read_text())
@@ -205,7 +205,7 @@ def test_config_yaml_records_model_store_and_options(finished_run, store, tiny_m
 def test_run_folder_is_a_model_reference_and_ct2_loads(finished_run, store):
     import faster_whisper
 
-    from whisper_sv import models
+    from whisper_sv.models import loading as models
 
     run, result = finished_run
     ref = models.resolve(str(run))
@@ -226,7 +226,7 @@ def test_run_folder_is_a_model_reference_and_ct2_loads(finished_run, store):
 
 
 def test_export_command_writes_a_ct2_folder(finished_run, tmp_path, capsys):
-    from whisper_sv.cli import main
+    from whisper_sv.cli.main import main
 
     run, _ = finished_run
     out = tmp_path / "exported"
@@ -242,7 +242,7 @@ def test_resume_is_exact(tmp_path, store, tiny_model_dir):
     """4 steps straight == 2 steps, (loss of the rest), resume to 4: same weights, same rows."""
     from safetensors.torch import load_file
 
-    from whisper_sv.train import train
+    from whisper_sv.train.run import train
 
     # Through the data loader (encoder run each step), with dropout: RNG and data position
     # matter.
@@ -274,7 +274,7 @@ def test_resume_is_exact(tmp_path, store, tiny_model_dir):
 def test_rerun_with_other_model_store_or_settings_is_refused(
     tmp_path, finished_run, store, processor, tiny_model_dir
 ):
-    from whisper_sv.train import train
+    from whisper_sv.train.run import train
 
     run, _ = finished_run
     other_store = make_store(tmp_path / "other", processor, n_train=8, n_val=2, seed=3)
@@ -293,7 +293,7 @@ def test_rerun_with_other_model_store_or_settings_is_refused(
 
 
 def test_rerun_of_a_finished_run_changes_nothing(finished_run, store):
-    from whisper_sv.train import train
+    from whisper_sv.train.run import train
 
     run, first = finished_run
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -304,7 +304,7 @@ def test_rerun_of_a_finished_run_changes_nothing(finished_run, store):
 
 
 def test_a_run_can_be_extended(tmp_path, store, tiny_model_dir):
-    from whisper_sv.train import train
+    from whisper_sv.train.run import train
 
     cfg = config(max_steps=2, eval_steps=2, save_steps=2, eval_limit=1)
     train(store, tmp_path / "run", model=str(tiny_model_dir), config=cfg, progress=False)
@@ -318,7 +318,7 @@ def test_a_run_can_be_extended(tmp_path, store, tiny_model_dir):
 
 def test_early_stopping_with_patience(tmp_path, store, tiny_model_dir):
     """With a learning rate too small to change a greedy transcript, WER never improves."""
-    from whisper_sv.train import train
+    from whisper_sv.train.run import train
 
     cfg = config(lr=1e-12, max_steps=20, eval_steps=1, save_steps=5, patience=2, eval_limit=2)
     result = train(store, tmp_path / "run", model=str(tiny_model_dir), config=cfg, progress=False)
@@ -329,8 +329,8 @@ def test_early_stopping_with_patience(tmp_path, store, tiny_model_dir):
 
 
 def test_lora_run_saves_a_plain_best_model(tmp_path, store, tiny_model_dir):
-    from whisper_sv import models
-    from whisper_sv.train import train
+    from whisper_sv.models import loading as models
+    from whisper_sv.train.run import train
 
     cfg = config(lora_rank=4, lr=1e-2, max_steps=4, eval_steps=2, save_steps=2, eval_limit=1)
     result = train(store, tmp_path / "run", model=str(tiny_model_dir), config=cfg, progress=False)
@@ -342,7 +342,7 @@ def test_lora_run_saves_a_plain_best_model(tmp_path, store, tiny_model_dir):
 def test_runs_of_different_precision_in_one_process(tmp_path, store, tiny_model_dir):
     # Accelerate keeps one process-wide state: a second run with another precision used to
     # fail with "AcceleratorState has already been initialized".
-    from whisper_sv.train import train
+    from whisper_sv.train.run import train
 
     for precision in ("fp32", "bf16", "fp32"):
         result = train(
@@ -359,7 +359,7 @@ def test_runs_of_different_precision_in_one_process(tmp_path, store, tiny_model_
 def test_frozen_embeddings_and_spec_augment_run(tmp_path, store, tiny_model_dir):
     from safetensors.torch import load_file
 
-    from whisper_sv.train import train
+    from whisper_sv.train.run import train
 
     cfg = config(
         train_embeddings=False,
@@ -386,8 +386,8 @@ def test_greedy_decode_matches_generate(tiny_model, store):
     """The fast evaluation decoder gives exactly what transformers' generate gives."""
     import torch
 
-    from whisper_sv.evaluation import greedy_decode, prompt_ids, suppress_lists
-    from whisper_sv.store import FeatureStore, collate
+    from whisper_sv.data.store import FeatureStore, collate
+    from whisper_sv.train.scoring import greedy_decode, prompt_ids, suppress_lists
 
     model, processor = tiny_model
     ds = FeatureStore(store).torch_dataset("validation")
@@ -421,8 +421,8 @@ def test_greedy_decode_matches_generate(tiny_model, store):
 
 
 def test_evaluate_dataset_gives_loss_and_rates(tiny_model, store):
-    from whisper_sv.store import FeatureStore
-    from whisper_sv.train import evaluate_dataset
+    from whisper_sv.data.store import FeatureStore
+    from whisper_sv.train.run import evaluate_dataset
 
     model, processor = tiny_model
     ds = FeatureStore(store).torch_dataset("validation")

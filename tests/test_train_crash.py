@@ -61,8 +61,8 @@ def _visible_checkpoints(run: Path) -> list[Path]:
 
 
 def test_kill_9_then_resume_continues_the_same_run(tmp_path, store, tiny_model_dir):
-    from whisper_sv.registry import RunFolder, read_metrics_csv
-    from whisper_sv.train import TrainConfig, train
+    from whisper_sv.core.run_folder import RunFolder, read_metrics_csv
+    from whisper_sv.train.run import TrainConfig, train
 
     run = tmp_path / "run"
     log = open(tmp_path / "first.log", "wb")  # noqa: SIM115 - closed below
@@ -130,6 +130,6 @@ def test_kill_9_then_resume_continues_the_same_run(tmp_path, store, tiny_model_d
 
 
 def _typed(value: str):
-    from whisper_sv.config import parse_overrides
+    from whisper_sv.core.config import parse_overrides
 
     return parse_overrides([f"x={value}"])["x"]

@@ -49,7 +49,7 @@ def own_guard(tmp_path_factory, processor, tiny_model):
 
 
 def config(**changes):
-    from whisper_sv.train import TrainConfig
+    from whisper_sv.train.run import TrainConfig
 
     return TrainConfig(**{**FAST, **changes})
 
@@ -59,9 +59,9 @@ def test_a_run_whose_guard_regresses_never_becomes_best(
 ):
     import torch
 
-    from whisper_sv import models
-    from whisper_sv.registry import read_metrics_csv
-    from whisper_sv.train import train
+    from whisper_sv.core.run_folder import read_metrics_csv
+    from whisper_sv.models import loading as models
+    from whisper_sv.train.run import train
 
     guard = {"name": "own", "path": str(own_guard), "split": "validation", "translate": True}
     run = tmp_path / "run"
@@ -100,7 +100,7 @@ def test_a_run_whose_guard_regresses_never_becomes_best(
 def test_guards_within_tolerance_let_training_win_and_interpolation_is_scored(
     tmp_path, store, own_guard, tiny_model_dir
 ):
-    from whisper_sv.train import train
+    from whisper_sv.train.run import train
 
     guard = {"name": "own", "path": str(own_guard), "split": "validation"}
     run = tmp_path / "run"
@@ -129,9 +129,9 @@ def test_validation_plus_guards_selection_picks_the_best_mean_and_scores_long_fo
     import soundfile as sf
     from conftest import speechlike
 
-    from whisper_sv.guards import selection_score
-    from whisper_sv.registry import read_metrics_csv
-    from whisper_sv.train import train
+    from whisper_sv.core.run_folder import read_metrics_csv
+    from whisper_sv.train.guards import selection_score
+    from whisper_sv.train.run import train
 
     lines = ["path\tsentence"]
     for i, text in enumerate(["en katt", "två hundar", "tre fåglar", "ett hus"]):
@@ -165,7 +165,7 @@ def test_babbling_start_model_gives_no_translation_labels(tmp_path, store, tiny_
     """The random start model never ends its English within the budget: no window may be
     relabelled with a cut-off loop; they keep their Swedish labels. (The real model's labels
     are measured in docs/experiments.md.)"""
-    from whisper_sv.train import train
+    from whisper_sv.train.run import train
 
     run = tmp_path / "run"
     with caplog.at_level(logging.INFO, logger="whisper_sv"):
@@ -182,7 +182,7 @@ def test_babbling_start_model_gives_no_translation_labels(tmp_path, store, tiny_
 
 
 def test_guard_and_interpolation_options_are_checked():
-    from whisper_sv.train import TrainConfig
+    from whisper_sv.train.run import TrainConfig
 
     with pytest.raises(ValueError, match="interpolate weights must be between 0 and 1"):
         TrainConfig(interpolate=(1.5,))
@@ -200,11 +200,11 @@ def test_fine_tuned_run_keeps_segment_timestamps_on_a_two_minute_file(tmp_path, 
     """The real base, fine-tuned on synthetic speech with timestamp labels on half of the
     windows: its export still writes one segment per phrase on a 2-minute file of real speech
     (many segments and subtitle cues, not one per 30 s window)."""
-    from whisper_sv.features import BuildOptions, build_store
-    from whisper_sv.infer import Transcriber, subtitles
-    from whisper_sv.longform import join_clips
-    from whisper_sv.sources import open_source
-    from whisper_sv.train import train
+    from whisper_sv.data.features import BuildOptions, build_store
+    from whisper_sv.data.longform import join_clips
+    from whisper_sv.data.sources import open_source
+    from whisper_sv.infer.transcriber import Transcriber, subtitles
+    from whisper_sv.train.run import train
 
     source = open_source("synthetic", train=64, validation=4, test=1)
     build_store(source, tmp_path / "store", BuildOptions(progress=False))
@@ -235,8 +235,8 @@ def test_fine_tuned_run_keeps_segment_timestamps_on_a_two_minute_file(tmp_path, 
 def test_translation_windows_come_only_from_the_named_sources(store):
     """translate_sources picks the clips by the store's source column: none from a source the
     store lacks, every clip from its own at share 1."""
-    from whisper_sv.store import FeatureStore
-    from whisper_sv.train_data import train_windows, with_translation_windows
+    from whisper_sv.data.store import FeatureStore
+    from whisper_sv.train.data_plan import train_windows, with_translation_windows
 
     fs = FeatureStore(store)
     source = fs.metadata("train", columns=("source",))[0]["source"]

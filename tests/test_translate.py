@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from whisper_sv import translate
-from whisper_sv.translate import TranslateOptions, TranslationUnavailable
+from whisper_sv.infer import translate
+from whisper_sv.infer.translate import TranslateOptions, TranslationUnavailable
 
 
 def test_options_are_validated():
@@ -104,7 +104,7 @@ def test_no_swedish_text_no_translation(tiny_ct2_dir):
     # the transcript or not. Noise that the random model "reads" is translated.
     import numpy as np
 
-    from whisper_sv.infer import Segment, Transcriber
+    from whisper_sv.infer.transcriber import Segment, Transcriber
 
     ct2 = Transcriber(str(tiny_ct2_dir), device="cpu")
     silence = np.zeros(16_000 * 3, np.float32)

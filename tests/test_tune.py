@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from whisper_sv.train import TrainConfig
-from whisper_sv.tune import (
+from whisper_sv.train.run import TrainConfig
+from whisper_sv.tune.study import (
     SearchSpace,
     TuneOptions,
     load_space,
@@ -38,8 +38,8 @@ TINY_TRAIN = {
 
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory, processor, tiny_model_dir) -> Path:
-    from whisper_sv.features import BuildOptions, build_store
-    from whisper_sv.sources import open_source
+    from whisper_sv.data.features import BuildOptions, build_store
+    from whisper_sv.data.sources import open_source
 
     out = tmp_path_factory.mktemp("tune-store") / "store"
     source = open_source("synthetic", train=4, validation=1, test=1)
@@ -161,9 +161,9 @@ def test_equal_epochs_gives_every_batch_size_the_same_samples(tmp_path):
 def test_packed_trials_plan_the_steps_train_plans(tiny_store, tiny_model_dir, tmp_path):
     """With pack_clips > 1 an epoch walks packed windows, not clips: a trial's step plan (and
     so its eval_steps and warm-up check) must be the one train() makes."""
-    from whisper_sv.store import open_store
-    from whisper_sv.train import train
-    from whisper_sv.train_data import train_windows
+    from whisper_sv.data.store import open_store
+    from whisper_sv.train.data_plan import train_windows
+    from whisper_sv.train.run import train
 
     store = open_store(tiny_store)
     base = TrainConfig(**{**TINY_TRAIN, "batch_size": 1})
@@ -201,7 +201,7 @@ def test_study_refuses_unusable_settings_before_training(tiny_store, tiny_model_
 
 
 def _check_study(result, study: Path, n: int) -> None:
-    from whisper_sv.registry import read_metrics_csv
+    from whisper_sv.core.run_folder import read_metrics_csv
 
     complete = [t for t in result.trials if t.state == "COMPLETE"]
     assert len(complete) == n
@@ -348,7 +348,7 @@ def test_killed_study_resumes(tiny_store, tiny_model_dir, tmp_path):
 
 
 def test_cli_reports_space_errors(tiny_store, tmp_path, capsys):
-    from whisper_sv.cli import main
+    from whisper_sv.cli.main import main
 
     space = tmp_path / "space.yaml"
     space.write_text("lr: {type: float, low: 1e-5, high: 1e-3}\n")
@@ -361,8 +361,8 @@ def test_cli_reports_space_errors(tiny_store, tmp_path, capsys):
 
 
 def test_trial_process_is_stopped_when_pruned_or_out_of_time(tiny_store, tiny_model_dir, tmp_path):
-    from whisper_sv.config import dump_options
-    from whisper_sv.tune_runner import run_training as _run_training
+    from whisper_sv.core.config import dump_options
+    from whisper_sv.tune.runner import run_training as _run_training
 
     # 40 steps, an evaluation after each: far more than the watcher lets it do.
     cfg = TrainConfig(**{**TINY_TRAIN, "max_steps": 40, "eval_steps": 1, "export_ct2": False})

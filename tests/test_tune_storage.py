@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_tune import TINY_TRAIN, tiny_store  # noqa: F401  (tiny_store is a fixture)
 
-from whisper_sv.study_storage import open_storage, parse_url, seed_salt
+from whisper_sv.tune.storage import open_storage, parse_url, seed_salt
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,9 +51,9 @@ def test_journal_storage_is_recorded_in_the_study_folder(tmp_path):
 
 
 def test_options_name_the_fix(tiny_store, tiny_model_dir, tmp_path):  # noqa: F811
-    from whisper_sv.features import BuildOptions
-    from whisper_sv.train import TrainConfig
-    from whisper_sv.tune import SearchSpace, TuneOptions, tune
+    from whisper_sv.data.features import BuildOptions
+    from whisper_sv.train.run import TrainConfig
+    from whisper_sv.tune.study import SearchSpace, TuneOptions, tune
 
     with pytest.raises(ValueError, match="engine must be 'local' or 'ray'"):
         BuildOptions(engine="spark")
@@ -112,8 +112,8 @@ def postgres():
 
 _TUNE = """
 import json, logging, sys
-from whisper_sv.train import TrainConfig
-from whisper_sv.tune import SearchSpace, TuneOptions, tune
+from whisper_sv.train.run import TrainConfig
+from whisper_sv.tune.study import SearchSpace, TuneOptions, tune
 logging.basicConfig(level=logging.INFO)
 a = json.loads(sys.argv[1])
 tune(a["store"], a["out"], SearchSpace.parse(a["space"]), TuneOptions(**a["options"]),

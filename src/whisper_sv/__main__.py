@@ -1,3 +1,3 @@
-from whisper_sv.cli import main
+from whisper_sv.cli.main import main
 
 raise SystemExit(main())
