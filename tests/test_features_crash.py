@@ -10,11 +10,15 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import soundfile as sf
 from conftest import speechlike
 
 from whisper_sv.core.audio import SAMPLE_RATE
 from whisper_sv.data.store import FeatureStore, read_rejects
+
+# Real processes (killed, or several ranks, or a Ray cluster): the slow suite (`make test-slow`).
+pytestmark = pytest.mark.slow
 
 N_CLIPS = 120  # 30 shards of 4: seconds of work after the first, so the kill lands mid-run
 SHARD_SIZE = 4

@@ -18,6 +18,9 @@ from whisper_sv.data.features import BuildOptions, build_store
 from whisper_sv.data.sources import open_source
 from whisper_sv.data.store import FeatureStore, read_rejects
 
+# Real processes (killed, or several ranks, or a Ray cluster): the slow suite (`make test-slow`).
+pytestmark = pytest.mark.slow
+
 ray = pytest.importorskip("ray", reason="the Ray engine needs the 'ray' extra")
 
 

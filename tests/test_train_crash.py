@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import make_store
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# Real processes (killed, or several ranks): the slow suite (`make test-slow`).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 CKPT_FILES = {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"}
 SETTINGS = {

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from conftest import make_store
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# Real processes (killed, or several ranks): the slow suite (`make test-slow`).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

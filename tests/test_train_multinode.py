@@ -15,6 +15,9 @@ import pytest
 import yaml
 from conftest import make_store
 
+# Real processes (killed, or several ranks, or a Ray cluster): the slow suite (`make test-slow`).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--no-progress", "--set", "lr=1e-3", "--set", "warmup_steps=1", "--set", "batch_size=2"]
 TINY += ["--set", "max_steps=2", "--set", "eval_steps=2", "--set", "save_steps=2"]

@@ -295,6 +295,7 @@ def _train_processes(study: Path) -> list[int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and kill -9")
+@pytest.mark.slow  # two real processes, one killed
 def test_killed_study_resumes(tiny_store, tiny_model_dir, tmp_path):
     from optuna.trial import TrialState
 

@@ -164,6 +164,7 @@ def _wait(what, proc: subprocess.Popen, log: Path, limit: float = 600) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses kill -9")
+@pytest.mark.slow  # two real processes, one killed
 def test_two_processes_share_a_postgresql_study_and_a_killed_one_is_retried(
     postgres,
     tiny_store,  # noqa: F811
