@@ -254,3 +254,42 @@ def own_output_store(root: Path, processor, model, n: int = 8) -> Path:
     assert len(own) >= n // 2, hyps.hypotheses
     build_store(ArraySource({"validation": own}), root / "own", opts, processor=processor)
     return root / "own"
+
+
+# The one fast training recipe of the tests: a few steps of the tiny model on a tiny store,
+# frozen encoder (cached encoder outputs), no CTranslate2 export. Tests change what they test.
+FAST_TRAIN = dict(
+    lr=1e-3,
+    warmup_steps=1,
+    batch_size=4,
+    max_steps=6,
+    eval_steps=3,
+    save_steps=3,
+    eval_limit=4,
+    eval_max_new_tokens=16,
+    freeze_encoder=True,
+    export_ct2=False,
+    keep_checkpoints=0,
+)
+
+
+def fast_config(**changes):
+    """``TrainConfig`` of the fast recipe with ``changes`` (validated like any config)."""
+    from whisper_sv.train.config import TrainConfig
+
+    return TrainConfig(**{**FAST_TRAIN, **changes})
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, processor, tiny_model_dir) -> Path:
+    """A real feature store of synthetic Swedish speech (4 train, 2 validation, 1 test clips)
+    for the tiny model: what training, tuning and averaging tests train on."""
+    from whisper_sv.data.features import BuildOptions, build_store
+    from whisper_sv.data.sources import open_source
+
+    out = tmp_path_factory.mktemp("tiny-store") / "store"
+    source = open_source("synthetic", train=4, validation=2, test=1)
+    build_store(
+        source, out, BuildOptions(model=str(tiny_model_dir), progress=False), processor=processor
+    )
+    return out

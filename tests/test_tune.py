@@ -25,6 +25,7 @@ from whisper_sv.tune.study import (
 REPO = Path(__file__).resolve().parents[1]
 
 # Two optimizer steps, one short evaluation: a trial of the tiny model is mostly start-up.
+# A trial: two steps of the tiny model scored on one clip.
 TINY_TRAIN = {
     "max_steps": 2,
     "warmup_steps": 0,
@@ -34,19 +35,6 @@ TINY_TRAIN = {
     "eval_batch_size": 1,
     "eval_max_new_tokens": 3,
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory, processor, tiny_model_dir) -> Path:
-    from whisper_sv.data.features import BuildOptions, build_store
-    from whisper_sv.data.sources import open_source
-
-    out = tmp_path_factory.mktemp("tune-store") / "store"
-    source = open_source("synthetic", train=4, validation=1, test=1)
-    build_store(
-        source, out, BuildOptions(model=str(tiny_model_dir), progress=False), processor=processor
-    )
-    return out
 
 
 def _trial_states(study: Path) -> list[str]:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_tune import TINY_TRAIN, tiny_store  # noqa: F401  (tiny_store is a fixture)
+from test_tune import TINY_TRAIN
 
 from whisper_sv.tune.storage import open_storage, parse_url, seed_salt
 
@@ -50,7 +50,7 @@ def test_journal_storage_is_recorded_in_the_study_folder(tmp_path):
     assert (tmp_path / "study" / "storage.url").stat().st_mode & 0o777 == 0o600
 
 
-def test_options_name_the_fix(tiny_store, tiny_model_dir, tmp_path):  # noqa: F811
+def test_options_name_the_fix(tiny_store, tiny_model_dir, tmp_path):
     from whisper_sv.data.features import BuildOptions
     from whisper_sv.train.run import TrainConfig
     from whisper_sv.tune.study import SearchSpace, TuneOptions, tune
@@ -167,7 +167,7 @@ def _wait(what, proc: subprocess.Popen, log: Path, limit: float = 600) -> None:
 @pytest.mark.slow  # two real processes, one killed
 def test_two_processes_share_a_postgresql_study_and_a_killed_one_is_retried(
     postgres,
-    tiny_store,  # noqa: F811
+    tiny_store,
     tiny_model_dir,
     tmp_path,
 ):
