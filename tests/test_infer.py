@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from whisper_sv.core.audio import SAMPLE_RATE, AudioError, load_audio
-from whisper_sv.infer.backends import _tokens_to_segments
+from whisper_sv.infer.backends import tokens_to_segments
 from whisper_sv.infer.transcriber import (
     Segment,
     TranscribeOptions,
@@ -39,7 +39,7 @@ def decode(tokens: list[int]) -> str:
 
 
 def split(tokens, duration=30.0, **kw):
-    return _tokens_to_segments(
+    return tokens_to_segments(
         tokens, timestamp_begin=TS, eot=EOT, decode=decode, duration=duration, **kw
     )
 
@@ -278,13 +278,13 @@ def test_previous_text_prompts_fit_the_decoder(ct2, hf):
     """With condition_on_previous_text each window after the first is prompted with up to
     223 tokens of the text before; the tokens a window may add are cut so that prompt and
     answer fit the decoder's 448 positions (faster-whisper refuses a window otherwise)."""
-    from whisper_sv.infer.backends import PROMPTED_MAX_NEW_TOKENS, _new_tokens
+    from whisper_sv.infer.backends import PROMPTED_MAX_NEW_TOKENS, new_token_limit
     from whisper_sv.infer.types import TranscribeOptions
 
     prompted = TranscribeOptions(condition_on_previous_text=True)
-    assert _new_tokens(prompted, 30.0) == PROMPTED_MAX_NEW_TOKENS == 448 - 227
-    assert _new_tokens(TranscribeOptions(), 30.0) > PROMPTED_MAX_NEW_TOKENS
-    assert _new_tokens(dataclasses.replace(prompted, max_new_tokens=8), 30.0) == 8
+    assert new_token_limit(prompted, 30.0) == PROMPTED_MAX_NEW_TOKENS == 448 - 227
+    assert new_token_limit(TranscribeOptions(), 30.0) > PROMPTED_MAX_NEW_TOKENS
+    assert new_token_limit(dataclasses.replace(prompted, max_new_tokens=8), 30.0) == 8
     # A window allowed 440 tokens, after a prompt of the first window's text: cut to fit.
     long = {"max_new_tokens": 440, "loop_guard": False, "vad": False, "speech_gate": False}
     result = ct2.transcribe(noise(65.0), condition_on_previous_text=True, **long)
@@ -489,26 +489,28 @@ def test_loop_guard_bounds_the_random_model(ct2, hf):
 
 
 def test_digital_silence_is_not_decoded_without_vad():
-    from whisper_sv.infer.backends import _sounding
+    from whisper_sv.infer.backends import sounding_spans
 
     audio = np.zeros(70 * SAMPLE_RATE, np.float32)
     audio[2 * SAMPLE_RATE : 10 * SAMPLE_RATE] = noise(8.0)
     audio[12 * SAMPLE_RATE : 20 * SAMPLE_RATE] = noise(8.0, seed=1)
-    assert _sounding(audio) == [2.0, 20.0]  # the 2 s pause kept, the 50 s tail skipped
-    assert _sounding(noise(40.0)) == "0"
+    assert sounding_spans(audio) == [2.0, 20.0]  # the 2 s pause kept, the 50 s tail skipped
+    assert sounding_spans(noise(40.0)) == "0"
 
 
 def test_fallback_ladder_beam_first_then_hotter():
-    from whisper_sv.infer.backends import _ladder
+    from whisper_sv.infer.backends import fallback_ladder
 
     opts = TranscribeOptions()
-    assert _ladder(opts, opts.temperatures()) == [(0.0, 5, 0), (0.0, 5, 4)]  # deterministic
+    assert fallback_ladder(opts, opts.temperatures()) == [(0.0, 5, 0), (0.0, 5, 4)]  # deterministic
     hot = TranscribeOptions(temperature_fallback=True)
-    assert _ladder(hot, hot.temperatures())[2:] == [(t, 1, 0) for t in (0.2, 0.4, 0.6, 0.8, 1.0)]
+    assert fallback_ladder(hot, hot.temperatures())[2:] == [
+        (t, 1, 0) for t in (0.2, 0.4, 0.6, 0.8, 1.0)
+    ]
     beam = TranscribeOptions(beam_size=5)
-    assert _ladder(beam, beam.temperatures()) == [(0.0, 5, 4)]
+    assert fallback_ladder(beam, beam.temperatures()) == [(0.0, 5, 4)]
     off = TranscribeOptions(loop_guard=False)
-    assert _ladder(off, off.temperatures()) == []
+    assert fallback_ladder(off, off.temperatures()) == []
 
 
 def test_loop_guard_is_deterministic(ct2):

@@ -336,9 +336,9 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_app(args: argparse.Namespace) -> int:
     from whisper_sv.app import chat as app
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.references import resolve
 
-    models.resolve(args.model)  # a bad reference fails here, before anything starts
+    resolve(args.model)  # a bad reference fails here, before anything starts
     options = options_from(app.AppOptions, args)
     if args.export_space:
         out = app.export_space(args.export_space, options, progress=print)
