@@ -534,3 +534,102 @@ def test_alternating_zero_length_repeats_are_dropped_but_said_repeats_kept():
     # Said again, with the time it takes: a real repetition stays.
     said = [Segment(0.0, 1.0, "ja"), Segment(1.0, 2.0, "nej"), Segment(2.0, 3.0, "ja")]
     assert [s.text for s in _guarded(iter(said))] == ["ja", "nej", "ja"]
+
+
+# --------------------------------------------------------------------------- the transcribe command
+
+LEXIN = "/work/shared/data/lexin-phrases/aker_buss.mp3"
+
+
+def cli(*args: str, stdin: bytes | None = None):
+    """``whisper-sv transcribe ARGS`` in its own process, as a user runs it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "whisper_sv", "transcribe", *args]
+    return subprocess.run(command, input=stdin, capture_output=True, env=env, timeout=300)
+
+
+def test_cli_missing_file_exits_2_before_the_model_loads(tmp_path):
+    proc = cli(str(tmp_path / "nope.wav"), LEXIN, "--model", str(tmp_path / "no-model-here"))
+    err = proc.stderr.decode()
+    assert proc.returncode == 2
+    assert err.count("\n") == 1 and "no such file" in err and "nope.wav" in err
+    assert "loaded" not in err
+
+
+def test_cli_unwritable_out_is_one_line_before_the_model_loads():
+    proc = cli(LEXIN, "--out", "/proc/nope", "--model", "bundled:base")
+    err = proc.stderr.decode()
+    assert proc.returncode == 2
+    assert err.count("\n") == 1 and "/proc/nope" in err and "--out" in err
+    assert "Errno" not in err and "loaded" not in err
+
+
+def test_cli_format_all_needs_out():
+    proc = cli(LEXIN, "--format", "all")
+    assert proc.returncode == 2 and "--out" in proc.stderr.decode()
+
+
+def test_cli_format_all_writes_every_format(tiny_ct2_dir, tmp_path):
+    import json
+
+    proc = cli(LEXIN, "--model", str(tiny_ct2_dir), "--format", "all", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"aker_buss.{f}" for f in ("json", "srt", "txt", "vtt")
+    ]
+    doc = json.loads((tmp_path / "aker_buss.json").read_text("utf-8"))
+    assert (tmp_path / "aker_buss.vtt").read_text("utf-8").startswith("WEBVTT")
+    assert doc["language"] == "sv"
+
+
+def test_cli_reads_standard_input(tiny_ct2_dir):
+    from pathlib import Path
+
+    args = ("--model", str(tiny_ct2_dir), "--format", "json", "--no-speech-gate")
+    from_file = cli(LEXIN, *args)
+    from_stdin = cli("-", *args, stdin=Path(LEXIN).read_bytes())
+    assert from_stdin.returncode == 0, from_stdin.stderr.decode()
+    import json
+
+    same = ("text", "segments", "language")
+    file_doc, stdin_doc = json.loads(from_file.stdout), json.loads(from_stdin.stdout)
+    assert [stdin_doc[k] for k in same] == [file_doc[k] for k in same]
+    empty = cli("-", *args, stdin=b"")
+    assert empty.returncode == 2 and "standard input is empty" in empty.stderr.decode()
+
+
+def test_cli_says_when_no_speech_was_found(tiny_ct2_dir, tmp_path):
+    import soundfile as sf
+
+    silence, short = tmp_path / "silence.wav", tmp_path / "short.wav"
+    sf.write(silence, np.zeros(40 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    sf.write(short, np.zeros(SAMPLE_RATE // 10, np.float32), SAMPLE_RATE)
+    proc = cli(str(silence), str(short), "--model", str(tiny_ct2_dir))
+    err = proc.stderr.decode()
+    assert proc.returncode == 0
+    assert f"no speech found in {silence}" in err and f"no speech found in {short}" in err
+
+
+def test_cli_failed_input_exits_1(tiny_ct2_dir, tmp_path):
+    broken = tmp_path / "broken.wav"
+    broken.write_text("not audio at all")
+    proc = cli(str(broken), LEXIN, "--model", str(tiny_ct2_dir), "--no-speech-gate")
+    assert proc.returncode == 1
+    assert "1 of 2 input(s) failed" in proc.stderr.decode()
+
+
+@pytest.mark.slow
+def test_cli_language_auto_shows_language_and_probability():
+    import json
+
+    # A real Common Voice sentence: the one-word lexin phrases are too short to tell.
+    clip = "/work/shared/data/cv-dev/clips/common_voice_sv-SE_18713247.mp3"
+    proc = cli(clip, "--language", "auto", "--format", "json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    doc = json.loads(proc.stdout)
+    assert doc["language"] == "sv" and 0.5 < doc["language_probability"] <= 1.0
+    assert f"language sv (probability {doc['language_probability']:.2f})" in proc.stderr.decode()
