@@ -633,3 +633,25 @@ def test_cli_language_auto_shows_language_and_probability():
     doc = json.loads(proc.stdout)
     assert doc["language"] == "sv" and 0.5 < doc["language_probability"] <= 1.0
     assert f"language sv (probability {doc['language_probability']:.2f})" in proc.stderr.decode()
+
+
+def test_cli_threads_and_compute_type_reach_the_model(tiny_ct2_dir):
+    args = ("--model", str(tiny_ct2_dir), "--no-speech-gate")
+    proc = cli(LEXIN, *args, "--threads", "1", "--compute-type", "float32")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "(ct2, cpu, float32)" in proc.stderr.decode()
+    bad = cli(LEXIN, *args, "--threads", "-1")
+    assert bad.returncode == 2 and "cpu_threads" in bad.stderr.decode()
+
+
+def test_cli_line_width_and_count_shape_the_subtitles():
+    # The real model on a real sentence: its words are words, so lines break between them.
+    clip = "/work/shared/data/cv-dev/clips/common_voice_sv-SE_18713247.mp3"
+    proc = cli(clip, "--format", "srt", "--max-line-width", "12", "--max-line-count", "1")
+    assert proc.returncode == 0, proc.stderr.decode()
+    blocks = [b.splitlines() for b in proc.stdout.decode().strip().split("\n\n")]
+    texts = [b[2:] for b in blocks]
+    assert len(texts) > 1 and all(len(t) == 1 for t in texts)  # one line a cue
+    assert all(len(t[0]) <= 12 or " " not in t[0] for t in texts)
+    bad = cli(clip, "--max-line-width", "5")
+    assert bad.returncode == 2 and "max_line_chars" in bad.stderr.decode()

@@ -67,8 +67,10 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
         "text, or translate them to English with --task translate. Short files are decoded "
         "in batches; a file that cannot be read is reported and the rest go on.",
     )
-    from whisper_sv.infer.transcriber import DECODER_BACKENDS
+    from whisper_sv.infer.subtitles import SubtitleOptions
+    from whisper_sv.infer.transcriber import DECODER_BACKENDS, DEVICES
     from whisper_sv.infer.transcriber import TranscribeOptions as T
+    from whisper_sv.infer.types import LoadOptions
     from whisper_sv.models.references import DEFAULT_MODEL
 
     p.add_argument(
@@ -120,7 +122,11 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
         p, T, "max_translation_ratio", metavar="R", help="English at most R x the transcript..."
     )
     option_flag(p, T, "translation_slack_chars", metavar="N", help="...plus N characters")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where to run")
+    option_flag(p, LoadOptions, "compute_type")
+    option_flag(p, LoadOptions, "cpu_threads", "--threads", metavar="N")
+    option_flag(p, SubtitleOptions, "max_line_chars", "--max-line-width", metavar="N")
+    option_flag(p, SubtitleOptions, "max_lines", "--max-line-count", metavar="N")
     p.set_defaults(func=_cmd_transcribe)
 
 
@@ -133,6 +139,7 @@ def _quiet_decoders(args: argparse.Namespace) -> None:
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
     from whisper_sv.infer import links
+    from whisper_sv.infer.subtitles import SubtitleOptions
     from whisper_sv.infer.transcriber import (
         FORMATS,
         TranscribeOptions,
@@ -140,10 +147,13 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
         Transcript,
         format_transcript,
     )
+    from whisper_sv.infer.types import LoadOptions
 
     _quiet_decoders(args)
 
     options = options_from(TranscribeOptions, args)
+    load = options_from(LoadOptions, args)
+    layout = SubtitleOptions(max_line_chars=args.max_line_chars, max_lines=args.max_lines)
     formats = FORMATS if args.format == "all" else (args.format,)
     if args.format == "all" and not args.out:
         raise UserError("--format all writes one file per format; give --out DIR")
@@ -185,7 +195,13 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
         if choice.note:
             print(f"note: {choice.note}", file=sys.stderr)
         model = choice.model
-    transcriber = Transcriber(model, backend=args.backend, device=args.device)
+    transcriber = Transcriber(
+        model,
+        backend=args.backend,
+        device=args.device,
+        compute_type=load.compute_type,
+        cpu_threads=load.cpu_threads,
+    )
     results = transcriber.transcribe_many(audios, options, progress=len(audios) > 1)
     used: set[str] = set()
     documents: list = []  # --format json on standard output: one array at the end
@@ -195,12 +211,12 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
             failed.append(name)
             continue
         _notes(name, result)
-        text = format_transcript(result, formats[0])
+        text = format_transcript(result, formats[0], layout)
         if args.out:
             stem = _unique_stem(name, used)
             for fmt in formats:
                 out = args.out / f"{stem}.{fmt}"
-                out.write_text(format_transcript(result, fmt), encoding="utf-8")
+                out.write_text(format_transcript(result, fmt, layout), encoding="utf-8")
                 print(f"{name} -> {out}", file=sys.stderr)
         elif args.format == "json" and len(args.inputs) > 1:
             documents.append(json.loads(text))
