@@ -520,7 +520,7 @@ def test_loop_guard_is_deterministic(ct2):
 
 
 def test_alternating_zero_length_repeats_are_dropped_but_said_repeats_kept():
-    from whisper_sv.infer.transcriber import Segment, _guarded
+    from whisper_sv.infer.transcriber import Segment, loop_guarded
 
     tail = [
         Segment(118.5, 119.8, "sminkar sig"),
@@ -530,10 +530,10 @@ def test_alternating_zero_length_repeats_are_dropped_but_said_repeats_kept():
         Segment(122.3, 122.3, "skänker"),
         Segment(122.3, 122.3, "slår upp"),
     ]
-    assert [s.text for s in _guarded(iter(tail))] == ["sminkar sig", "slår upp", "skänker"]
+    assert [s.text for s in loop_guarded(iter(tail))] == ["sminkar sig", "slår upp", "skänker"]
     # Said again, with the time it takes: a real repetition stays.
     said = [Segment(0.0, 1.0, "ja"), Segment(1.0, 2.0, "nej"), Segment(2.0, 3.0, "ja")]
-    assert [s.text for s in _guarded(iter(said))] == ["ja", "nej", "ja"]
+    assert [s.text for s in loop_guarded(iter(said))] == ["ja", "nej", "ja"]
 
 
 # --------------------------------------------------------------------------- the transcribe command

@@ -364,7 +364,7 @@ class Transcriber:
         duration = len(samples) / SAMPLE_RATE
         segments = _monotonic(self._impl.segments(padded_for_stft(samples), opts), duration)
         if opts.loop_guard:
-            segments = _guarded(segments)
+            segments = loop_guarded(segments)
         if opts.fit_to_speech and spans:
             segments = fit_to_speech(segments, spans)
         yield from segments
@@ -408,7 +408,7 @@ class Transcriber:
             decoded = self._impl.decode_windows([padded_for_stft(clips[i]) for i in group], opts)
             for i, segments in zip(group, decoded, strict=True):
                 kept = _monotonic(segments, len(clips[i]) / SAMPLE_RATE)
-                out[i] = list(_guarded(kept) if opts.loop_guard else kept)
+                out[i] = list(loop_guarded(kept) if opts.loop_guard else kept)
         return out
 
 
@@ -466,7 +466,7 @@ def _transcript(
 MIN_REPEAT_S = 0.2
 
 
-def _guarded(segments: Iterator[Segment]) -> Iterator[Segment]:
+def loop_guarded(segments: Iterator[Segment]) -> Iterator[Segment]:
     """Segments with repeated tails cut, repeats of the previous segment dropped, and
     near-zero-length repeats of either of the last two dropped: a fine-tuned decoder was seen
     ending a file with "slåra upp" / "sköntskej" alternating at one timestamp."""
