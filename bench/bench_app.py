@@ -5,7 +5,7 @@ decode, VAD for long audio, faster-whisper int8 greedy, segments streamed as dec
 first text is when the first Swedish segment reaches the reply. Timed without translation
 (what the baseline does) and, as an extra row, with the default Whisper translation.
 
-Baseline: ``pipeline("automatic-speech-recognition", model=models.transformers_dir(MODEL),
+Baseline: ``pipeline("automatic-speech-recognition", model=transformers_dir(MODEL),
 chunk_length_s=30)`` with ``language="sv"``, greedy, on the same audio as an array (it cannot
 read files without a system ffmpeg). It returns nothing before the end, so its time to first
 text is its total time.
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.cores)
     from whisper_sv.app.chat import AppOptions, ChatApp
     from whisper_sv.core import text
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.references import transformers_dir
 
     folder = Path(tempfile.mkdtemp(prefix="bench-app-"))
     clips = [make_clip(s, folder, args.seed) for s in args.lengths]
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
         pipe = pipeline(
             "automatic-speech-recognition",
-            model=str(models.transformers_dir(args.model)),
+            model=str(transformers_dir(args.model)),
             chunk_length_s=30,
             device="cpu",
         )

@@ -140,11 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-blog", action="store_true", help="only run ours")
     args = parser.parse_args(argv)
 
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.bundled import bundled_tokenizer_json
+    from whisper_sv.models.processor import build_processor
 
     tsv = make_clips(args.n, args.cache)
     hours = audio_hours(tsv)
-    processor = models.build_processor(models.bundled_tokenizer_json(), n_mels=80)
+    processor = build_processor(bundled_tokenizer_json(), n_mels=80)
     print(f"{args.n} clips, {hours * 60:.1f} min of audio, {os.cpu_count()} CPU cores")
 
     results: list[tuple[str, float, float, float]] = []  # name, clips/s, CPU ms/clip, MB/h

@@ -74,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.bundled import bundled_tokenizer_json
+    from whisper_sv.models.processor import build_processor
 
     tsv = make_clips(args.n, args.cache)
-    processor = models.build_processor(models.bundled_tokenizer_json(), n_mels=80)
+    processor = build_processor(bundled_tokenizer_json(), n_mels=80)
     local_out, ray_out = args.cache / "store-local", args.cache / "store-ray"
     local_s = build(tsv, processor, local_out, workers=args.cpus)
 

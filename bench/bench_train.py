@@ -58,11 +58,11 @@ class PathResult:
 
 def build_store(train_clips: int, eval_clips: int, model: str) -> Path:
     """A cached store of synthetic Swedish speech (train + validation)."""
+    from whisper_sv.core.fsutil import cache_dir
     from whisper_sv.data.features import BuildOptions, build_store
     from whisper_sv.data.sources import open_source
-    from whisper_sv.models import loading as models
 
-    out = models.cache_dir() / f"bench-train-store-{train_clips}-{eval_clips}"
+    out = cache_dir() / f"bench-train-store-{train_clips}-{eval_clips}"
     if (out / "manifest.json").is_file():
         return out
     source = open_source("synthetic", train=train_clips, validation=eval_clips, test=0)
@@ -102,10 +102,10 @@ def _blog_trainer(model_ref: str, train_ds: Any, args: argparse.Namespace, out: 
     )
 
     from whisper_sv.core.text import wer
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.references import load_processor, transformers_dir
 
-    folder = models.transformers_dir(model_ref)
-    processor = models.load_processor(model_ref)
+    folder = transformers_dir(model_ref)
+    processor = load_processor(model_ref)
     if processor.tokenizer.pad_token is None:
         # The hub's Whisper tokenizers (what the blog loads) pad with <|endoftext|>.
         processor.tokenizer.pad_token = "<|endoftext|>"
@@ -240,11 +240,11 @@ def run_ours_eval(model_ref: str, val_ds: Any, n: int, precision: str) -> tuple[
 
     import torch
 
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.references import load_model
     from whisper_sv.train.run import _resolve_precision, evaluate_dataset
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, processor = models.load_model(model_ref, device=device)
+    model, processor = load_model(model_ref, device=device)
     # The precision train() evaluates in (its evaluations run under the same autocast).
     chosen = _resolve_precision(precision, device == "cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(chosen)

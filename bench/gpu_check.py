@@ -37,9 +37,10 @@ def tiny_model(folder: Path) -> str:
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import build_tiny_model
 
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.bundled import bundled_tokenizer_json
+    from whisper_sv.models.processor import build_processor
 
-    processor = models.build_processor(models.bundled_tokenizer_json(), n_mels=80)
+    processor = build_processor(bundled_tokenizer_json(), n_mels=80)
     build_tiny_model(processor).save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)

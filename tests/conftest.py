@@ -29,9 +29,10 @@ TINY_FFN = 128
 @pytest.fixture(scope="session")
 def processor():
     """The real multilingual Whisper processor (bundled tokenizer + timestamp tokens, 80 mels)."""
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.bundled import bundled_tokenizer_json
+    from whisper_sv.models.processor import build_processor
 
-    return models.build_processor(models.bundled_tokenizer_json(), n_mels=80)
+    return build_processor(bundled_tokenizer_json(), n_mels=80)
 
 
 def build_tiny_model(processor, seed: int = 0):
@@ -41,11 +42,12 @@ def build_tiny_model(processor, seed: int = 0):
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.bundled import bundled_data_dir
+    from whisper_sv.models.processor import VOCAB_SIZE, generation_config_for
 
-    bundled = json.loads((models.bundled_data_dir(1) / "config.json").read_text())
+    bundled = json.loads((bundled_data_dir(1) / "config.json").read_text())
     config = WhisperConfig(
-        vocab_size=models.VOCAB_SIZE,
+        vocab_size=VOCAB_SIZE,
         num_mel_bins=80,
         d_model=TINY_D_MODEL,
         encoder_layers=TINY_LAYERS,
@@ -74,7 +76,7 @@ def build_tiny_model(processor, seed: int = 0):
                 param.add_(0.1 * torch.randn_like(param))
             elif name.endswith(".bias"):
                 param.copy_(0.05 * torch.randn_like(param))
-    model.generation_config = models.generation_config_for(
+    model.generation_config = generation_config_for(
         processor,
         suppress_tokens=bundled["suppress_ids"],
         begin_suppress_tokens=bundled["suppress_ids_begin"],
@@ -97,19 +99,19 @@ def tiny_model_dir(tmp_path_factory, processor) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
-    """(model, processor) loaded from ``tiny_model_dir`` with ``models.load_model``."""
-    from whisper_sv.models import loading as models
+    """(model, processor) loaded from ``tiny_model_dir`` with ``load_model``."""
+    from whisper_sv.models.references import load_model
 
-    return models.load_model(str(tiny_model_dir))
+    return load_model(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="session")
 def tiny_ct2_dir(tmp_path_factory, tiny_model_dir) -> Path:
-    """The tiny model exported to CTranslate2 (float16) with ``models.export_ct2``."""
-    from whisper_sv.models import loading as models
+    """The tiny model exported to CTranslate2 (float16) with ``export_ct2``."""
+    from whisper_sv.models.conversion import export_ct2
 
     out = tmp_path_factory.mktemp("tiny-ct2") / "ct2"
-    return models.export_ct2(tiny_model_dir, out)
+    return export_ct2(tiny_model_dir, out)
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ def run_with_checkpoints(tmp_path_factory, tiny_store, tiny_model_dir) -> Path:
 
 
 def test_average_of_two_is_the_elementwise_mean(run_with_checkpoints, tmp_path):
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.references import load_model, resolve
 
     run = RunFolder(run_with_checkpoints)
     chosen = select_checkpoints(run.path, 2)
@@ -62,8 +62,8 @@ def test_average_of_two_is_the_elementwise_mean(run_with_checkpoints, tmp_path):
     out = tmp_path / "avg"
     result = average_checkpoints(run.path, out, top_k=2)
     assert result.steps == tuple(ranked[:2]) and not result.lora
-    assert models.resolve(str(out)).kind == "transformers"  # a valid --model
-    model, processor = models.load_model(str(out))
+    assert resolve(str(out)).kind == "transformers"  # a valid --model
+    model, processor = load_model(str(out))
     assert processor.tokenizer.convert_tokens_to_ids("<|sv|>") == 50273
 
     a, b = (load_file(str(c.path / "trainable.safetensors")) for c, _ in chosen)
@@ -76,7 +76,7 @@ def test_average_of_two_is_the_elementwise_mean(run_with_checkpoints, tmp_path):
         moved += int(not torch.equal(a[name], b[name]))
     assert moved > 0  # the two checkpoints differ, so the test can tell a mean from a copy
     # Parameters that were not trained are those of best/.
-    best, _ = models.load_model(str(run.best_dir))
+    best, _ = load_model(str(run.best_dir))
     for name, p in best.named_parameters():
         if name not in a:
             assert torch.equal(p, params[name]), name

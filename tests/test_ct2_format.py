@@ -151,9 +151,9 @@ def test_ctranslate2_loads_what_we_wrote(tiny_ct2_dir, tmp_path):
 
 @pytest.mark.slow
 def test_bundled_model_bin():
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.conversion import bundled_ct2_dir
 
-    m = ct2_format.read_model_bin(models.bundled_ct2_dir() / "model.bin")
+    m = ct2_format.read_model_bin(bundled_ct2_dir() / "model.bin")
     assert (m.spec, m.revision, m.binary_version) == ("WhisperSpec", 3, 6)
     assert len(m.variables) == 212
     assert m.aliases == {"decoder/projection/weight": "decoder/embeddings/weight"}

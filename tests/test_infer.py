@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from whisper_sv.core.audio import SAMPLE_RATE, AudioError, load_audio
-from whisper_sv.infer.backends import _tokens_to_segments
+from whisper_sv.infer.backends import tokens_to_segments
 from whisper_sv.infer.transcriber import (
     Segment,
     TranscribeOptions,
@@ -39,7 +39,7 @@ def decode(tokens: list[int]) -> str:
 
 
 def split(tokens, duration=30.0, **kw):
-    return _tokens_to_segments(
+    return tokens_to_segments(
         tokens, timestamp_begin=TS, eot=EOT, decode=decode, duration=duration, **kw
     )
 
@@ -278,13 +278,13 @@ def test_previous_text_prompts_fit_the_decoder(ct2, hf):
     """With condition_on_previous_text each window after the first is prompted with up to
     223 tokens of the text before; the tokens a window may add are cut so that prompt and
     answer fit the decoder's 448 positions (faster-whisper refuses a window otherwise)."""
-    from whisper_sv.infer.backends import PROMPTED_MAX_NEW_TOKENS, _new_tokens
+    from whisper_sv.infer.backends import PROMPTED_MAX_NEW_TOKENS, new_token_limit
     from whisper_sv.infer.types import TranscribeOptions
 
     prompted = TranscribeOptions(condition_on_previous_text=True)
-    assert _new_tokens(prompted, 30.0) == PROMPTED_MAX_NEW_TOKENS == 448 - 227
-    assert _new_tokens(TranscribeOptions(), 30.0) > PROMPTED_MAX_NEW_TOKENS
-    assert _new_tokens(dataclasses.replace(prompted, max_new_tokens=8), 30.0) == 8
+    assert new_token_limit(prompted, 30.0) == PROMPTED_MAX_NEW_TOKENS == 448 - 227
+    assert new_token_limit(TranscribeOptions(), 30.0) > PROMPTED_MAX_NEW_TOKENS
+    assert new_token_limit(dataclasses.replace(prompted, max_new_tokens=8), 30.0) == 8
     # A window allowed 440 tokens, after a prompt of the first window's text: cut to fit.
     long = {"max_new_tokens": 440, "loop_guard": False, "vad": False, "speech_gate": False}
     result = ct2.transcribe(noise(65.0), condition_on_previous_text=True, **long)
@@ -489,26 +489,28 @@ def test_loop_guard_bounds_the_random_model(ct2, hf):
 
 
 def test_digital_silence_is_not_decoded_without_vad():
-    from whisper_sv.infer.backends import _sounding
+    from whisper_sv.infer.backends import sounding_spans
 
     audio = np.zeros(70 * SAMPLE_RATE, np.float32)
     audio[2 * SAMPLE_RATE : 10 * SAMPLE_RATE] = noise(8.0)
     audio[12 * SAMPLE_RATE : 20 * SAMPLE_RATE] = noise(8.0, seed=1)
-    assert _sounding(audio) == [2.0, 20.0]  # the 2 s pause kept, the 50 s tail skipped
-    assert _sounding(noise(40.0)) == "0"
+    assert sounding_spans(audio) == [2.0, 20.0]  # the 2 s pause kept, the 50 s tail skipped
+    assert sounding_spans(noise(40.0)) == "0"
 
 
 def test_fallback_ladder_beam_first_then_hotter():
-    from whisper_sv.infer.backends import _ladder
+    from whisper_sv.infer.backends import fallback_ladder
 
     opts = TranscribeOptions()
-    assert _ladder(opts, opts.temperatures()) == [(0.0, 5, 0), (0.0, 5, 4)]  # deterministic
+    assert fallback_ladder(opts, opts.temperatures()) == [(0.0, 5, 0), (0.0, 5, 4)]  # deterministic
     hot = TranscribeOptions(temperature_fallback=True)
-    assert _ladder(hot, hot.temperatures())[2:] == [(t, 1, 0) for t in (0.2, 0.4, 0.6, 0.8, 1.0)]
+    assert fallback_ladder(hot, hot.temperatures())[2:] == [
+        (t, 1, 0) for t in (0.2, 0.4, 0.6, 0.8, 1.0)
+    ]
     beam = TranscribeOptions(beam_size=5)
-    assert _ladder(beam, beam.temperatures()) == [(0.0, 5, 4)]
+    assert fallback_ladder(beam, beam.temperatures()) == [(0.0, 5, 4)]
     off = TranscribeOptions(loop_guard=False)
-    assert _ladder(off, off.temperatures()) == []
+    assert fallback_ladder(off, off.temperatures()) == []
 
 
 def test_loop_guard_is_deterministic(ct2):
@@ -518,7 +520,7 @@ def test_loop_guard_is_deterministic(ct2):
 
 
 def test_alternating_zero_length_repeats_are_dropped_but_said_repeats_kept():
-    from whisper_sv.infer.transcriber import Segment, _guarded
+    from whisper_sv.infer.transcriber import Segment, loop_guarded
 
     tail = [
         Segment(118.5, 119.8, "sminkar sig"),
@@ -528,7 +530,128 @@ def test_alternating_zero_length_repeats_are_dropped_but_said_repeats_kept():
         Segment(122.3, 122.3, "skänker"),
         Segment(122.3, 122.3, "slår upp"),
     ]
-    assert [s.text for s in _guarded(iter(tail))] == ["sminkar sig", "slår upp", "skänker"]
+    assert [s.text for s in loop_guarded(iter(tail))] == ["sminkar sig", "slår upp", "skänker"]
     # Said again, with the time it takes: a real repetition stays.
     said = [Segment(0.0, 1.0, "ja"), Segment(1.0, 2.0, "nej"), Segment(2.0, 3.0, "ja")]
-    assert [s.text for s in _guarded(iter(said))] == ["ja", "nej", "ja"]
+    assert [s.text for s in loop_guarded(iter(said))] == ["ja", "nej", "ja"]
+
+
+# --------------------------------------------------------------------------- the transcribe command
+
+LEXIN = "/work/shared/data/lexin-phrases/aker_buss.mp3"
+
+
+def cli(*args: str, stdin: bytes | None = None):
+    """``whisper-sv transcribe ARGS`` in its own process, as a user runs it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "whisper_sv", "transcribe", *args]
+    return subprocess.run(command, input=stdin, capture_output=True, env=env, timeout=300)
+
+
+def test_cli_missing_file_exits_2_before_the_model_loads(tmp_path):
+    proc = cli(str(tmp_path / "nope.wav"), LEXIN, "--model", str(tmp_path / "no-model-here"))
+    err = proc.stderr.decode()
+    assert proc.returncode == 2
+    assert err.count("\n") == 1 and "no such file" in err and "nope.wav" in err
+    assert "loaded" not in err
+
+
+def test_cli_unwritable_out_is_one_line_before_the_model_loads():
+    proc = cli(LEXIN, "--out", "/proc/nope", "--model", "bundled:base")
+    err = proc.stderr.decode()
+    assert proc.returncode == 2
+    assert err.count("\n") == 1 and "/proc/nope" in err and "--out" in err
+    assert "Errno" not in err and "loaded" not in err
+
+
+def test_cli_format_all_needs_out():
+    proc = cli(LEXIN, "--format", "all")
+    assert proc.returncode == 2 and "--out" in proc.stderr.decode()
+
+
+def test_cli_format_all_writes_every_format(tiny_ct2_dir, tmp_path):
+    import json
+
+    proc = cli(LEXIN, "--model", str(tiny_ct2_dir), "--format", "all", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"aker_buss.{f}" for f in ("json", "srt", "txt", "vtt")
+    ]
+    doc = json.loads((tmp_path / "aker_buss.json").read_text("utf-8"))
+    assert (tmp_path / "aker_buss.vtt").read_text("utf-8").startswith("WEBVTT")
+    assert doc["language"] == "sv"
+
+
+def test_cli_reads_standard_input(tiny_ct2_dir):
+    from pathlib import Path
+
+    args = ("--model", str(tiny_ct2_dir), "--format", "json", "--no-speech-gate")
+    from_file = cli(LEXIN, *args)
+    from_stdin = cli("-", *args, stdin=Path(LEXIN).read_bytes())
+    assert from_stdin.returncode == 0, from_stdin.stderr.decode()
+    import json
+
+    same = ("text", "segments", "language")
+    file_doc, stdin_doc = json.loads(from_file.stdout), json.loads(from_stdin.stdout)
+    assert [stdin_doc[k] for k in same] == [file_doc[k] for k in same]
+    empty = cli("-", *args, stdin=b"")
+    assert empty.returncode == 2 and "standard input is empty" in empty.stderr.decode()
+
+
+def test_cli_says_when_no_speech_was_found(tiny_ct2_dir, tmp_path):
+    import soundfile as sf
+
+    silence, short = tmp_path / "silence.wav", tmp_path / "short.wav"
+    sf.write(silence, np.zeros(40 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    sf.write(short, np.zeros(SAMPLE_RATE // 10, np.float32), SAMPLE_RATE)
+    proc = cli(str(silence), str(short), "--model", str(tiny_ct2_dir))
+    err = proc.stderr.decode()
+    assert proc.returncode == 0
+    assert f"no speech found in {silence}" in err and f"no speech found in {short}" in err
+
+
+def test_cli_failed_input_exits_1(tiny_ct2_dir, tmp_path):
+    broken = tmp_path / "broken.wav"
+    broken.write_text("not audio at all")
+    proc = cli(str(broken), LEXIN, "--model", str(tiny_ct2_dir), "--no-speech-gate")
+    assert proc.returncode == 1
+    assert "1 of 2 input(s) failed" in proc.stderr.decode()
+
+
+@pytest.mark.slow
+def test_cli_language_auto_shows_language_and_probability():
+    import json
+
+    # A real Common Voice sentence: the one-word lexin phrases are too short to tell.
+    clip = "/work/shared/data/cv-dev/clips/common_voice_sv-SE_18713247.mp3"
+    proc = cli(clip, "--language", "auto", "--format", "json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    doc = json.loads(proc.stdout)
+    assert doc["language"] == "sv" and 0.5 < doc["language_probability"] <= 1.0
+    assert f"language sv (probability {doc['language_probability']:.2f})" in proc.stderr.decode()
+
+
+def test_cli_threads_and_compute_type_reach_the_model(tiny_ct2_dir):
+    args = ("--model", str(tiny_ct2_dir), "--no-speech-gate")
+    proc = cli(LEXIN, *args, "--threads", "1", "--compute-type", "float32")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "(ct2, cpu, float32)" in proc.stderr.decode()
+    bad = cli(LEXIN, *args, "--threads", "-1")
+    assert bad.returncode == 2 and "cpu_threads" in bad.stderr.decode()
+
+
+def test_cli_line_width_and_count_shape_the_subtitles():
+    # The real model on a real sentence: its words are words, so lines break between them.
+    clip = "/work/shared/data/cv-dev/clips/common_voice_sv-SE_18713247.mp3"
+    proc = cli(clip, "--format", "srt", "--max-line-width", "12", "--max-line-count", "1")
+    assert proc.returncode == 0, proc.stderr.decode()
+    blocks = [b.splitlines() for b in proc.stdout.decode().strip().split("\n\n")]
+    texts = [b[2:] for b in blocks]
+    assert len(texts) > 1 and all(len(t) == 1 for t in texts)  # one line a cue
+    assert all(len(t[0]) <= 12 or " " not in t[0] for t in texts)
+    bad = cli(clip, "--max-line-width", "5")
+    assert bad.returncode == 2 and "max_line_chars" in bad.stderr.decode()

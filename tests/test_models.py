@@ -1,4 +1,4 @@
-"""Tests of whisper_sv.models.loading: processor, resolver, conversion, export."""
+"""Tests of whisper_sv.models: references, processor, conversion, hub."""
 
 from __future__ import annotations
 
@@ -7,7 +7,23 @@ import json
 import numpy as np
 import pytest
 
-from whisper_sv.models import loading as models
+from whisper_sv.core.fsutil import cache_dir
+from whisper_sv.models.bundled import BUNDLED_MODEL_BIN_BYTES, bundled_tokenizer_json
+from whisper_sv.models.conversion import convert_ct2_to_transformers, export_ct2
+from whisper_sv.models.processor import (
+    NO_TIMESTAMPS_TOKEN_ID,
+    VOCAB_SIZE,
+    build_processor,
+    processor_is_complete,
+)
+from whisper_sv.models.references import (
+    ModelRef,
+    ct2_dir,
+    load_model,
+    load_processor,
+    resolve,
+    transformers_dir,
+)
 
 SOT_SV_TRANSCRIBE = [
     50258,
@@ -22,10 +38,10 @@ SOT_SV_TRANSCRIBE = [
 
 def test_processor_covers_the_model_vocabulary(processor):
     tok = processor.tokenizer
-    assert len(tok) == models.VOCAB_SIZE
+    assert len(tok) == VOCAB_SIZE
     assert tok.convert_tokens_to_ids(["<|0.00|>", "<|30.00|>"]) == [50364, 51864]
     # timestamp decoding takes timestamp_begin as the last special id + 1
-    assert tok.all_special_ids[-1] == models.NO_TIMESTAMPS_TOKEN_ID
+    assert tok.all_special_ids[-1] == NO_TIMESTAMPS_TOKEN_ID
     assert processor.feature_extractor.feature_size == 80
 
 
@@ -56,14 +72,14 @@ def test_processor_decodes_timestamps(processor):
 
 
 def test_processor_n_mels(processor):
-    p = models.build_processor(models.bundled_tokenizer_json(), n_mels=128)
+    p = build_processor(bundled_tokenizer_json(), n_mels=128)
     features = p.feature_extractor(np.zeros(16000, np.float32), sampling_rate=16000)
     assert np.asarray(features.input_features).shape == (1, 128, 3000)
 
 
 def test_build_processor_rejects_missing_file(tmp_path):
     with pytest.raises(ValueError, match="tokenizer"):
-        models.build_processor(tmp_path / "nope.json")
+        build_processor(tmp_path / "nope.json")
 
 
 # --------------------------------------------------------------------------- tiny fixtures
@@ -73,7 +89,7 @@ def test_tiny_model_loads_and_generates(tiny_model, tiny_model_dir):
     import torch
 
     model, proc = tiny_model
-    assert model.config.vocab_size == models.VOCAB_SIZE
+    assert model.config.vocab_size == VOCAB_SIZE
     gc = model.generation_config
     assert gc.lang_to_id["<|sv|>"] == 50273
     assert gc.task_to_id == {"translate": 50358, "transcribe": 50359}
@@ -88,7 +104,7 @@ def test_tiny_model_loads_and_generates(tiny_model, tiny_model_dir):
 
 
 def _processor_ok(proc) -> bool:
-    return models._processor_ok(proc)
+    return processor_is_complete(proc)
 
 
 # --------------------------------------------------------------------------- resolver
@@ -116,22 +132,22 @@ def _run_folder(root, tiny_model_dir, ct2=None):
 
 def test_cache_dir_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("WHISPER_SV_CACHE", str(tmp_path / "c"))
-    assert models.cache_dir() == tmp_path / "c"
+    assert cache_dir() == tmp_path / "c"
     monkeypatch.delenv("WHISPER_SV_CACHE")
-    assert models.cache_dir().parts[-2:] == (".cache", "whisper-sv")
+    assert cache_dir().parts[-2:] == (".cache", "whisper-sv")
 
 
 def test_resolve_forms(tiny_model_dir, tiny_ct2_dir, tmp_path):
-    assert models.resolve() == models.ModelRef("bundled:base", "bundled", None)
-    r = models.resolve(str(tiny_model_dir))
+    assert resolve() == ModelRef("bundled:base", "bundled", None)
+    r = resolve(str(tiny_model_dir))
     assert (r.kind, r.path) == ("transformers", tiny_model_dir.resolve())
-    r = models.resolve(str(tiny_ct2_dir))
+    r = resolve(str(tiny_ct2_dir))
     assert (r.kind, r.path) == ("ct2", tiny_ct2_dir.resolve())
     run = _run_folder(tmp_path, tiny_model_dir)
-    assert models.resolve(str(run)).kind == "run"
-    hub = models.resolve("openai/whisper-small")
+    assert resolve(str(run)).kind == "run"
+    hub = resolve("openai/whisper-small")
     assert (hub.kind, hub.path) == ("hub", None)
-    assert models.resolve(r) is r
+    assert resolve(r) is r
 
 
 @pytest.mark.parametrize(
@@ -145,22 +161,22 @@ def test_resolve_forms(tiny_model_dir, tiny_ct2_dir, tmp_path):
 )
 def test_resolve_errors_name_the_valid_forms(ref, match):
     with pytest.raises(ValueError, match=match):
-        models.resolve(ref)
+        resolve(ref)
 
 
 def test_resolve_rejects_files_and_empty_folders(tmp_path):
     (tmp_path / "model.bin").write_bytes(b"x")
     with pytest.raises(ValueError, match="pass its folder"):
-        models.resolve(str(tmp_path / "model.bin"))
+        resolve(str(tmp_path / "model.bin"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="not a model"):
-        models.resolve(str(tmp_path / "empty"))
+        resolve(str(tmp_path / "empty"))
 
 
 def test_hub_offline_names_local_alternatives(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # nothing cached
-    for fn in (models.transformers_dir, models.ct2_dir):
+    for fn in (transformers_dir, ct2_dir):
         with pytest.raises(ValueError, match="bundled:base") as e:
             fn("someone/whisper-sv-test-model")
         assert "offline" in str(e.value)
@@ -168,17 +184,17 @@ def test_hub_offline_names_local_alternatives(monkeypatch, tmp_path):
 
 def test_run_folder_uses_best_and_its_ct2(tiny_model_dir, tiny_ct2_dir, tmp_path, cache):
     run = _run_folder(tmp_path, tiny_model_dir, ct2=tiny_ct2_dir)
-    assert models.transformers_dir(str(run)) == run / "best"
-    assert models.ct2_dir(str(run)) == run / "ct2"
+    assert transformers_dir(str(run)) == run / "best"
+    assert ct2_dir(str(run)) == run / "ct2"
 
 
 def test_run_folder_without_ct2_is_exported_into_the_cache(tiny_model_dir, tmp_path, cache):
     run = _run_folder(tmp_path, tiny_model_dir)
-    out = models.ct2_dir(str(run))
+    out = ct2_dir(str(run))
     assert out.parent == cache
     assert (out / "model.bin").is_file() and (out / "tokenizer.json").is_file()
     marker = (out / ".whisper-sv-source.json").stat().st_mtime_ns
-    assert models.ct2_dir(str(run)) == out  # cached: not exported again
+    assert ct2_dir(str(run)) == out  # cached: not exported again
     assert (out / ".whisper-sv-source.json").stat().st_mtime_ns == marker
 
 
@@ -186,9 +202,9 @@ def test_load_model_and_processor_of_every_local_form(tiny_model_dir, tiny_ct2_d
     import torch
 
     for ref in (tiny_model_dir, tiny_ct2_dir):
-        proc = models.load_processor(str(ref))
-        assert models._processor_ok(proc)
-    model, proc = models.load_model(str(tiny_ct2_dir), dtype="float16")
+        proc = load_processor(str(ref))
+        assert processor_is_complete(proc)
+    model, proc = load_model(str(tiny_ct2_dir), dtype="float16")
     assert model.dtype == torch.float16
     assert not model.training
     assert model.generation_config.lang_to_id["<|sv|>"] == 50273
@@ -235,8 +251,8 @@ def test_convert_tiny_ct2_matches_weights_and_logits(tiny_model, tiny_ct2_dir, t
     import torch
 
     original, _ = tiny_model
-    out = models.convert_ct2_to_transformers(tiny_ct2_dir, tmp_path / "hf")
-    model, proc = models.load_model(str(out))
+    out = convert_ct2_to_transformers(tiny_ct2_dir, tmp_path / "hf")
+    model, proc = load_model(str(out))
     assert model.dtype == torch.float32
     assert model.proj_out.weight.data_ptr() == model.model.decoder.embed_tokens.weight.data_ptr()
     # ctranslate2 stored float16: the round trip equals the original rounded to float16
@@ -249,7 +265,7 @@ def test_convert_tiny_ct2_matches_weights_and_logits(tiny_model, tiny_ct2_dir, t
     assert gc.suppress_tokens == original.generation_config.suppress_tokens
     assert gc.begin_suppress_tokens == [220, 50257]
     assert gc.decoder_start_token_id == 50258
-    assert models._processor_ok(proc)
+    assert processor_is_complete(proc)
 
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((1, 80, 3000)).astype(np.float32)
@@ -286,7 +302,7 @@ def test_convert_refuses_a_nonzero_k_bias(tiny_ct2_dir, tmp_path):
 
     bad = _edited_ct2(tiny_ct2_dir, tmp_path / "bad", edit)
     with pytest.raises(ValueError, match="k bias"):
-        models.convert_ct2_to_transformers(bad, tmp_path / "hf")
+        convert_ct2_to_transformers(bad, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 
 
@@ -295,7 +311,7 @@ def test_convert_refuses_unknown_variables_and_untied_projection(tiny_ct2_dir, t
         v["decoder/mystery"] = np.zeros(3, np.float32)
 
     with pytest.raises(ValueError, match="mystery"):
-        models.convert_ct2_to_transformers(
+        convert_ct2_to_transformers(
             _edited_ct2(tiny_ct2_dir, tmp_path / "a", extra), tmp_path / "x"
         )
 
@@ -304,7 +320,7 @@ def test_convert_refuses_unknown_variables_and_untied_projection(tiny_ct2_dir, t
         v["decoder/projection/weight"] = np.array(v["decoder/embeddings/weight"]) * 2
 
     with pytest.raises(ValueError, match="ties"):
-        models.convert_ct2_to_transformers(
+        convert_ct2_to_transformers(
             _edited_ct2(tiny_ct2_dir, tmp_path / "b", untie), tmp_path / "y"
         )
 
@@ -315,15 +331,15 @@ def test_ct2_ref_is_converted_once_and_cached(tiny_ct2_dir, cache, tmp_path):
 
     src = tmp_path / "ct2"
     shutil.copytree(tiny_ct2_dir, src)
-    out = models.transformers_dir(str(src))
+    out = transformers_dir(str(src))
     assert out.parent == cache and (out / "model.safetensors").is_file()
     weights = out / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
-    assert models.transformers_dir(str(src)) == out
+    assert transformers_dir(str(src)) == out
     assert weights.stat().st_mtime_ns == stamp
     # touched, same bytes: still cached
     os.utime(src / "model.bin", ns=(1, 1))
-    assert models.transformers_dir(str(src)) == out
+    assert transformers_dir(str(src)) == out
     assert weights.stat().st_mtime_ns == stamp
     # changed bytes: converted again
     _edited_ct2(
@@ -332,7 +348,7 @@ def test_ct2_ref_is_converted_once_and_cached(tiny_ct2_dir, cache, tmp_path):
         lambda v, a: v.__setitem__("encoder/layer_norm/beta", v["encoder/layer_norm/beta"] * 0),
     )
     shutil.copy2(tmp_path / "edited" / "model.bin", src / "model.bin")
-    assert models.transformers_dir(str(src)) == out
+    assert transformers_dir(str(src)) == out
     assert weights.stat().st_mtime_ns != stamp
     assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []  # no temp folders
 
@@ -366,14 +382,14 @@ def test_export_ct2_folder_loads_offline_in_faster_whisper(tiny_ct2_dir, monkeyp
 
 def test_export_ct2_validates(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="quantization"):
-        models.export_ct2(tiny_model_dir, tmp_path / "o", quantization="int4")
+        export_ct2(tiny_model_dir, tmp_path / "o", quantization="int4")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not a CTranslate2 folder"):
-        models.export_ct2(tiny_model_dir, tmp_path / "busy")
+        export_ct2(tiny_model_dir, tmp_path / "busy")
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
     with pytest.raises(ValueError, match="not a transformers folder"):
-        models.export_ct2(tmp_path / "busy", tmp_path / "o")
+        export_ct2(tmp_path / "busy", tmp_path / "o")
 
 
 def test_export_ct2_replaces_an_older_export(tiny_model_dir, tiny_ct2_dir, tmp_path):
@@ -382,7 +398,7 @@ def test_export_ct2_replaces_an_older_export(tiny_model_dir, tiny_ct2_dir, tmp_p
     out = tmp_path / "ct2"
     shutil.copytree(tiny_ct2_dir, out)
     (out / "stale.txt").write_text("old")
-    models.export_ct2(tiny_model_dir, out, quantization="float32")
+    export_ct2(tiny_model_dir, out, quantization="float32")
     assert not (out / "stale.txt").exists()
     from whisper_sv.models import ct2_format
 
@@ -405,11 +421,11 @@ def bundled_hf(tmp_path_factory):
     os.environ["WHISPER_SV_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
     try:
         t0 = time.perf_counter()
-        hf = models.transformers_dir("bundled:base")
+        hf = transformers_dir("bundled:base")
         print(
             f"\nbundled -> transformers (assembly + conversion): {time.perf_counter() - t0:.1f} s"
         )
-        yield hf, models.ct2_dir("bundled:base")
+        yield hf, ct2_dir("bundled:base")
     finally:
         if old is None:
             os.environ.pop("WHISPER_SV_CACHE", None)
@@ -444,7 +460,7 @@ def test_bundled_ct2_folder(bundled_hf):
     from faster_whisper import WhisperModel
 
     _, ct2 = bundled_hf
-    assert (ct2 / "model.bin").stat().st_size == models.BUNDLED_MODEL_BIN_BYTES
+    assert (ct2 / "model.bin").stat().st_size == BUNDLED_MODEL_BIN_BYTES
     fw = WhisperModel(str(ct2), device="cpu", compute_type="int8")
     assert fw.model.is_multilingual and fw.model.n_mels == 80
 
@@ -453,7 +469,7 @@ def test_bundled_ct2_folder(bundled_hf):
 def test_bundled_conversion_matches_ctranslate2_logits(bundled_hf, clips):
     """Same log-mel in: encoder outputs and every greedy step's logits agree within 1e-3."""
     hf, ct2 = bundled_hf
-    model, _ = models.load_model(str(hf))
+    model, _ = load_model(str(hf))
     worst = 0.0
     translate = [50258, 50273, 50358, 50363]
     for name, audio in clips.items():
@@ -462,7 +478,7 @@ def test_bundled_conversion_matches_ctranslate2_logits(bundled_hf, clips):
             tokens, ct2_logits, ct2_enc = _ct2_greedy_logits(ct2, feats, prompt, max_length=64)
             hf_logits, hf_enc = _hf_teacher_forced(model, feats, prompt, tokens, len(ct2_logits))
             assert len(tokens) >= 1
-            assert hf_logits.shape == ct2_logits.shape == (len(ct2_logits), models.VOCAB_SIZE)
+            assert hf_logits.shape == ct2_logits.shape == (len(ct2_logits), VOCAB_SIZE)
             assert np.abs(hf_enc - ct2_enc).max() < 5e-3, name
             diff = float(np.abs(hf_logits - ct2_logits).max())
             assert diff < 1e-3, (name, diff)
@@ -503,7 +519,7 @@ def test_bundled_greedy_transcripts_equal_faster_whispers(bundled_hf, clips):
     from faster_whisper import WhisperModel
 
     hf, ct2 = bundled_hf
-    model, processor = models.load_model(str(hf))
+    model, processor = load_model(str(hf))
     fw = WhisperModel(str(ct2), device="cpu", compute_type="float32")
     for name, audio in clips.items():
         want = _fw_greedy(fw, audio)
@@ -519,7 +535,7 @@ def test_export_round_trip_is_lossless(bundled_hf, clips, tmp_path):
     from whisper_sv.models import ct2_format
 
     hf, ct2 = bundled_hf
-    out = models.export_ct2(hf, tmp_path / "export")
+    out = export_ct2(hf, tmp_path / "export")
     a, b = ct2_format.read_model_bin(ct2), ct2_format.read_model_bin(out)
     assert a.spec == b.spec and a.aliases == b.aliases
     for name, arr in a.variables.items():

@@ -144,10 +144,11 @@ def test_corrupt_store_is_a_clear_error(tmp_path, store, tiny_model_dir):
 def test_store_of_another_model_is_refused(tmp_path, tiny_model_dir):
     """A store made for a 128-mel model (large-v3) does not train an 80-mel model."""
     from whisper_sv.data.store import StoreError
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.bundled import bundled_tokenizer_json
+    from whisper_sv.models.processor import build_processor
     from whisper_sv.train.run import train
 
-    proc128 = models.build_processor(models.bundled_tokenizer_json(), n_mels=128)
+    proc128 = build_processor(bundled_tokenizer_json(), n_mels=128)
     foreign = make_store(tmp_path / "store128", proc128, n_train=4, n_val=0)
     with pytest.raises(StoreError, match="128-bin log-mel, the model takes 80"):
         train(foreign, tmp_path / "run", model=str(tiny_model_dir), config=config())
@@ -205,16 +206,16 @@ def test_config_yaml_records_model_store_and_options(finished_run, store, tiny_m
 def test_run_folder_is_a_model_reference_and_ct2_loads(finished_run, store):
     import faster_whisper
 
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.references import ct2_dir, load_model, resolve
 
     run, result = finished_run
-    ref = models.resolve(str(run))
+    ref = resolve(str(run))
     assert ref.kind == "run"
     state = json.loads((run / "best" / "training_state.json").read_text())
     assert state["step"] == result.best_step
-    model, processor = models.load_model(str(run))
+    model, processor = load_model(str(run))
     assert model.config.d_model == 64
-    assert models.ct2_dir(str(run)) == run / "ct2"
+    assert ct2_dir(str(run)) == run / "ct2"
     fw = faster_whisper.WhisperModel(str(run / "ct2"), device="cpu", compute_type="float32")
     source = ToySource()
     audio = source.load(next(iter(source.items("validation"))))
@@ -329,13 +330,13 @@ def test_early_stopping_with_patience(tmp_path, store, tiny_model_dir):
 
 
 def test_lora_run_saves_a_plain_best_model(tmp_path, store, tiny_model_dir):
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.references import load_model
     from whisper_sv.train.run import train
 
     cfg = config(lora_rank=4, lr=1e-2, max_steps=4, eval_steps=2, save_steps=2, eval_limit=1)
     result = train(store, tmp_path / "run", model=str(tiny_model_dir), config=cfg, progress=False)
     assert result.rows[-1].train_loss < result.rows[0].train_loss
-    model, _ = models.load_model(str(tmp_path / "run"))
+    model, _ = load_model(str(tmp_path / "run"))
     assert not any("lora" in n for n, _ in model.named_parameters())
 
 

@@ -60,7 +60,7 @@ def test_a_run_whose_guard_regresses_never_becomes_best(
     import torch
 
     from whisper_sv.core.run_folder import read_metrics_csv
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.references import load_model
     from whisper_sv.train.run import train
 
     guard = {"name": "own", "path": str(own_guard), "split": "validation", "translate": True}
@@ -91,8 +91,8 @@ def test_a_run_whose_guard_regresses_never_becomes_best(
     assert "not a candidate for best/" in caplog.text
     assert "best/ is the start model" in (run / "model_card.md").read_text()
     assert "own WER" in (run / "metrics.md").read_text()
-    best, _ = models.load_model(str(run / "best"))
-    start_model, _ = models.load_model(str(tiny_model_dir))
+    best, _ = load_model(str(run / "best"))
+    start_model, _ = load_model(str(tiny_model_dir))
     w = "model.decoder.layers.0.fc1.weight"
     assert torch.equal(best.state_dict()[w], start_model.state_dict()[w])
 

@@ -41,7 +41,7 @@ from whisper_sv.core.audio import AudioError, duration_s, load_audio
 from whisper_sv.infer import links, translate
 from whisper_sv.infer import translation_model as tasks
 from whisper_sv.infer.types import AUTO
-from whisper_sv.models import loading as models
+from whisper_sv.models.references import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -114,7 +114,7 @@ class ChatApp:
 
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, reference) of the bundled model, every run found, and ``model``."""
-        choices = [(models.DEFAULT_MODEL, models.DEFAULT_MODEL)]
+        choices = [(DEFAULT_MODEL, DEFAULT_MODEL)]
         seen = set()
         for folder in self.options.run_folders():
             for run in find_runs(folder):

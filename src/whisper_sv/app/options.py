@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from whisper_sv.infer import links, translate
-from whisper_sv.models import loading as models
+from whisper_sv.models.references import DEFAULT_MODEL
 
 __all__ = ["AppOptions", "LANGUAGE_CHOICES", "LANGUAGE_NAMES", "QUALITY_CHOICES"]
 
@@ -40,7 +40,7 @@ _SIZE_RE = re.compile(r"\d+(\.\d+)?\s*(b|kb|mb|gb)?", re.IGNORECASE)  # Gradio's
 class AppOptions:
     """How the app is served and what it accepts."""
 
-    model: str = models.DEFAULT_MODEL  # model selected when the page opens
+    model: str = DEFAULT_MODEL  # model selected when the page opens
     # Folders whose runs the model picker lists ("runs": train's usual place, "demo-out": the
     # demo's run); a run folder itself may be given too. None: no runs.
     runs_dir: str | tuple[str, ...] | None = ("runs", "demo-out")
@@ -60,9 +60,9 @@ class AppOptions:
     allow_private_links: bool = False  # links to private/loopback addresses (see links.py)
 
     def __post_init__(self) -> None:
-        if self.translator not in translate.BACKENDS:
+        if self.translator not in translate.TRANSLATORS:
             raise ValueError(
-                f"translator must be one of {', '.join(translate.BACKENDS)}, not {self.translator!r}"
+                f"translator must be one of {', '.join(translate.TRANSLATORS)}, not {self.translator!r}"
             )
         if not 0 < self.port < 65_536:
             raise ValueError(f"port must be 1-65535, got {self.port}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from whisper_sv.app.options import AppOptions
 from whisper_sv.app.render import _clock
-from whisper_sv.models import loading as models
+from whisper_sv.models.references import ct2_dir
 
 __all__ = ["export_space"]
 
@@ -109,7 +109,7 @@ def export_space(
     """Write a Hugging Face Space folder that serves ``options.model`` with ``python app.py``.
 
     The folder holds ``app.py``, ``requirements.txt``, ``README.md`` (Space front matter),
-    ``model/`` (the model in CTranslate2 format, from :func:`models.ct2_dir`) and a copy of
+    ``model/`` (the model in CTranslate2 format, from :func:`ct2_dir`) and a copy of
     the ``whisper_sv`` package. Refuses a non-empty ``out_dir``.
     """
     from importlib import metadata
@@ -120,7 +120,7 @@ def export_space(
         raise ValueError(f"{out} is not empty; pass a new or empty folder to --export-space")
     say = progress or log.info
     say(f"preparing the model {options.model} in CTranslate2 format")
-    ct2 = models.ct2_dir(options.model)
+    ct2 = ct2_dir(options.model)
     out.mkdir(parents=True, exist_ok=True)
     say(f"copying the model to {out / 'model'}")
     shutil.copytree(ct2, out / "model", ignore=shutil.ignore_patterns(".*", "*.lock"))

@@ -67,18 +67,27 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
         "text, or translate them to English with --task translate. Short files are decoded "
         "in batches; a file that cannot be read is reported and the rest go on.",
     )
+    from whisper_sv.infer.subtitles import SubtitleOptions
+    from whisper_sv.infer.transcriber import DECODER_BACKENDS, DEVICES
     from whisper_sv.infer.transcriber import TranscribeOptions as T
+    from whisper_sv.infer.types import LoadOptions
+    from whisper_sv.models.references import DEFAULT_MODEL
 
-    p.add_argument("inputs", nargs="+", metavar="FILE_OR_URL", help="audio/video files or links")
-    p.add_argument("--model", default="bundled:base", help="model reference")
-    p.add_argument("--backend", choices=("ct2", "transformers"), default="ct2", help="engine")
+    p.add_argument(
+        "inputs", nargs="+", metavar="FILE_OR_URL", help="audio/video files or links; - reads stdin"
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model reference")
+    p.add_argument("--backend", choices=DECODER_BACKENDS, default="ct2", help="engine")
     option_flag(p, T, "task", help="transcribe, or translate to English text")
     option_flag(p, T, "language", help="spoken language code, or auto to detect it")
+    from whisper_sv.infer.transcriber import FORMATS
+
     p.add_argument(
         "--format",
-        choices=("txt", "srt", "vtt", "json"),
+        choices=(*FORMATS, "all"),
         default="txt",
-        help="output format; json with several inputs on standard output: one JSON array",
+        help="output format; all: every format (needs --out); json with several inputs on "
+        "standard output: one JSON array",
     )
     p.add_argument(
         "--out",
@@ -113,7 +122,11 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
         p, T, "max_translation_ratio", metavar="R", help="English at most R x the transcript..."
     )
     option_flag(p, T, "translation_slack_chars", metavar="N", help="...plus N characters")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where to run")
+    option_flag(p, LoadOptions, "compute_type")
+    option_flag(p, LoadOptions, "cpu_threads", "--threads", metavar="N")
+    option_flag(p, SubtitleOptions, "max_line_chars", "--max-line-width", metavar="N")
+    option_flag(p, SubtitleOptions, "max_lines", "--max-line-count", metavar="N")
     p.set_defaults(func=_cmd_transcribe)
 
 
@@ -126,22 +139,39 @@ def _quiet_decoders(args: argparse.Namespace) -> None:
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
     from whisper_sv.infer import links
+    from whisper_sv.infer.subtitles import SubtitleOptions
     from whisper_sv.infer.transcriber import (
+        FORMATS,
         TranscribeOptions,
         Transcriber,
         Transcript,
         format_transcript,
     )
+    from whisper_sv.infer.types import LoadOptions
 
     _quiet_decoders(args)
 
     options = options_from(TranscribeOptions, args)
+    load = options_from(LoadOptions, args)
+    layout = SubtitleOptions(max_line_chars=args.max_line_chars, max_lines=args.max_lines)
+    formats = FORMATS if args.format == "all" else (args.format,)
+    if args.format == "all" and not args.out:
+        raise UserError("--format all writes one file per format; give --out DIR")
+    # Everything the user can get wrong is checked before the model loads (seconds to minutes).
+    missing = [i for i in args.inputs if not _is_readable_input(i, links)]
+    if missing:
+        raise UserError(f"no such file: {', '.join(missing)}; check the path(s)")
+    if args.out:
+        _make_out_dir(args.out)
     # Links are downloaded first (into a temporary folder, deleted after decoding).
     audios: list = []
     names: list[str] = []
     failed: list[str] = []
     for item in args.inputs:
-        if links.looks_like_link(item) and not Path(item).exists():
+        if item == STDIN:
+            audios.append(_read_stdin())
+            names.append("stdin")
+        elif links.looks_like_link(item) and not Path(item).exists():
             try:
                 fetched = links.fetch_audio(item)
             except ValueError as err:
@@ -165,10 +195,14 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
         if choice.note:
             print(f"note: {choice.note}", file=sys.stderr)
         model = choice.model
-    transcriber = Transcriber(model, backend=args.backend, device=args.device)
+    transcriber = Transcriber(
+        model,
+        backend=args.backend,
+        device=args.device,
+        compute_type=load.compute_type,
+        cpu_threads=load.cpu_threads,
+    )
     results = transcriber.transcribe_many(audios, options, progress=len(audios) > 1)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     documents: list = []  # --format json on standard output: one array at the end
     for name, result in zip(names, results, strict=True):
@@ -177,11 +211,13 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
             failed.append(name)
             continue
         _notes(name, result)
-        text = format_transcript(result, args.format)
+        text = format_transcript(result, formats[0], layout)
         if args.out:
-            out = args.out / f"{_unique_stem(name, used)}.{args.format}"
-            out.write_text(text, encoding="utf-8")
-            print(f"{name} -> {out}", file=sys.stderr)
+            stem = _unique_stem(name, used)
+            for fmt in formats:
+                out = args.out / f"{stem}.{fmt}"
+                out.write_text(format_transcript(result, fmt, layout), encoding="utf-8")
+                print(f"{name} -> {out}", file=sys.stderr)
         elif args.format == "json" and len(args.inputs) > 1:
             documents.append(json.loads(text))
         elif len(audios) > 1:
@@ -196,6 +232,32 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+STDIN = "-"  # the input name that reads the audio from standard input
+
+
+def _is_readable_input(item: str, links) -> bool:
+    """Whether ``item`` is stdin, a link (fetched later) or an existing file."""
+    if item == STDIN or Path(item).exists():
+        return True
+    return links.looks_like_link(item)
+
+
+def _read_stdin() -> bytes:
+    data = sys.stdin.buffer.read()
+    if not data:
+        raise UserError("standard input is empty; pipe audio into it, e.g. < clip.wav")
+    return data
+
+
+def _make_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(
+            f"cannot create the output folder {out} ({err.strerror}); choose a writable --out"
+        ) from None
+
+
 def _notes(name: str, result) -> None:
     """What the text output does not show, on standard error: the language detected, and
     how much the speech guard left out (the text itself only in --format json)."""
@@ -204,6 +266,8 @@ def _notes(name: str, result) -> None:
             f"{name}: language {result.language} (probability {result.language_probability:.2f})",
             file=sys.stderr,
         )
+    if not result.text.strip():
+        print(f"no speech found in {name}", file=sys.stderr)
     if result.dropped:
         reasons = sorted({d.reason for d in result.dropped})
         print(
@@ -336,9 +400,9 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_app(args: argparse.Namespace) -> int:
     from whisper_sv.app import chat as app
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.references import resolve
 
-    models.resolve(args.model)  # a bad reference fails here, before anything starts
+    resolve(args.model)  # a bad reference fails here, before anything starts
     options = options_from(app.AppOptions, args)
     if args.export_space:
         out = app.export_space(args.export_space, options, progress=print)

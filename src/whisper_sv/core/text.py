@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -313,3 +314,15 @@ def wer_change_interval(
     tail = 100.0 * (1.0 - confidence) / 2
     lo, hi = np.percentile(diff, [tail, 100.0 - tail])
     return (float(lo), float(hi))
+
+
+# OpenAI's loop rule on text (whisper's and faster-whisper's compression_ratio_threshold):
+# zlib compresses a loop far better than speech. One definition for the decoder's loop guard
+# and the training guards.
+COMPRESSION_RATIO_THRESHOLD = 2.4
+
+
+def compression_ratio(text: str) -> float:
+    """Bytes of ``text`` over its zlib-compressed bytes (OpenAI's loop measure; > 2.4 loops)."""
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0

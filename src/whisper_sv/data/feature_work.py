@@ -32,10 +32,21 @@ if TYPE_CHECKING:
 __all__ = [
     "REASONS",
     "BuildOptions",
+    "ChunkWorker",
+    "DroppedClip",
+    "FeaturizedClip",
+    "ShardJob",
     "SplitSummary",
     "StoreSummary",
+    "WorkerSettings",
+    "block_digest",
+    "check_texts",
     "label_ids",
+    "split_summaries",
+    "splits_to_build",
     "summary_table",
+    "worker_settings",
+    "write_job",
 ]
 
 REASONS = (
@@ -206,7 +217,8 @@ def summary_table(splits: Iterable[SplitSummary]) -> str:
     )
 
 
-def _split_summaries(manifest: Mapping[str, Any]) -> tuple[SplitSummary, ...]:
+def split_summaries(manifest: Mapping[str, Any]) -> tuple[SplitSummary, ...]:
+    """The per-split summaries of a store manifest."""
     return tuple(
         SplitSummary(
             split=name,
@@ -226,7 +238,7 @@ def _split_summaries(manifest: Mapping[str, Any]) -> tuple[SplitSummary, ...]:
 
 
 @dataclass(frozen=True)
-class _Settings:
+class WorkerSettings:
     """What workers need besides the source; small and picklable."""
 
     mel_filters: np.ndarray  # (201, n_mels) float32, the processor's filter bank
@@ -239,18 +251,22 @@ class _Settings:
 
 
 @dataclass(frozen=True)
-class _Done:
+class FeaturizedClip:
+    """A clip that passed the audio checks: its log-mel features and how it was augmented."""
+
     features: bytes  # float16 (n_mels, n_frames)
-    n_frames: int
-    pad_value: float
-    duration: float
+    n_frames: int  # columns of the features
+    pad_value: float  # log-mel value of silence, for padding a batch
+    duration: float  # seconds of audio after augmentation
     augmentation: str  # JSON, "" when none
 
 
 @dataclass(frozen=True)
-class _Dropped:
-    reason: str
-    detail: str
+class DroppedClip:
+    """A clip rejected before it got features, and why."""
+
+    reason: str  # one of REASONS
+    detail: str  # what exactly was wrong, for the rejects table
 
 
 # AudioError.reason keywords -> category, first match wins ("corrupt" before "not audio": a
@@ -266,19 +282,19 @@ _AUDIO_REASONS = (
 _FRAME_BUDGET = 48_000
 
 
-class _ChunkWorker:
+class ChunkWorker:
     """Decode, check, augment and featurize a list of items (in a worker or in-process)."""
 
-    def __init__(self, source: Source, settings: _Settings) -> None:
+    def __init__(self, source: Source, settings: WorkerSettings) -> None:
         self.source = source
         self.settings = settings
 
-    def __call__(self, items: Sequence[Item]) -> list[_Done | _Dropped]:
-        results: list[_Done | _Dropped | None] = [None] * len(items)
+    def __call__(self, items: Sequence[Item]) -> list[FeaturizedClip | DroppedClip]:
+        results: list[FeaturizedClip | DroppedClip | None] = [None] * len(items)
         ready: list[tuple[int, np.ndarray, str]] = []
         for i, item in enumerate(items):
             outcome = self._audio(item)
-            if isinstance(outcome, _Dropped):
+            if isinstance(outcome, DroppedClip):
                 results[i] = outcome
             else:
                 ready.append((i, *outcome))
@@ -295,7 +311,7 @@ class _ChunkWorker:
             batch = ready[start:stop]
             mels = log_mel_batch([a for _, a, _ in batch], self.settings.mel_filters)
             for (i, audio, aug), mel in zip(batch, mels, strict=True):
-                results[i] = _Done(
+                results[i] = FeaturizedClip(
                     features=mel.features.astype(np.float16).tobytes(),
                     n_frames=mel.features.shape[1],
                     pad_value=mel.pad_value,
@@ -305,23 +321,23 @@ class _ChunkWorker:
             start = stop
         return results  # type: ignore[return-value]
 
-    def _audio(self, item: Item) -> tuple[np.ndarray, str] | _Dropped:
+    def _audio(self, item: Item) -> tuple[np.ndarray, str] | DroppedClip:
         s = self.settings
         try:
             audio = self.source.load(item)
         except AudioError as err:
-            return _Dropped(_audio_reason(err.reason), str(err))
+            return DroppedClip(_audio_reason(err.reason), str(err))
         except Exception as err:  # a bad input must not stop the batch: report it, go on
-            return _Dropped("decode error", f"{type(err).__name__}: {err}")
+            return DroppedClip("decode error", f"{type(err).__name__}: {err}")
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if audio.size == 0:
-            return _Dropped("empty", "decodes to no samples")
+            return DroppedClip("empty", "decodes to no samples")
         if not np.isfinite(audio).all():
-            return _Dropped("corrupt", "audio holds NaN or infinite samples")
+            return DroppedClip("corrupt", "audio holds NaN or infinite samples")
         peak = float(np.abs(audio).max())
         if peak < s.silence_peak:
             dbfs = 20 * math.log10(peak) if peak > 0 else -math.inf
-            return _Dropped(
+            return DroppedClip(
                 "silent", f"peak {dbfs:.1f} dBFS below {20 * math.log10(s.silence_peak):.0f} dBFS"
             )
         aug = ""
@@ -330,7 +346,7 @@ class _ChunkWorker:
             aug = json.dumps(applied, sort_keys=True) if applied else ""
         duration = len(audio) / SAMPLE_RATE
         if duration > s.max_duration_s:
-            return _Dropped("too long", f"{duration:.1f} s > {s.max_duration_s:g} s")
+            return DroppedClip("too long", f"{duration:.1f} s > {s.max_duration_s:g} s")
         return audio, aug
 
 
@@ -342,7 +358,9 @@ def _audio_reason(reason: str) -> str:
     return "decode error"
 
 
-def _augment(audio: np.ndarray, item_id: str, s: _Settings) -> tuple[np.ndarray, dict[str, Any]]:
+def _augment(
+    audio: np.ndarray, item_id: str, s: WorkerSettings
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Speed perturbation, then white noise at an SNR; draws depend on (seed, id) only."""
     digest = hashlib.sha256(f"{s.seed}:{item_id}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
@@ -370,7 +388,7 @@ def _augment(audio: np.ndarray, item_id: str, s: _Settings) -> tuple[np.ndarray,
 
 
 @dataclass
-class _Job:
+class ShardJob:
     """One shard to make: its inputs, and what the main process already decided."""
 
     split: str
@@ -378,18 +396,19 @@ class _Job:
     items: list[Item]
     block: str  # digest of the inputs' ids: a finished shard with another is stale
     texts: dict[int, tuple[str, list[int]]] = field(default_factory=dict)  # pos -> (text, labels)
-    early: dict[int, _Dropped] = field(default_factory=dict)  # pos -> reject before decoding
+    early: dict[int, DroppedClip] = field(default_factory=dict)  # pos -> reject before decoding
     chunks: list[list[int]] = field(default_factory=list)  # positions sent to workers
 
 
-def _block_digest(items: Sequence[Item]) -> str:
+def block_digest(items: Sequence[Item]) -> str:
+    """Digest of the items' ids: a finished shard whose block differs is stale."""
     h = hashlib.sha256()
     for item in items:
         h.update(item.id.encode("utf-8", "surrogatepass") + b"\0")
     return h.hexdigest()[:16]
 
 
-def _check_texts(job: _Job, tokenizer: Any, config: FeatureConfig) -> None:
+def check_texts(job: ShardJob, tokenizer: Any, config: FeatureConfig) -> None:
     """Transcript checks and labels for a job's items (main process, before any decoding)."""
     from whisper_sv.core import text as textmod
 
@@ -401,21 +420,21 @@ def _check_texts(job: _Job, tokenizer: Any, config: FeatureConfig) -> None:
             reason = (
                 "non-UTF-8 sentence" if "UTF-8" in error and "transcript" in error else "bad row"
             )
-            job.early[pos] = _Dropped(reason, error)
+            job.early[pos] = DroppedClip(reason, error)
             continue
         if _not_utf8(sentence):
-            job.early[pos] = _Dropped("non-UTF-8 sentence", "transcript holds undecodable bytes")
+            job.early[pos] = DroppedClip("non-UTF-8 sentence", "transcript holds undecodable bytes")
             continue
         text = textmod.normalize(sentence) if config.normalize_text else sentence.strip()
         if not text:
             detail = "no transcript" if not sentence.strip() else "nothing left after normalisation"
-            job.early[pos] = _Dropped("empty sentence", detail)
+            job.early[pos] = DroppedClip("empty sentence", detail)
             continue
         wanted.append((pos, text))
     labels = label_ids(tokenizer, [t for _, t in wanted], config)
     for (pos, text), ids in zip(wanted, labels, strict=True):
         if len(ids) > config.max_label_tokens:
-            job.early[pos] = _Dropped(
+            job.early[pos] = DroppedClip(
                 "labels too long", f"{len(ids)} tokens > {config.max_label_tokens}"
             )
         else:
@@ -427,7 +446,7 @@ def _not_utf8(sentence: str) -> bool:
     return "\ufffd" in sentence or any("\udc80" <= ch <= "\udcff" for ch in sentence)
 
 
-def _row(item: Item, text: str, labels: list[int], done: _Done, source_name: str) -> dict:
+def _row(item: Item, text: str, labels: list[int], done: FeaturizedClip, source_name: str) -> dict:
     meta = dict(item.meta or {})
     accent = str(meta.get("accent") or meta.get("accents") or "")
     extra = {
@@ -459,20 +478,21 @@ def _audio_label(item: Item) -> str:
     return str(item.audio or "")
 
 
-def _write_job(
+def write_job(
     root: Path,
-    job: _Job,
-    results: Mapping[int, _Done | _Dropped],
+    job: ShardJob,
+    results: Mapping[int, FeaturizedClip | DroppedClip],
     config: FeatureConfig,
     source_name: str,
 ) -> None:
+    """Write one shard: kept rows with their features, and the rejects in its info."""
     rows: list[dict] = []
     rejects: list[list[str]] = []
     seconds = 0.0
     speakers: dict[str, int] = {}
     for pos, item in enumerate(job.items):
         outcome = job.early.get(pos) or results[pos]
-        if isinstance(outcome, _Dropped):
+        if isinstance(outcome, DroppedClip):
             rejects.append([item.id, _audio_label(item), outcome.reason, outcome.detail])
             continue
         text, labels = job.texts[pos]
@@ -492,7 +512,8 @@ def _write_job(
     write_shard(shard_path(root, job.split, job.index), rows, info)
 
 
-def _splits(source: Source, options: BuildOptions) -> list[str]:
+def splits_to_build(source: Source, options: BuildOptions) -> list[str]:
+    """The splits ``options`` asks for (all of the source's when none), checked to exist."""
     splits = list(options.splits) or source.splits()
     known = source.splits()
     unknown = [s for s in splits if s not in known]
@@ -501,8 +522,9 @@ def _splits(source: Source, options: BuildOptions) -> list[str]:
     return splits
 
 
-def _settings(processor: Any, config: FeatureConfig, options: BuildOptions) -> _Settings:
-    return _Settings(
+def worker_settings(processor: Any, config: FeatureConfig, options: BuildOptions) -> WorkerSettings:
+    """What workers need from the processor, config and options (small and picklable)."""
+    return WorkerSettings(
         mel_filters=np.ascontiguousarray(processor.feature_extractor.mel_filters, dtype=np.float32),
         max_duration_s=config.max_duration_s,
         silence_peak=10 ** (options.silence_dbfs / 20),

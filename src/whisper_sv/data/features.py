@@ -33,21 +33,21 @@ from whisper_sv.data.feature_config import FeatureConfig, tokenizer_identity
 from whisper_sv.data.feature_work import (
     REASONS,
     BuildOptions,
+    ChunkWorker,
+    DroppedClip,
+    FeaturizedClip,
+    ShardJob,
     SplitSummary,
     StoreSummary,
-    _block_digest,
-    _check_texts,
-    _ChunkWorker,
-    _Done,
-    _Dropped,
-    _Job,
-    _Settings,
-    _settings,
-    _split_summaries,
-    _splits,
-    _write_job,
+    WorkerSettings,
+    block_digest,
+    check_texts,
     label_ids,
+    split_summaries,
+    splits_to_build,
     summary_table,
+    worker_settings,
+    write_job,
 )
 from whisper_sv.data.store import (
     MANIFEST,
@@ -145,13 +145,13 @@ def _claim(root: Path, base: Mapping[str, Any], config: FeatureConfig) -> None:
 
 def _plan(
     source: Source, root: Path, options: BuildOptions, config: FeatureConfig
-) -> tuple[list[_Job], int, dict[str, int]]:
+) -> tuple[list[ShardJob], int, dict[str, int]]:
     """Shards this run must make, how many are already done, and inputs listed per split."""
     from itertools import islice
 
-    splits = _splits(source, options)
+    splits = splits_to_build(source, options)
     index, count = options.shard
-    jobs: list[_Job] = []
+    jobs: list[ShardJob] = []
     skipped = 0
     listed: dict[str, int] = {}
     for split in splits:
@@ -163,7 +163,7 @@ def _plan(
         k = 0
         while block := list(islice(it, options.shard_size)):
             if k % count == index:
-                job = _Job(split, k, block, _block_digest(block))
+                job = ShardJob(split, k, block, block_digest(block))
                 path = shard_path(root, split, k)
                 if path.is_file():
                     info = read_shard_info(path)
@@ -215,7 +215,7 @@ def build_store(
     root = Path(out)
     _check_out(root)
     if processor is None:
-        from whisper_sv.models.loading import load_processor
+        from whisper_sv.models.references import load_processor
 
         processor = load_processor(options.model)
     config = options.feature_config(processor)
@@ -242,12 +242,12 @@ def build_store(
 
     tokenizer = processor.tokenizer
     for job in jobs:
-        _check_texts(job, tokenizer, config)
+        check_texts(job, tokenizer, config)
         todo = [pos for pos in range(len(job.items)) if pos not in job.early]
         job.chunks = [
             todo[i : i + options.chunk_size] for i in range(0, len(todo), options.chunk_size)
         ]
-    settings = _settings(processor, config, options)
+    settings = worker_settings(processor, config, options)
     tasks = [[job.items[p] for p in chunk] for job in jobs for chunk in job.chunks]
     total = sum(len(job.items) for job in jobs)
     log.info(
@@ -259,7 +259,7 @@ def build_store(
     return StoreSummary(
         path=root,
         config=config,
-        splits=_split_summaries(manifest),
+        splits=split_summaries(manifest),
         shards_written=len(jobs),
         shards_skipped=skipped,
         processed=processed,
@@ -271,9 +271,9 @@ def build_store(
 def _execute(
     source: Source,
     root: Path,
-    jobs: list[_Job],
+    jobs: list[ShardJob],
     tasks: list[list[Item]],
-    settings: _Settings,
+    settings: WorkerSettings,
     config: FeatureConfig,
     options: BuildOptions,
     total: int,
@@ -294,11 +294,11 @@ def _execute(
             executor = _spawn_pool(min(options.workers, len(tasks)), source, settings)
             outputs = _in_order(executor, tasks, ahead=4 * options.workers)
         else:
-            worker = _ChunkWorker(source, settings)
+            worker = ChunkWorker(source, settings)
             outputs = map(worker, tasks)
         done = 0
         for job in jobs:
-            results: dict[int, _Done | _Dropped] = {}
+            results: dict[int, FeaturizedClip | DroppedClip] = {}
             bar.update(len(job.early))
             for chunk in job.chunks:
                 try:
@@ -312,7 +312,7 @@ def _execute(
                 for pos, outcome in zip(chunk, outcomes, strict=True):
                     results[pos] = outcome
                 bar.update(len(chunk))
-            _write_job(root, job, results, config, source.name)
+            write_job(root, job, results, config, source.name)
             done += len(job.items)
         return done
     finally:
@@ -321,7 +321,7 @@ def _execute(
             executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _spawn_pool(workers: int, source: Source, settings: _Settings) -> Any:
+def _spawn_pool(workers: int, source: Source, settings: WorkerSettings) -> Any:
     """Spawned processes (not forked: docs/facts.md, a fork after torch ran can hang), each holding
     the source and settings. concurrent.futures rather than multiprocessing.Pool: a worker that
     dies (a codec crash) raises BrokenProcessPool instead of hanging the run."""
@@ -366,19 +366,19 @@ def _in_order(executor: Any, tasks: Sequence[list[Item]], ahead: int) -> Iterato
 # --------------------------------------------------------------------------- worker processes
 
 
-_WORKER: _ChunkWorker | None = None
+_WORKER: ChunkWorker | None = None
 
 
-def _init_worker(source: Source, settings: _Settings) -> None:
+def _init_worker(source: Source, settings: WorkerSettings) -> None:
     global _WORKER
     import sys
 
     if "torch" in sys.modules:  # a source that uses torch: one thread per worker process
         sys.modules["torch"].set_num_threads(1)
-    _WORKER = _ChunkWorker(source, settings)
+    _WORKER = ChunkWorker(source, settings)
 
 
-def _run_chunk(items: Sequence[Item]) -> list[_Done | _Dropped]:
+def _run_chunk(items: Sequence[Item]) -> list[FeaturizedClip | DroppedClip]:
     assert _WORKER is not None, "worker not initialised"
     return _WORKER(items)
 
@@ -390,7 +390,7 @@ def report(path: str | os.PathLike, *, plot: bool = True) -> tuple[str, Path | N
     """Per-split summary table of the store at ``path``, and ``path/report.png`` with the
     duration and label-length histograms and rows per speaker (when ``plot``)."""
     store = FeatureStore(path)
-    table = summary_table(_split_summaries(store.manifest))
+    table = summary_table(split_summaries(store.manifest))
     if not plot:
         return table, None
     meta = {

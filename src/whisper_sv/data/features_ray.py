@@ -11,7 +11,7 @@ How the work is cut:
   exist on the workers) and submits one *shard task* per block, at most ``2 x cluster CPUs``
   blocks in flight;
 * a shard task sends its inputs as *chunk tasks* of ``chunk_size`` inputs (decode, augment,
-  log-mel: ``feature_work._ChunkWorker``, one CPU each), gathers their results and writes its shard
+  log-mel: ``feature_work.ChunkWorker``, one CPU each), gathers their results and writes its shard
   atomically (``store.write_shard``: a temporary file renamed into place).
 
 A shard file is named by (split, index) and holds the same bytes whoever writes it, so Ray's
@@ -45,16 +45,16 @@ __all__ = ["build_with_ray"]
 TASK_RETRIES = 4
 
 
-def _featurize(source: Source, settings: W._Settings, items: list) -> list:
+def _featurize(source: Source, settings: W.WorkerSettings, items: list) -> list:
     """Chunk task: decode, check and featurize ``items`` (runs in a Ray worker)."""
-    return W._ChunkWorker(source, settings)(items)
+    return W.ChunkWorker(source, settings)(items)
 
 
 def _make_shard(
     source: Source,
-    settings: W._Settings,
+    settings: W.WorkerSettings,
     root: str,
-    job: W._Job,
+    job: W.ShardJob,
     config: FeatureConfig,
     chunk_size: int,
 ) -> tuple[str, int, int]:
@@ -68,29 +68,29 @@ def _make_shard(
     results: dict[int, Any] = {}
     for chunk, outcomes in zip(chunks, ray.get(refs), strict=True):
         results.update(zip(chunk, outcomes, strict=True))
-    W._write_job(Path(root), job, results, config, source.name)
+    W.write_job(Path(root), job, results, config, source.name)
     return job.split, job.index, len(job.items)
 
 
 def _jobs(
     source: Source, root: Path, options: W.BuildOptions, config: FeatureConfig, listed: dict
-) -> Iterator[W._Job | None]:
+) -> Iterator[W.ShardJob | None]:
     """Each shard of this run (``--shard I/N``) in order, streamed from the source: a job to
     make, or None for a shard already finished. ``listed`` fills with the inputs per split."""
     index, count = options.shard
-    for split in W._splits(source, options):
+    for split in W.splits_to_build(source, options):
         it = islice(iter(source.items(split)), options.limit)
         listed[split] = 0
         k = 0
         while block := list(islice(it, options.shard_size)):
             listed[split] += len(block)
             if k % count == index:
-                job = W._Job(split, k, block, W._block_digest(block))
+                job = W.ShardJob(split, k, block, W.block_digest(block))
                 yield None if _finished(shard_path(root, split, k), job, config) else job
             k += 1
 
 
-def _finished(path: Path, job: W._Job, config: FeatureConfig) -> bool:
+def _finished(path: Path, job: W.ShardJob, config: FeatureConfig) -> bool:
     if not path.is_file():
         return False
     info = read_shard_info(path)
@@ -142,7 +142,7 @@ def build_with_ray(
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         shard = ray.remote(num_cpus=0, max_retries=TASK_RETRIES)(_make_shard)
         source_ref = ray.put(source)
-        settings_ref = ray.put(W._settings(processor, config, options))
+        settings_ref = ray.put(W.worker_settings(processor, config, options))
         listed: dict[str, int] = {}
         pending: list = []
         written = skipped = processed = 0
@@ -153,7 +153,7 @@ def build_with_ray(
                 if job is None:
                     skipped += 1
                     continue
-                W._check_texts(job, processor.tokenizer, config)
+                W.check_texts(job, processor.tokenizer, config)
                 pending.append(
                     shard.remote(
                         source_ref, settings_ref, str(root), job, config, options.chunk_size
@@ -171,7 +171,7 @@ def build_with_ray(
     return W.StoreSummary(
         path=root,
         config=config,
-        splits=W._split_summaries(manifest),
+        splits=W.split_summaries(manifest),
         shards_written=written,
         shards_skipped=skipped,
         processed=processed,

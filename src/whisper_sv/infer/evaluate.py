@@ -24,7 +24,7 @@ from pathlib import Path
 from whisper_sv.core.audio import AudioError
 from whisper_sv.core.text import ErrorRates, Score, WordErrors, error_rates, scores, word_errors
 from whisper_sv.infer.transcriber import TranscribeOptions, Transcriber, Transcript
-from whisper_sv.models import loading as models
+from whisper_sv.models.references import DEFAULT_MODEL
 
 __all__ = [
     "ManifestRow",
@@ -274,7 +274,7 @@ def read_manifest(path: str | os.PathLike, *, limit: int | None = None) -> list[
 
 def evaluate(
     manifest: str | os.PathLike,
-    model: str = models.DEFAULT_MODEL,
+    model: str = DEFAULT_MODEL,
     *,
     backend: str = "ct2",
     options: TranscribeOptions | None = None,

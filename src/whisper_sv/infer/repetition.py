@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["compression_ratio", "is_looping", "max_new_tokens_for", "trim_repetition"]
+from whisper_sv.core.text import COMPRESSION_RATIO_THRESHOLD, compression_ratio
 
-# OpenAI's rule on text: zlib compresses a loop far better than speech.
-COMPRESSION_RATIO_THRESHOLD = 2.4
+__all__ = [
+    "COMPRESSION_RATIO_THRESHOLD",
+    "compression_ratio",
+    "is_looping",
+    "max_new_tokens_for",
+    "trim_repetition",
+]
+
 # Output bound of a window: fast Swedish speech is about 4 words (7 tokens) a second; twice
 # that plus room for timestamps and a short clip's single word.
 MAX_TOKENS_PER_SECOND = 12
@@ -23,14 +29,6 @@ MIN_CHARS = 40
 # Whisper's decoder holds 448 positions; the prompt (<|startoftranscript|><|sv|><|transcribe|>)
 # takes 3 of them.
 MAX_NEW_TOKENS = 445
-
-
-def compression_ratio(text: str) -> float:
-    """Bytes of ``text`` over its zlib-compressed bytes (OpenAI's loop measure; > 2.4 loops)."""
-    import zlib
-
-    raw = text.encode("utf-8")
-    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
 
 
 def max_new_tokens_for(duration_s: float) -> int:

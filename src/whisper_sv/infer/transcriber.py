@@ -58,13 +58,12 @@ from whisper_sv.infer.backends import (
     SAMPLING_SEED,
     SILENCE_PEAK,
     TIME_PRECISION_S,
-    _Backend,
-    _Ct2Backend,
-    _HfBackend,
-    _is_silent,
-    _min_length,
+    DecoderBackend,
+    is_silent,
+    padded_for_stft,
     speech_windows,
 )
+from whisper_sv.infer.ct2_backend import Ct2Backend
 from whisper_sv.infer.hallucination import judge, judge_translation
 from whisper_sv.infer.repetition import (
     COMPRESSION_RATIO_THRESHOLD,
@@ -79,6 +78,7 @@ from whisper_sv.infer.repetition import (
     trim_repetition,
 )
 from whisper_sv.infer.subtitles import fit_to_speech
+from whisper_sv.infer.transformers_backend import TransformersBackend
 from whisper_sv.infer.types import (
     AUTO,
     FALLBACK_STEP,
@@ -89,7 +89,7 @@ from whisper_sv.infer.types import (
     Transcript,
     Word,
 )
-from whisper_sv.models import loading as models
+from whisper_sv.models.references import DEFAULT_MODEL
 
 __all__ = [
     "BEST_OF",
@@ -129,14 +129,14 @@ log = logging.getLogger(__name__)
 AudioInput = str | os.PathLike | bytes | np.ndarray
 Span = tuple[float, float]
 Backend = Literal["ct2", "transformers"]
-BACKENDS = ("ct2", "transformers")
+DECODER_BACKENDS = ("ct2", "transformers")
 DEVICES = ("auto", "cpu", "cuda")
 
 
 class Transcriber:
     """A loaded model that turns audio into Transcripts.
 
-    ``model``: any model reference (``models.resolve``). ``backend``: "ct2" (faster-whisper) or
+    ``model``: any model reference (``resolve``). ``backend``: "ct2" (faster-whisper) or
     "transformers". ``device``: "auto" (CUDA when present), "cpu" or "cuda". ``compute_type``:
     ct2: a CTranslate2 type ("int8", "int8_float16", "float16", "float32"; default int8 on CPU,
     float16 on CUDA); transformers: "float32", "float16" or "bfloat16" (default float32 on
@@ -149,7 +149,7 @@ class Transcriber:
 
     def __init__(
         self,
-        model: str = models.DEFAULT_MODEL,
+        model: str = DEFAULT_MODEL,
         *,
         backend: Backend = "ct2",
         device: str = "auto",
@@ -157,16 +157,18 @@ class Transcriber:
         cpu_threads: int = 0,
         batched: bool | None = None,
     ) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; use one of: {', '.join(BACKENDS)}")
+        if backend not in DECODER_BACKENDS:
+            raise ValueError(
+                f"unknown backend {backend!r}; use one of: {', '.join(DECODER_BACKENDS)}"
+            )
         if device not in DEVICES:
             raise ValueError(f"unknown device {device!r}; use one of: {', '.join(DEVICES)}")
         self.model = str(model)  # the reference as given
         self.backend: Backend = backend
         if backend == "ct2":
-            self._impl: _Backend = _Ct2Backend(model, device, compute_type, cpu_threads)
+            self._impl: DecoderBackend = Ct2Backend(model, device, compute_type, cpu_threads)
         else:
-            self._impl = _HfBackend(model, device, compute_type)
+            self._impl = TransformersBackend(model, device, compute_type)
         self.device = self._impl.device  # "cpu" or "cuda", as resolved
         self.compute_type = self._impl.compute_type  # as resolved
         self.batched = (self.device == "cuda") if batched is None else batched
@@ -318,10 +320,10 @@ class Transcriber:
 
     def _detect(self, samples: np.ndarray, spans: tuple[Span, ...] | None) -> tuple[str, float]:
         """The language of the 30 s from the first speech silero VAD found (or the start)."""
-        if _is_silent(samples):
+        if is_silent(samples):
             return "sv", 0.0
         first = int(spans[0][0] * SAMPLE_RATE) if spans else 0
-        return self._impl.detect_language(_min_length(samples[first:]))
+        return self._impl.detect_language(padded_for_stft(samples[first:]))
 
     def _kept(
         self,
@@ -357,12 +359,12 @@ class Transcriber:
     def _segments(
         self, samples: np.ndarray, opts: TranscribeOptions, spans: tuple[Span, ...] | None
     ) -> Iterator[Segment]:
-        if _is_silent(samples):
+        if is_silent(samples):
             return
         duration = len(samples) / SAMPLE_RATE
-        segments = _monotonic(self._impl.segments(_min_length(samples), opts), duration)
+        segments = _monotonic(self._impl.segments(padded_for_stft(samples), opts), duration)
         if opts.loop_guard:
-            segments = _guarded(segments)
+            segments = loop_guarded(segments)
         if opts.fit_to_speech and spans:
             segments = fit_to_speech(segments, spans)
         yield from segments
@@ -400,13 +402,13 @@ class Transcriber:
     ) -> list[list[Segment]]:
         """Segments of clips <= 30 s each, digital silence skipped, the rest decoded batched."""
         out: list[list[Segment]] = [[] for _ in clips]
-        todo = [i for i, c in enumerate(clips) if not _is_silent(c)]
+        todo = [i for i, c in enumerate(clips) if not is_silent(c)]
         for first in range(0, len(todo), opts.batch_size):
             group = todo[first : first + opts.batch_size]
-            decoded = self._impl.decode_windows([_min_length(clips[i]) for i in group], opts)
+            decoded = self._impl.decode_windows([padded_for_stft(clips[i]) for i in group], opts)
             for i, segments in zip(group, decoded, strict=True):
                 kept = _monotonic(segments, len(clips[i]) / SAMPLE_RATE)
-                out[i] = list(_guarded(kept) if opts.loop_guard else kept)
+                out[i] = list(loop_guarded(kept) if opts.loop_guard else kept)
         return out
 
 
@@ -432,7 +434,7 @@ def _speech(samples: np.ndarray, opts: TranscribeOptions) -> tuple[Span, ...] | 
     silence, None when neither option asks for them."""
     if not (opts.fit_to_speech or opts.speech_gate):
         return None
-    if _is_silent(samples):
+    if is_silent(samples):
         return ()
     from whisper_sv.infer.subtitles import speech_spans
 
@@ -464,7 +466,7 @@ def _transcript(
 MIN_REPEAT_S = 0.2
 
 
-def _guarded(segments: Iterator[Segment]) -> Iterator[Segment]:
+def loop_guarded(segments: Iterator[Segment]) -> Iterator[Segment]:
     """Segments with repeated tails cut, repeats of the previous segment dropped, and
     near-zero-length repeats of either of the last two dropped: a fine-tuned decoder was seen
     ending a file with "slåra upp" / "sköntskej" alternating at one timestamp."""

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Backend = Literal["whisper", "google", "none"]
-BACKENDS: tuple[str, ...] = ("whisper", "google", "none")
+TRANSLATORS: tuple[str, ...] = ("whisper", "google", "none")
 
 # deep-translator refuses texts over 5,000 characters; stay below with room for escaping.
 _GOOGLE_MAX_CHARS = 4_500
@@ -45,9 +45,9 @@ class TranslateOptions:
     timeout_s: float = 10.0  # online backend: give up after this many seconds
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
+        if self.backend not in TRANSLATORS:
             raise ValueError(
-                f"unknown translation backend {self.backend!r}; choose one of {', '.join(BACKENDS)}"
+                f"unknown translation backend {self.backend!r}; choose one of {', '.join(TRANSLATORS)}"
             )
         if self.backend == "whisper" and self.target != "en":
             raise ValueError(

@@ -67,7 +67,7 @@ def translation_model(model_ref: str) -> TaskModel:
         return TaskModel(model_ref, "")
     start = str(_run_config(run).get("model") or "")
     if not start:
-        from whisper_sv.models.loading import DEFAULT_MODEL
+        from whisper_sv.models.references import DEFAULT_MODEL
 
         start = DEFAULT_MODEL
     note = (

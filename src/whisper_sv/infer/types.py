@@ -9,7 +9,15 @@ from typing import Literal
 
 from whisper_sv.infer.repetition import MAX_NEW_TOKENS
 
-__all__ = ["TASKS", "Dropped", "Segment", "TranscribeOptions", "Transcript", "Word"]
+__all__ = [
+    "TASKS",
+    "Dropped",
+    "LoadOptions",
+    "Segment",
+    "TranscribeOptions",
+    "Transcript",
+    "Word",
+]
 
 TASKS = ("transcribe", "translate")
 AUTO = "auto"  # TranscribeOptions.language: detect the spoken language
@@ -103,6 +111,22 @@ class TranscribeOptions:
             return (self.temperature,)
         n = int(round((1.0 - self.temperature) / FALLBACK_STEP))
         return tuple(round(self.temperature + i * FALLBACK_STEP, 2) for i in range(n + 1))
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How the model is loaded: number type and CPU threads (``Transcriber``'s arguments)."""
+
+    # ct2: "int8", "int8_float16", "float16" or "float32"; transformers: "float32", "float16"
+    # or "bfloat16"; None: int8 (ct2) or float32 (transformers) on CPU, float16 on CUDA
+    compute_type: str | None = None
+    cpu_threads: int = 0  # CPU threads for ct2 (0: all cores this process may use, at most 16)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cpu_threads, int) or self.cpu_threads < 0:
+            raise ValueError(
+                f"cpu_threads must be an integer >= 0 (0: all cores), not {self.cpu_threads!r}"
+            )
 
 
 @dataclass(frozen=True)

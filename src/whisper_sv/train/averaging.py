@@ -113,7 +113,7 @@ def average_checkpoints(
     """
     from transformers import WhisperForConditionalGeneration
 
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.references import load_processor
 
     folder = RunFolder(run)
     chosen = select_checkpoints(run, top_k)
@@ -138,7 +138,7 @@ def average_checkpoints(
     scale = float(train_cfg.get("lora_alpha", 32.0)) / max(1, int(train_cfg.get("lora_rank", 1)))
     total = _summed(chosen, dict(model.named_parameters()), folder.best_dir, lora, scale)
     _set_mean(model, total, len(chosen), info if lora else None)
-    processor = models.load_processor(str(folder.best_dir))
+    processor = load_processor(str(folder.best_dir))
     best_row = min(
         (r for r in folder.read_metrics() if r.wer is not None),
         key=lambda r: (r.wer, r.step),

@@ -17,11 +17,12 @@ def export_run(
 
     ``out`` defaults to ``RUN/ct2`` for a run folder. faster-whisper loads the result offline.
     """
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.conversion import export_ct2
+    from whisper_sv.models.references import resolve, transformers_dir
 
-    mref = models.resolve(str(run))
+    mref = resolve(str(run))
     if out is None:
         if mref.kind != "run":
             raise ValueError(f"{run} is not a run folder: give --out for the export")
         out = mref.path / registry.CT2
-    return models.export_ct2(models.transformers_dir(mref), Path(out), quantization=quantization)
+    return export_ct2(transformers_dir(mref), Path(out), quantization=quantization)

@@ -122,7 +122,7 @@ def _prepare_run_folder(
     run: RunFolder, model: str | None, resume: bool
 ) -> tuple[dict[str, Any] | None, str]:
     """(previous config or None, model reference to use); errors for unusable folders."""
-    from whisper_sv.models.loading import DEFAULT_MODEL
+    from whisper_sv.models.references import DEFAULT_MODEL
 
     if run.path.exists() and not run.path.is_dir():
         raise ValueError(f"--out {run.path} is a file; give a folder for the run")
@@ -154,15 +154,15 @@ def train(
     (:data:`RESUMABLE_KEYS` may change). Every check happens before the model loads.
     Under ``torchrun --nproc_per_node N`` each process runs this same call (data-parallel).
     """
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.references import load_processor, resolve, transformers_dir
 
     cfg = config or TrainConfig()
     run = RunFolder(out)
     old_info, model_ref = _prepare_run_folder(run, model, resume)
     store = open_store(features)
-    mref = models.resolve(model_ref)
-    model_dir = models.transformers_dir(mref)
-    processor = models.load_processor(model_dir)
+    mref = resolve(model_ref)
+    model_dir = transformers_dir(mref)
+    processor = load_processor(model_dir)
     model_cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     store.check_processor(processor, n_mels=int(model_cfg.get("num_mel_bins", 80)))
     has_val = cfg.validate and "validation" in store.splits() and store.num_rows("validation") > 0

@@ -15,7 +15,6 @@ Two helpers work on the trainable weights:
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from whisper_sv.core.text import COMPRESSION_RATIO_THRESHOLD, compression_ratio
 from whisper_sv.train.guards import (
     CER_SUFFIX,
     CHRF_SUFFIX,
@@ -42,9 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["GuardData", "RunGuards", "mix_weights", "translation_labels"]
-
-# A decoded text whose zlib compression ratio is above this is a loop (faster-whisper's rule).
-LOOP_COMPRESSION_RATIO = 2.4
 
 
 @dataclass
@@ -169,11 +166,6 @@ def mix_weights(
     return out
 
 
-def compression_ratio(text: str) -> float:
-    data = text.encode("utf-8")
-    return len(data) / max(1, len(zlib.compress(data))) if data else 0.0
-
-
 def translation_labels(
     model: Any,
     processor: Any,
@@ -225,7 +217,9 @@ def usable_translation(text: str) -> bool:
     """Whether the start model's answer to the translate task can be trained as one: not
     empty, not a loop, and English (translation_labels says why)."""
     text = text.strip()
-    return bool(text) and compression_ratio(text) <= LOOP_COMPRESSION_RATIO and is_english(text)
+    return (
+        bool(text) and compression_ratio(text) <= COMPRESSION_RATIO_THRESHOLD and is_english(text)
+    )
 
 
 # --------------------------------------------------------------------------- after training

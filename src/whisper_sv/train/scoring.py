@@ -325,14 +325,14 @@ def evaluate_split(
     ``model`` is a model reference (loaded here) or a loaded model with its ``processor``.
     """
     from whisper_sv.data.store import FeatureStore
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.references import load_model
 
     if not isinstance(store, FeatureStore):
         store = FeatureStore(store)
     if split not in store.splits():
         raise ValueError(f"{store.path} has no {split} split (it has {store.splits()})")
     if isinstance(model, (str, os.PathLike)):
-        model, processor = models.load_model(str(model))
+        model, processor = load_model(str(model))
     elif processor is None:
         raise ValueError("evaluate_split: give the processor with a loaded model")
     n = store.num_rows(split)

@@ -707,10 +707,10 @@ class Trainer:
             run.write_curves(rows, title=run.path.name)
             run.write_model_card(self._card(rows))
             if self.cfg.export_ct2 and not newer(run.ct2_dir, run.best_dir):
-                from whisper_sv.models import loading as models
+                from whisper_sv.models.conversion import export_ct2
 
                 log.info("exporting best/ to CTranslate2 in %s", run.ct2_dir)
-                models.export_ct2(run.best_dir, run.ct2_dir, quantization=self.cfg.ct2_quantization)
+                export_ct2(run.best_dir, run.ct2_dir, quantization=self.cfg.ct2_quantization)
             if not self.cfg.cache_dir:
                 shutil.rmtree(self.cache_root, ignore_errors=True)
         acc.wait_for_everyone()

@@ -439,9 +439,9 @@ def _resolve_model(model: str | None) -> str | None:
     """Local model folders by absolute path: trials may run from another working directory."""
     if model is None:
         return None
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.references import resolve
 
-    mref = models.resolve(model)
+    mref = resolve(model)
     return str(mref.path) if mref.path is not None else mref.ref
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from whisper_sv.models.loading import DEFAULT_MODEL
+from whisper_sv.models.references import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -430,10 +430,10 @@ def score_sets(
     """``model_ref`` on the synthetic test split, each real held-out part (and its English),
     and the long-form file. ``start``: the pretrained model's scores, for the chrF."""
     from whisper_sv.core.fsutil import cache_dir
-    from whisper_sv.models import loading as models
+    from whisper_sv.models.references import load_model
     from whisper_sv.train.guards import GuardSpec, chrf, english_share, prepare_guard_store
 
-    model, processor = models.load_model(model_ref)
+    model, processor = load_model(model_ref)
     encoder = _encoder_digest(model)  # once per model: it keys the shared encoder outputs
     scores = {"synthetic": _score_split(model, processor, store, "test", o, encoder)}
     for r in real:

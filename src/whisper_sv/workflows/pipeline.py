@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from whisper_sv.core.fsutil import atomic_write_text, newer
-from whisper_sv.models.loading import DEFAULT_MODEL
+from whisper_sv.models.references import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
