@@ -35,7 +35,7 @@ class TrainState:
     bad_evals: int = 0  # evaluations since the best one (early stopping)
     stopped_early: bool = False
     world_size: int = 1
-    # Real-speech guards (run_guards.py): the start model's values and translations, the
+    # Real-speech guards (selection.py): the start model's values and translations, the
     # evaluations in a row with a regressed guard, and the best validation WER whatever the
     # guards said (the model WiSE-FT interpolation starts from).
     guard_start: dict[str, Any] = field(default_factory=dict)
