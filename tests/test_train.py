@@ -225,6 +225,26 @@ def test_run_folder_is_a_model_reference_and_ct2_loads(finished_run, store):
     assert info.language == "sv"
 
 
+def test_one_rule_decides_what_a_run_folder_is(finished_run, tmp_path):
+    """A run with its config but no best/ yet can be resumed, but it is no model reference,
+    no run of the app's list and no start of a translation; a finished run is all four."""
+    from whisper_sv.core.run_folder import RunFolder, is_run_folder
+    from whisper_sv.infer.translation_model import run_of
+    from whisper_sv.models import loading as models
+
+    run, _ = finished_run
+    started = tmp_path / "started"
+    started.mkdir()
+    shutil.copy(run / "config.yaml", started / "config.yaml")
+    assert RunFolder(started).is_run() and is_run_folder(started, with_model=False)
+    assert not is_run_folder(started) and run_of(str(started)) is None
+    with pytest.raises(ValueError, match="not a model"):
+        models.resolve(str(started))
+    assert is_run_folder(run) and RunFolder(run).is_run()
+    assert run_of(str(run / "best")) == run.resolve()
+    assert not is_run_folder(tmp_path / "nothing", with_model=False)
+
+
 def test_export_command_writes_a_ct2_folder(finished_run, tmp_path, capsys):
     from whisper_sv.cli.main import main
 

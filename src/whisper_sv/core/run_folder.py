@@ -7,9 +7,17 @@ Layout of ``RUN/``::
     metrics.md           the same table in Markdown
     curves.png           loss curves and WER against the step
     checkpoints/step-00000500/   model weights, optimizer, scheduler, RNG, data position, metrics
-    best/                transformers folder of the checkpoint with the lowest validation WER
+    best/                transformers folder of the model the run hands on: the guarded
+                         selection (train/selection.py): the best validation score among the
+                         models whose real-speech guards held, or a WiSE-FT mix with the start
+                         model; the start model itself when every fine-tuned one regressed
+    guards.json          what the guards said about the run and best/ (runs with guards)
     model_card.md        data, hours, settings and the WER table
     ct2/                 CTranslate2 export of best/ (what faster-whisper loads)
+
+A folder is a run once it has ``config.yaml`` (written before the model loads), and a run
+with a model to use once it also has ``best/``: :func:`is_run_folder` decides both, for every
+caller (training's resume, model references, the app's run list, translation's start model).
 
 Every folder (checkpoint, ``best/``) is written into a temporary sibling and renamed into
 place, and every file is written to ``*.tmp`` and renamed: a ``kill -9`` at any moment leaves
@@ -222,6 +230,16 @@ def plot_curves(rows: Sequence[MetricsRow], path: Path, title: str = "") -> Path
     return path
 
 
+def is_run_folder(path: str | os.PathLike, *, with_model: bool = True) -> bool:
+    """Whether ``path`` is a training run folder: it holds ``config.yaml`` and, with
+    ``with_model`` (the default), ``best/`` (a run has it from its first evaluation on, so a
+    run without it has no model to load yet; a resume needs only ``config.yaml``)."""
+    p = Path(path)
+    if not (p / CONFIG_FILE).is_file():
+        return False
+    return not with_model or (p / BEST).is_dir()
+
+
 class RunFolder:
     """Reader and writer of one run folder (see the module docstring for the layout)."""
 
@@ -247,8 +265,8 @@ class RunFolder:
         return self.path / CT2
 
     def is_run(self) -> bool:
-        """Whether the folder holds a run (its ``config.yaml``)."""
-        return self.config_path.is_file()
+        """Whether the folder holds a run, finished or not (its ``config.yaml``)."""
+        return is_run_folder(self.path, with_model=False)
 
     # ---------------------------------------------------------------- config
 

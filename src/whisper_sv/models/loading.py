@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from whisper_sv.core.fsutil import cache_dir
+from whisper_sv.core.run_folder import is_run_folder
 from whisper_sv.models.ct2_convert import WhisperDims as WhisperDims  # re-exported
 from whisper_sv.models.ct2_convert import ct2_state_dict
 from whisper_sv.models.ct2_convert import whisper_dims as whisper_dims  # re-exported
@@ -215,10 +216,6 @@ def _is_ct2_dir(p: Path) -> bool:
     return (p / "model.bin").is_file()
 
 
-def _is_run_dir(p: Path) -> bool:
-    return (p / "config.yaml").is_file() and (p / "best").is_dir()
-
-
 def resolve(ref: str | ModelRef = DEFAULT_MODEL) -> ModelRef:
     """Which kind of model ``ref`` names. Raises ValueError naming the valid forms."""
     if isinstance(ref, ModelRef):
@@ -234,7 +231,7 @@ def resolve(ref: str | ModelRef = DEFAULT_MODEL) -> ModelRef:
         return ModelRef(ref=ref, kind="bundled", path=None)
     p = Path(ref).expanduser()
     if p.is_dir():
-        if _is_run_dir(p):
+        if is_run_folder(p):
             return ModelRef(ref=ref, kind="run", path=p.resolve())
         if _is_transformers_dir(p):
             return ModelRef(ref=ref, kind="transformers", path=p.resolve())
