@@ -158,7 +158,7 @@ def test_store_of_another_model_is_refused(tmp_path, tiny_model_dir):
 
 
 def test_training_reduces_loss_and_writes_the_run_folder(finished_run):
-    from whisper_sv.core.run_folder import COLUMNS
+    from whisper_sv.core.run_metrics import COLUMNS
 
     run, result = finished_run
     assert result.step == 6 and result.max_steps == 6 and result.resumed_from == 0

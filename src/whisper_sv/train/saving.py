@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from whisper_sv.core import run_folder as registry
-from whisper_sv.core.run_folder import MetricsRow, RunFolder
+from whisper_sv.core import run_metrics
+from whisper_sv.core.run_folder import RunFolder
+from whisper_sv.core.run_metrics import MetricsRow
 from whisper_sv.train.checkpoints import TrainState, read_checkpoint, write_checkpoint
 from whisper_sv.train.setup import trainable_params
 
@@ -143,7 +144,7 @@ def model_card(
     settings["steps done"] = state.step
     settings["processes"] = processes
     settings["precision"] = info.get("precision")
-    card = registry.model_card(
+    card = run_metrics.model_card(
         model=str(info["model"]),
         store=str(info["features"]),
         data=data,

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from whisper_sv.core.fsutil import newer
-from whisper_sv.core.run_folder import MetricsRow, RunFolder
+from whisper_sv.core.run_folder import RunFolder
+from whisper_sv.core.run_metrics import MetricsRow
 from whisper_sv.data.store import pad_labels
 from whisper_sv.train.checkpoints import TrainState
 from whisper_sv.train.config import TrainConfig, TrainResult
