@@ -227,9 +227,9 @@ def run_ours(
     clips_per_item = 1.0
     if cfg.pack_clips > 1:  # a batch item is a window of several clips: count clips
         from whisper_sv.data.store import FeatureStore
-        from whisper_sv.train.run import _train_windows
+        from whisper_sv.train.data_plan import train_windows
 
-        windows = _train_windows(FeatureStore(store), cfg) or []
+        windows = train_windows(FeatureStore(store), cfg) or []
         clips_per_item = sum(len(w) for w in windows) / max(1, len(windows))
         note += f"; {clips_per_item:.1f} clips per window (loss is per window, not comparable)"
     return PathResult(name, step, args.batch * clips_per_item / step, list(result.losses), note)
@@ -240,13 +240,14 @@ def run_ours_eval(model_ref: str, val_ds: Any, n: int, precision: str) -> tuple[
 
     import torch
 
+    from whisper_sv.core.runtime import resolve_precision
     from whisper_sv.models.references import load_model
-    from whisper_sv.train.run import _resolve_precision, evaluate_dataset
+    from whisper_sv.train.run import evaluate_dataset
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, processor = load_model(model_ref, device=device)
     # The precision train() evaluates in (its evaluations run under the same autocast).
-    chosen = _resolve_precision(precision, device == "cuda")
+    chosen = resolve_precision(precision, device == "cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(chosen)
     ctx = torch.autocast(device, dtype=dtype) if dtype else contextlib.nullcontext()
     print(f"# our evaluation runs in {chosen}")

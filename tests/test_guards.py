@@ -50,7 +50,7 @@ def test_a_guard_says_its_domain_and_may_have_its_own_tolerance():
 
 
 def test_card_lines_say_which_guards_are_out_of_domain():
-    from whisper_sv.train.run_guards import guard_lines
+    from whisper_sv.train.selection_report import guard_lines
 
     data = {
         "guards": ["cv-dev", "lexin"],
@@ -142,7 +142,7 @@ def test_english_share_tells_english_translations_from_swedish_answers():
 def test_only_english_answers_become_translation_labels():
     """The pretrained base's answers to the translate task for training clips (measured):
     English ones are kept; a Swedish word spelt back, a loop or nothing are not."""
-    from whisper_sv.train.run_guards import usable_translation
+    from whisper_sv.train.translation_labels import usable_translation
 
     kept = [" See you later.", " We're close.", " Sleeps.", " Bye!"]
     spelt_back = [" Hengel", " Fihlar", " Halspand.", " Smirjör"]

@@ -159,7 +159,7 @@ def test_store_of_another_model_is_refused(tmp_path, tiny_model_dir):
 
 
 def test_training_reduces_loss_and_writes_the_run_folder(finished_run):
-    from whisper_sv.core.run_folder import COLUMNS
+    from whisper_sv.core.run_metrics import COLUMNS
 
     run, result = finished_run
     assert result.step == 6 and result.max_steps == 6 and result.resumed_from == 0
@@ -224,6 +224,26 @@ def test_run_folder_is_a_model_reference_and_ct2_loads(finished_run, store):
     )
     list(segments)  # decodes offline without error
     assert info.language == "sv"
+
+
+def test_one_rule_decides_what_a_run_folder_is(finished_run, tmp_path):
+    """A run with its config but no best/ yet can be resumed, but it is no model reference,
+    no run of the app's list and no start of a translation; a finished run is all four."""
+    from whisper_sv.core.run_folder import RunFolder, is_run_folder
+    from whisper_sv.infer.translation_model import run_of
+    from whisper_sv.models.references import resolve
+
+    run, _ = finished_run
+    started = tmp_path / "started"
+    started.mkdir()
+    shutil.copy(run / "config.yaml", started / "config.yaml")
+    assert RunFolder(started).is_run() and is_run_folder(started, with_model=False)
+    assert not is_run_folder(started) and run_of(str(started)) is None
+    with pytest.raises(ValueError, match="not a model"):
+        resolve(str(started))
+    assert is_run_folder(run) and RunFolder(run).is_run()
+    assert run_of(str(run / "best")) == run.resolve()
+    assert not is_run_folder(tmp_path / "nothing", with_model=False)
 
 
 def test_export_command_writes_a_ct2_folder(finished_run, tmp_path, capsys):

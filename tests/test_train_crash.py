@@ -62,7 +62,8 @@ def _visible_checkpoints(run: Path) -> list[Path]:
 
 
 def test_kill_9_then_resume_continues_the_same_run(tmp_path, store, tiny_model_dir):
-    from whisper_sv.core.run_folder import RunFolder, read_metrics_csv
+    from whisper_sv.core.run_folder import RunFolder
+    from whisper_sv.core.run_metrics import read_metrics_csv
     from whisper_sv.train.run import TrainConfig, train
 
     run = tmp_path / "run"

@@ -23,7 +23,7 @@ def store(tmp_path_factory, processor) -> Path:
 def test_two_process_ddp_run(tmp_path, store, tiny_model_dir):
     import torch
 
-    from whisper_sv.core.run_folder import read_metrics_csv
+    from whisper_sv.core.run_metrics import read_metrics_csv
 
     run = tmp_path / "run"
     settings = {

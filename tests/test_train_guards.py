@@ -59,7 +59,7 @@ def test_a_run_whose_guard_regresses_never_becomes_best(
 ):
     import torch
 
-    from whisper_sv.core.run_folder import read_metrics_csv
+    from whisper_sv.core.run_metrics import read_metrics_csv
     from whisper_sv.models.references import load_model
     from whisper_sv.train.run import train
 
@@ -129,7 +129,7 @@ def test_validation_plus_guards_selection_picks_the_best_mean_and_scores_long_fo
     import soundfile as sf
     from conftest import speechlike
 
-    from whisper_sv.core.run_folder import read_metrics_csv
+    from whisper_sv.core.run_metrics import read_metrics_csv
     from whisper_sv.train.guards import selection_score
     from whisper_sv.train.run import train
 

@@ -39,7 +39,7 @@ def store(tmp_path_factory, processor) -> Path:
 
 
 def test_documented_multinode_command(tmp_path, store, tiny_model_dir):
-    from whisper_sv.core.run_folder import read_metrics_csv
+    from whisper_sv.core.run_metrics import read_metrics_csv
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -38,6 +38,7 @@ from whisper_sv.app.options import (
 from whisper_sv.app.render import Reply, _md, _plain, _progress, _too_long, render_markdown
 from whisper_sv.app.space import export_space
 from whisper_sv.core.audio import AudioError, duration_s, load_audio
+from whisper_sv.core.run_folder import is_run_folder
 from whisper_sv.infer import links, translate
 from whisper_sv.infer import translation_model as tasks
 from whisper_sv.infer.types import AUTO
@@ -604,13 +605,9 @@ def find_runs(runs_dir: str | os.PathLike) -> list[Path]:
     root = Path(runs_dir)
     if not root.is_dir():
         return []
-    if _is_run(root):
+    if is_run_folder(root):
         return [root]
-    return sorted(p for p in root.iterdir() if _is_run(p))
-
-
-def _is_run(folder: Path) -> bool:
-    return (folder / "config.yaml").is_file() and (folder / "best").is_dir()
+    return sorted(p for p in root.iterdir() if is_run_folder(p))
 
 
 def _run_label(run: Path) -> str:

@@ -7,9 +7,20 @@ Layout of ``RUN/``::
     metrics.md           the same table in Markdown
     curves.png           loss curves and WER against the step
     checkpoints/step-00000500/   model weights, optimizer, scheduler, RNG, data position, metrics
-    best/                transformers folder of the checkpoint with the lowest validation WER
+    best/                transformers folder of the model the run hands on: the guarded
+                         selection (train/selection.py): the best validation score among the
+                         models whose real-speech guards held, or a WiSE-FT mix with the start
+                         model; the start model itself when every fine-tuned one regressed
+    guards.json          what the guards said about the run and best/ (runs with guards)
     model_card.md        data, hours, settings and the WER table
     ct2/                 CTranslate2 export of best/ (what faster-whisper loads)
+
+A folder is a run once it has ``config.yaml`` (written before the model loads), and a run
+with a model to use once it also has ``best/``: :func:`is_run_folder` decides both, for every
+caller (training's resume, model references, the app's run list, translation's start model).
+
+What the tables, curves and card say is :mod:`whisper_sv.core.run_metrics`; this module is
+where they go and how they are written.
 
 Every folder (checkpoint, ``best/``) is written into a temporary sibling and renamed into
 place, and every file is written to ``*.tmp`` and renamed: a ``kill -9`` at any moment leaves
@@ -19,22 +30,24 @@ by :meth:`RunFolder.recover`.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import math
 import os
 import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from whisper_sv.core.fsutil import atomic_write_text, temp_name
+from whisper_sv.core.fsutil import atomic_write_text
+from whisper_sv.core.run_metrics import COLUMNS as COLUMNS  # re-exported
+from whisper_sv.core.run_metrics import MetricsRow as MetricsRow  # re-exported
+from whisper_sv.core.run_metrics import metrics_csv, metrics_markdown, plot_curves
+from whisper_sv.core.run_metrics import model_card as model_card  # re-exported
+from whisper_sv.core.run_metrics import read_metrics_csv as read_metrics_csv  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -48,43 +61,7 @@ MODEL_CARD = "model_card.md"
 CT2 = "ct2"
 STATE_FILE = "state.json"  # written last into a checkpoint: a checkpoint without it is ignored
 
-COLUMNS = ("Step", "Training Loss", "Validation Loss", "WER", "CER")
 _CKPT_RE = re.compile(r"^step-(\d+)$")
-
-
-@dataclass(frozen=True)
-class MetricsRow:
-    """One line of the metrics table (losses are mean token cross-entropy, rates percent)."""
-
-    step: int  # optimizer steps done when the row was written
-    train_loss: float | None  # mean training loss since the previous row
-    val_loss: float | None  # validation loss (None when the store has no validation split)
-    wer: float | None  # validation WER, percent, normalised text
-    cer: float | None  # validation CER, percent, normalised text
-    # Further columns after CER, by name: the real-speech guards ("lexin WER", "lexin CER",
-    # "lexin translate chrF"; guards.py). Same names in every row of one run.
-    extra: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "train_loss": self.train_loss,
-            "val_loss": self.val_loss,
-            "wer": self.wer,
-            "cer": self.cer,
-            "extra": dict(self.extra),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MetricsRow:
-        return cls(
-            step=int(d["step"]),
-            train_loss=d.get("train_loss"),
-            val_loss=d.get("val_loss"),
-            wer=d.get("wer"),
-            cer=d.get("cer"),
-            extra={str(k): float(v) for k, v in (d.get("extra") or {}).items()},
-        )
 
 
 @dataclass(frozen=True)
@@ -98,128 +75,14 @@ class Checkpoint:
 write_text_atomic = atomic_write_text  # the name callers know
 
 
-def _fmt(value: float | None, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{value:.{digits}f}"
-
-
-def _num(text: str) -> float | None:
-    return float(text) if text.strip() else None
-
-
-def extra_columns(rows: Sequence[MetricsRow]) -> list[str]:
-    """The extra (guard) column names of ``rows``, in order of first appearance."""
-    names: dict[str, None] = {}
-    for r in rows:
-        names.update(dict.fromkeys(r.extra))
-    return list(names)
-
-
-def _cells(r: MetricsRow, extra: Sequence[str]) -> list[str]:
-    cells = [_fmt(r.train_loss, 4), _fmt(r.val_loss, 4), _fmt(r.wer, 2), _fmt(r.cer, 2)]
-    return [str(r.step), *cells, *(_fmt(r.extra.get(c), 2) for c in extra)]
-
-
-def metrics_csv(rows: Sequence[MetricsRow]) -> str:
-    """The metrics table as CSV text (header ``Step,Training Loss,Validation Loss,WER,CER``
-    and then one column per guard value)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    extra = extra_columns(rows)
-    w.writerow([*COLUMNS, *extra])
-    for r in rows:
-        w.writerow(_cells(r, extra))
-    return buf.getvalue()
-
-
-def metrics_markdown(rows: Sequence[MetricsRow]) -> str:
-    """The metrics table in Markdown, the layout of the Hugging Face Trainer's model cards."""
-    extra = extra_columns(rows)
-    header = [*COLUMNS, *extra]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("-----:" for _ in header) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join(c or "-" for c in _cells(r, extra)) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def read_metrics_csv(path: Path) -> list[MetricsRow]:
-    """Rows of a ``metrics.csv`` (empty list when the file does not exist)."""
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        names = tuple(reader.fieldnames or ())
-        if names[: len(COLUMNS)] != COLUMNS:
-            raise ValueError(f"{path}: columns {list(names)}, expected {list(COLUMNS)} first")
-        extra = names[len(COLUMNS) :]
-        return [
-            MetricsRow(
-                step=int(row["Step"]),
-                train_loss=_num(row["Training Loss"]),
-                val_loss=_num(row["Validation Loss"]),
-                wer=_num(row["WER"]),
-                cer=_num(row["CER"]),
-                extra={c: v for c in extra if (v := _num(row[c] or "")) is not None},
-            )
-            for row in reader
-        ]
-
-
-def plot_curves(rows: Sequence[MetricsRow], path: Path, title: str = "") -> Path | None:
-    """Loss curves (training, validation) and WER/CER against the step, as a PNG.
-
-    Returns None (and writes nothing) when there is no row to plot.
-    """
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on training machines
-    import matplotlib.pyplot as plt
-
-    def series(attr: str) -> tuple[list[int], list[float]]:
-        pts = [(r.step, getattr(r, attr)) for r in rows if getattr(r, attr) is not None]
-        return [p[0] for p in pts], [p[1] for p in pts]
-
-    # Segment counts of long-form guards are in the table, not on the percent axis.
-    guard_cols = [c for c in extra_columns(rows) if not c.endswith((" CER", " segments"))]
-    panels = 3 if guard_cols else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
-    ax_loss, ax_wer = axes[0], axes[1]
-    for attr, label in (("train_loss", "training loss"), ("val_loss", "validation loss")):
-        xs, ys = series(attr)
-        if xs:
-            ax_loss.plot(xs, ys, marker="o", label=label)
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("cross-entropy")
-    ax_loss.legend()
-    ax_loss.grid(alpha=0.3)
-    for attr, label in (("wer", "WER"), ("cer", "CER")):
-        xs, ys = series(attr)
-        if xs:
-            ax_wer.plot(xs, ys, marker="o", label=label)
-    ax_wer.set_xlabel("step")
-    ax_wer.set_ylabel("percent (validation)")
-    ax_wer.legend()
-    ax_wer.grid(alpha=0.3)
-    if guard_cols:
-        # Real-speech guards: WER (lower is better) and translate chrF (higher is better).
-        ax = axes[2]
-        for col in guard_cols:
-            pts = [(r.step, r.extra[col]) for r in rows if col in r.extra]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=col)
-        ax.set_xlabel("step")
-        ax.set_ylabel("real-speech guards (WER %, chrF)")
-        ax.legend(fontsize="small")
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    tmp = temp_name(path, ".png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+def is_run_folder(path: str | os.PathLike, *, with_model: bool = True) -> bool:
+    """Whether ``path`` is a training run folder: it holds ``config.yaml`` and, with
+    ``with_model`` (the default), ``best/`` (a run has it from its first evaluation on, so a
+    run without it has no model to load yet; a resume needs only ``config.yaml``)."""
+    p = Path(path)
+    if not (p / CONFIG_FILE).is_file():
+        return False
+    return not with_model or (p / BEST).is_dir()
 
 
 class RunFolder:
@@ -247,8 +110,8 @@ class RunFolder:
         return self.path / CT2
 
     def is_run(self) -> bool:
-        """Whether the folder holds a run (its ``config.yaml``)."""
-        return self.config_path.is_file()
+        """Whether the folder holds a run, finished or not (its ``config.yaml``)."""
+        return is_run_folder(self.path, with_model=False)
 
     # ---------------------------------------------------------------- config
 
@@ -383,59 +246,3 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)
-
-
-def model_card(
-    *,
-    model: str,
-    store: str,
-    data: dict[str, Any],
-    settings: dict[str, Any],
-    rows: Sequence[MetricsRow],
-    best_step: int | None,
-    best_wer: float | None,
-    language: str = "sv",
-) -> str:
-    """``model_card.md``: what was trained on what, with which settings, and how well.
-
-    ``data``: per-split clip counts and hours (``{"train": {"clips": 120, "hours": 0.2}}``).
-    """
-    lines = [
-        "---",
-        f"language: {language}",
-        "library_name: transformers",
-        "tags: [whisper, automatic-speech-recognition, whisper-sv]",
-        f"base_model: {model}",
-        "---",
-        "",
-        f"# Whisper fine-tuned for Swedish ({Path(model).name or model})",
-        "",
-        f"Fine-tuned from `{model}` on the feature store `{store}`.",
-        "",
-    ]
-    if best_wer is not None:
-        lines += [
-            f"Best validation WER **{best_wer:.2f} %** at step {best_step} "
-            "(normalised text: lower case, no punctuation; this checkpoint is `best/`).",
-            "",
-        ]
-    lines += ["## Data", "", "| split | clips | hours |", "|---|---:|---:|"]
-    for split, info in data.items():
-        hours = info.get("hours")
-        hours_text = f"{hours:.3g}" if isinstance(hours, (int, float)) else "-"
-        lines.append(f"| {split} | {info.get('clips', '-')} | {hours_text} |")
-    lines += ["", "## Training settings", "", "| option | value |", "|---|---|"]
-    for key, value in settings.items():
-        lines.append(f"| {key} | {value} |")
-    lines += ["", "## Results", "", metrics_markdown(rows).rstrip(), ""]
-    lines += [
-        "## Use",
-        "",
-        "```",
-        "whisper-sv transcribe --model RUN_FOLDER audio.wav",
-        "```",
-        "",
-        "`ct2/` holds the CTranslate2 export that faster-whisper loads offline.",
-        "",
-    ]
-    return "\n".join(lines)

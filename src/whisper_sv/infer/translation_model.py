@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from whisper_sv.core.run_folder import is_run_folder
+
 log = logging.getLogger(__name__)
 
 __all__ = ["TaskModel", "run_of", "translation_model"]
@@ -36,7 +38,7 @@ def run_of(model_ref: str) -> Path | None:
     """The run folder behind ``model_ref``: the run itself, or its ``best/`` or ``ct2/``."""
     p = Path(model_ref).expanduser()
     for candidate in (p, p.parent):
-        if (candidate / "config.yaml").is_file() and (candidate / "best").is_dir():
+        if is_run_folder(candidate):
             return candidate.resolve()
     return None
 

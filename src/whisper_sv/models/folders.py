@@ -14,7 +14,3 @@ def is_transformers_dir(p: Path) -> bool:
 
 def is_ct2_dir(p: Path) -> bool:
     return (p / "model.bin").is_file()
-
-
-def is_run_dir(p: Path) -> bool:
-    return (p / "config.yaml").is_file() and (p / "best").is_dir()

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from whisper_sv.core.run_folder import is_run_folder
 from whisper_sv.models.bundled import BUNDLED_NAMES
 from whisper_sv.models.conversion import (
     bundled_ct2_dir,
     cached_ct2_from_transformers,
     cached_transformers_from_ct2,
 )
-from whisper_sv.models.folders import is_ct2_dir, is_run_dir, is_transformers_dir
+from whisper_sv.models.folders import is_ct2_dir, is_transformers_dir
 from whisper_sv.models.hub import hub_snapshot
 from whisper_sv.models.processor import processor_from_dir
 
@@ -70,7 +71,7 @@ def resolve(ref: str | ModelRef = DEFAULT_MODEL) -> ModelRef:
         return ModelRef(ref=ref, kind="bundled", path=None)
     p = Path(ref).expanduser()
     if p.is_dir():
-        if is_run_dir(p):
+        if is_run_folder(p):
             return ModelRef(ref=ref, kind="run", path=p.resolve())
         if is_transformers_dir(p):
             return ModelRef(ref=ref, kind="transformers", path=p.resolve())

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from whisper_sv.core.fsutil import temp_name
-from whisper_sv.core.run_folder import Checkpoint, MetricsRow, RunFolder
+from whisper_sv.core.run_folder import Checkpoint, RunFolder
+from whisper_sv.core.run_metrics import MetricsRow
 
 if TYPE_CHECKING:
     import torch

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from whisper_sv.core import run_folder as registry
+from whisper_sv.core.run_metrics import MetricsRow
 from whisper_sv.core.runtime import gather_objects, seed_everything
 from whisper_sv.train.setup import trainable_params
 
@@ -35,7 +36,7 @@ class TrainState:
     bad_evals: int = 0  # evaluations since the best one (early stopping)
     stopped_early: bool = False
     world_size: int = 1
-    # Real-speech guards (run_guards.py): the start model's values and translations, the
+    # Real-speech guards (selection.py): the start model's values and translations, the
     # evaluations in a row with a regressed guard, and the best validation WER whatever the
     # guards said (the model WiSE-FT interpolation starts from).
     guard_start: dict[str, Any] = field(default_factory=dict)
@@ -109,9 +110,7 @@ def write_checkpoint(
 
         run.write_checkpoint(state.step, write, keep=keep)
         # The plot costs ~0.5 s (matplotlib): drawn with each checkpoint, not each row.
-        run.write_curves(
-            [registry.MetricsRow.from_dict(r) for r in state.rows], title=run.path.name
-        )
+        run.write_curves([MetricsRow.from_dict(r) for r in state.rows], title=run.path.name)
         log.debug("checkpoint at step %d", state.step)
     acc.wait_for_everyone()
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from whisper_sv.core.run_folder import MetricsRow
+from whisper_sv.core.run_metrics import MetricsRow
 from whisper_sv.data.feature_config import MAX_DECODER_POSITIONS
 from whisper_sv.train.guards import GuardSpec
 

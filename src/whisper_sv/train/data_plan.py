@@ -112,7 +112,8 @@ def with_translation_windows(
 ) -> tuple[list[list[int]] | None, list[int]]:
     """``windows`` and, for a seeded ``translate_share`` of the train clips, a window of that
     one clip (each after its shard's windows); returns them and the added windows' indices,
-    which the trainer labels with the start model's English (trainer._distill_translations).
+    which the trainer labels with the start model's English
+    (translation_labels.label_translation_windows).
 
     Single clips, not packed windows: the start model translates a short clip far more
     reliably than 30 s of several sentences (on packed synthetic windows most of its English

@@ -23,8 +23,10 @@ pure function of (seed, epoch), so training N steps straight or N/2 + resume giv
 weights.
 
 The parts live in their own modules: options (:mod:`~whisper_sv.train.config`), the loop
-(:mod:`~whisper_sv.train.trainer`), scoring (:mod:`~whisper_sv.train.scoring`), the encoder cache,
-checkpoints, data order and model setup; this module joins them into one run.
+(:mod:`~whisper_sv.train.trainer`), the model's scores (:mod:`~whisper_sv.train.model_scores`,
+on :mod:`~whisper_sv.train.scoring`), the choice of best/ (:mod:`~whisper_sv.train.selection`),
+the model's files (:mod:`~whisper_sv.train.saving`), the encoder cache, checkpoints, data order
+and model setup; this module joins them into one run.
 """
 
 from __future__ import annotations
@@ -65,10 +67,6 @@ __all__ = [
     "store_id",
     "train",
 ]
-
-# Older names kept importable (benchmarks and scripts use them).
-_resolve_precision = resolve_precision
-_train_windows = train_windows
 
 
 def _run_info(

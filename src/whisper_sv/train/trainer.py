@@ -1,15 +1,17 @@
-"""The training loop of one run: micro-batches, optimizer steps, evaluation, best/, checkpoints.
+"""The training loop of one run: micro-batches, optimizer steps, the evaluation schedule and
+the metrics table.
 
-:class:`Trainer` is made and driven by :func:`whisper_sv.train.run.train`. Each evaluation is
-:meth:`Trainer.evaluate` (scores) then :meth:`Trainer.record_evaluation` (metrics row), and
-the best model is chosen in :meth:`Trainer.is_better` / kept by :meth:`Trainer.save_best`:
-small steps, so checks on what is scored or kept go in one place.
+:class:`Trainer` is made and driven by :func:`whisper_sv.train.run.train`. The jobs around the
+loop are objects of their own that it calls: scoring the model
+(:class:`~whisper_sv.train.model_scores.ModelScorer`), choosing best/
+(:class:`~whisper_sv.train.selection.BestModelSelector`) and writing the model's files
+(:class:`~whisper_sv.train.saving.ModelSaver`). Each evaluation is: scores, the metrics row
+(:meth:`Trainer.record_evaluation`), then the selector's decision.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 import time
@@ -19,27 +21,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from whisper_sv.core import run_folder as registry
 from whisper_sv.core.fsutil import newer
-from whisper_sv.core.run_folder import MetricsRow, RunFolder
-from whisper_sv.core.runtime import gather_objects, unwrap_base
+from whisper_sv.core.run_folder import RunFolder
+from whisper_sv.core.run_metrics import MetricsRow
 from whisper_sv.data.store import pad_labels
-from whisper_sv.train import run_guards
-from whisper_sv.train.checkpoints import TrainState, read_checkpoint, write_checkpoint
+from whisper_sv.train.checkpoints import TrainState
 from whisper_sv.train.config import TrainConfig, TrainResult
 from whisper_sv.train.data_plan import RankBatches, StreamOrder
 from whisper_sv.train.encoder_cache import Encoded, encode_clips, model_fingerprint
-from whisper_sv.train.guards import GuardCheck, regressions, selection_score
+from whisper_sv.train.guard_scores import make_run_guards
+from whisper_sv.train.model_scores import ModelScorer
 from whisper_sv.train.objective import Objective
-from whisper_sv.train.scoring import (
-    EvalResult,
-    Evaluator,
-    decoder_io,
-    finish_eval,
-    has_prompt,
-    strip_sot,
-)
-from whisper_sv.train.setup import set_train_mode, trainable_params
+from whisper_sv.train.saving import ModelSaver, model_card
+from whisper_sv.train.scoring import EvalResult, decoder_io, has_prompt, strip_sot
+from whisper_sv.train.selection import BestModelSelector
+from whisper_sv.train.setup import set_train_mode
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +49,7 @@ __all__ = ["Trainer"]
 
 
 class Trainer:
-    """The loop, its state, evaluation and checkpoints of one run."""
+    """The loop and its state of one run (see the module docstring)."""
 
     def __init__(
         self,
@@ -77,22 +73,13 @@ class Trainer:
         self.cfg, self.run, self.store = cfg, run, store
         self.processor, self.model = processor, model
         self.optimizer, self.scheduler, self.acc = optimizer, scheduler, accelerator
-        self.max_steps, self.has_val = max_steps, has_val
-        self.model_dir, self.info, self.progress = model_dir, info, progress
+        self.max_steps, self.model_dir = max_steps, model_dir
+        self.info, self.progress = info, progress
         self.state = TrainState(world_size=accelerator.num_processes)
         tok = processor.tokenizer
         self.sot = int(tok.convert_tokens_to_ids("<|startoftranscript|>"))
         self.startofprev = int(tok.convert_tokens_to_ids("<|startofprev|>"))
         self.pad = int(tok.convert_tokens_to_ids("<|endoftext|>"))  # Whisper pads with EOT
-        base = unwrap_base(model)
-        self.evaluator = Evaluator(
-            processor,
-            base,
-            language=store.config.language,
-            task=store.config.task,
-            max_new_tokens=cfg.eval_max_new_tokens,
-            beam_size=cfg.eval_beam_size,
-        )
         self.train_set = store.torch_dataset("train")
         self.windows = windows
         self.translate_windows = list(translate_windows)
@@ -117,47 +104,54 @@ class Trainer:
         if cfg.uses_encoder_cache:
             offsets = np.array([0, len(self.train_set)], dtype=np.int64)
         self.order = StreamOrder(offsets, cfg.seed)
-        self.val_set = store.torch_dataset("validation") if has_val else None
-        n_val = len(self.val_set) if self.val_set is not None else 0
-        self.val_indices = list(range(min(n_val, cfg.eval_limit) if cfg.eval_limit else n_val))
         self.cache_root = Path(cfg.cache_dir) if cfg.cache_dir else run.path / "cache"
         self.train_enc: Encoded | None = None
-        self.val_enc: Encoded | None = None
-        self.guards = self._make_guards(base) if cfg.guards else None
-        # The start model's trainable weights (taken before a checkpoint is loaded) and the
-        # best-validation weights whatever the guards said: the two ends of WiSE-FT.
-        self.start_weights = self.trainable_copy() if cfg.interpolate else None
+        self._make_parts(has_val)
         self.objective = Objective(cfg, accelerator.unwrap_model(model))
-        self.raw_best_weights: dict[str, Any] | None = None
 
-    def _make_guards(self, base: Any) -> Any:
-        from whisper_sv.core.fsutil import cache_dir
-        from whisper_sv.train.run_guards import RunGuards
+    def _make_parts(self, has_val: bool) -> None:
+        """The scorer, the saver and the best-model selector of this run."""
+        from whisper_sv.core.runtime import unwrap_base
 
-        # Guard stores outlive the run (RUN/cache is removed at the end): later runs and
-        # other trials reuse them.
-        root = Path(self.cfg.cache_dir) if self.cfg.cache_dir else cache_dir()
-        return RunGuards(
-            self.cfg.guards,
+        cfg, acc = self.cfg, self.acc
+        guards = None
+        if cfg.guards:
+            guards = make_run_guards(
+                cfg.guards,
+                processor=self.processor,
+                model=unwrap_base(self.model),
+                model_ref=str(self.info["model"]),
+                cache_dir=cfg.cache_dir,
+                max_new_tokens=cfg.eval_max_new_tokens,
+                language=self.store.config.language,
+            )
+        self.scorer = ModelScorer(
+            cfg=cfg,
+            store=self.store,
             processor=self.processor,
-            model=base,
-            model_ref=str(self.info["model"]),
-            cache_root=root,
-            max_new_tokens=self.cfg.eval_max_new_tokens,
-            language=self.store.config.language,
+            model=self.model,
+            accelerator=acc,
+            has_val=has_val,
+            guards=guards,
         )
-
-    def trainable_copy(self) -> dict[str, Any]:
-        base = self.acc.unwrap_model(self.model)
-        return {n: p.detach().to("cpu", copy=True) for n, p in trainable_params(base).items()}
-
-    def load_trainable(self, weights: dict[str, Any]) -> None:
-        import torch
-
-        params = trainable_params(self.acc.unwrap_model(self.model))
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(weights[name].to(p.device, p.dtype))
+        self.saver = ModelSaver(
+            cfg=cfg,
+            run=self.run,
+            processor=self.processor,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            accelerator=acc,
+            max_steps=self.max_steps,
+        )
+        self.selector = BestModelSelector(
+            cfg=cfg,
+            state=self.state,
+            run=self.run,
+            saver=self.saver,
+            guard_names=guards.names if guards is not None else None,
+            is_main=acc.is_main_process,
+        )
 
     # ------------------------------------------------------------ data
 
@@ -169,7 +163,6 @@ class Trainer:
             "store": self.info["store_id"],
             "format": 1,
         }
-        bs = self.cfg.eval_batch_size
         train_key = {**key, "split": "train", "timestamp_share": self.cfg.timestamp_share}
         if self.cfg.prompt_share:  # (keys of runs without prompts stay as they were)
             train_key["prompt_share"] = self.cfg.prompt_share
@@ -179,86 +172,26 @@ class Trainer:
             list(range(len(self.train_set))),
             self.cache_root,
             {**train_key, **({"windows": self.windows} if self.windows else {})},
-            batch_size=bs,
+            batch_size=self.cfg.eval_batch_size,
             accelerator=self.acc,
             progress=self.progress,
             desc="encoding train windows" if self.windows else "encoding train clips",
         )
-        if self.val_set is not None and self.val_indices:
-            self.val_enc = encode_clips(
-                self.model,
-                self.val_set,
-                self.val_indices,
-                self.cache_root,
-                {**key, "split": "validation", "n": len(self.val_indices)},
-                batch_size=bs,
+        self.scorer.encode(key, self.cache_root, progress=self.progress)
+        if self.translate_windows:
+            from whisper_sv.train.translation_labels import label_translation_windows
+
+            label_translation_windows(
+                self.train_enc,
+                self.translate_windows,
+                path=self.run.path / "translate-labels.json",
+                resumed=self.state.step > 0,
+                model=self.model,
+                processor=self.processor,
                 accelerator=self.acc,
-                progress=self.progress,
-                desc="encoding validation clips",
+                language=self.store.config.language,
+                batch_size=self.cfg.eval_batch_size,
             )
-        if self.guards is not None:
-            self.guards.encode(lambda g: self._encode_guard(g, key))
-        self._distill_translations()
-
-    def _encode_guard(self, guard: Any, key: dict[str, Any]) -> Encoded:
-        from whisper_sv.data.store import store_id
-
-        return encode_clips(
-            self.model,
-            guard.dataset,
-            guard.indices,
-            self.cache_root,
-            {**key, "store": store_id(guard.store), "split": guard.split, "n": len(guard.indices)},
-            batch_size=self.cfg.eval_batch_size,
-            accelerator=self.acc,
-            progress=self.progress,
-            desc=f"encoding guard {guard.spec.name}",
-        )
-
-    def _distill_translations(self) -> None:
-        """Label the translation windows (one clip each, ``translate_share`` of the clips:
-        train_data.with_translation_windows) with the start model's English
-        (made once, at step 0, and kept in RUN/translate-labels.json for a resume)."""
-        import torch
-
-        from whisper_sv.train.run_guards import translation_labels
-
-        cfg, enc = self.cfg, self.train_enc
-        if not self.translate_windows or enc is None:
-            return
-        path = self.run.path / "translate-labels.json"
-        if path.is_file():
-            made = {int(k): v for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
-        elif self.state.step > 0:
-            log.warning("%s is missing: training on without translation labels", path)
-            return
-        else:
-            chosen = self.translate_windows
-            base = self.acc.unwrap_model(self.model)
-            base.eval()
-            with torch.no_grad(), self.acc.autocast():
-                made = translation_labels(
-                    base,
-                    self.processor,
-                    enc.hidden,
-                    enc.labels,
-                    chosen,
-                    language=self.store.config.language,
-                    device=self.acc.device,
-                    batch_size=cfg.eval_batch_size,
-                )
-            if self.acc.is_main_process:
-                registry.write_text_atomic(path, json.dumps(made))
-            log.info(
-                "%d of %d translation clips labelled with the start model's English (the rest "
-                "were empty, loops or not English: they train in Swedish); %d training windows "
-                "in all",
-                len(made),
-                len(chosen),
-                len(enc.labels),
-            )
-        for i, label in made.items():
-            enc.labels[i] = label
 
     def _micro_batches(self, cursor: int) -> Iterator[dict[str, torch.Tensor]]:
         """Training micro-batches for this process from stream position ``cursor``."""
@@ -436,105 +369,16 @@ class Trainer:
 
     # ------------------------------------------------------------ evaluation
 
-    def evaluate(self) -> EvalResult | None:
-        """Validation loss and WER/CER over this run's validation clips (all processes)."""
-        import torch
-
-        if not self.val_indices:
-            return None
-        acc = self.acc
-        base = acc.unwrap_model(self.model)
-        base.eval()
-        t0 = time.perf_counter()
-        with torch.no_grad(), acc.autocast():
-            if self.val_enc is not None:
-                parts = self._score_cached(base, self.val_enc, self.evaluator)
-            else:
-                parts = self._score_live(base, self.val_set, self.val_indices, self.evaluator)
-        everything = [p for ps in gather_objects(acc, parts) for p in ps]
-        return finish_eval(everything, time.perf_counter() - t0)
-
-    def _score_cached(self, base: Any, enc: Encoded, evaluator: Evaluator) -> list[Any]:
-        """This process's share of some clips, from cached encoder outputs."""
-        import torch
-
-        acc, bs = self.acc, self.cfg.eval_batch_size
-        # Similar lengths together: a batch decodes until its longest clip ends.
-        order = sorted(range(len(enc.labels)), key=lambda i: len(enc.labels[i]))
-        mine = order[acc.process_index :: acc.num_processes]
-        parts = []
-        for s in range(0, len(mine), bs):
-            idx = mine[s : s + bs]
-            hidden = torch.from_numpy(np.stack([enc.hidden[i] for i in idx]))
-            hidden = hidden.to(acc.device, dtype=torch.float32)
-            labels = pad_labels([enc.labels[i] for i in idx])
-            parts.append(evaluator.batch(base, hidden, labels))
-        return parts
-
-    def _score_live(
-        self, base: Any, dataset: Any, indices: Sequence[int], evaluator: Evaluator
-    ) -> list[Any]:
-        """This process's share of some clips, running the encoder."""
-        from torch.utils.data import DataLoader, Subset
-
-        from whisper_sv.data.store import collate
-
-        acc = self.acc
-        mine = list(indices)[acc.process_index :: acc.num_processes]
-        loader = DataLoader(
-            Subset(dataset, mine), batch_size=self.cfg.eval_batch_size, collate_fn=collate
-        )
-        encoder = unwrap_base(base).get_encoder()
-        parts = []
-        for batch in loader:
-            hidden = encoder(batch["input_features"].to(acc.device)).last_hidden_state
-            parts.append(evaluator.batch(base, hidden, batch["labels"]))
-        return parts
-
-    def guard_values(self) -> dict[str, float]:
-        """The guards' metrics columns for the model as it is now ({} without guards). The
-        first call (step 0) records the start model's values and translations."""
-        import torch
-
-        if self.guards is None:
-            return {}
-        acc, st = self.acc, self.state
-        base = acc.unwrap_model(self.model)
-        base.eval()
-
-        def parts(guard: Any, evaluator: Evaluator) -> list[Any]:
-            if guard.encoded is not None:
-                mine = self._score_cached(base, guard.encoded, evaluator)
-            else:
-                mine = self._score_live(base, guard.dataset, guard.indices, evaluator)
-            return [p for ps in gather_objects(acc, mine) for p in ps]
-
-        with torch.no_grad(), acc.autocast():
-            values, translations = self.guards.score(parts, st.guard_start.get("translations"))
-        if not st.guard_start:
-            st.guard_start = {"step": st.step, "values": values, "translations": translations}
-        return values
-
-    def guard_regressions(self, values: dict[str, float]) -> list[GuardCheck]:
-        """The guard values worse than the start model's beyond the tolerances."""
-        cfg = self.cfg
-        return regressions(
-            values,
-            self.state.guard_start.get("values", {}),
-            wer_tolerance=cfg.guard_tolerance,
-            chrf_tolerance=cfg.guard_chrf_tolerance,
-            english_tolerance=cfg.guard_english_tolerance,
-            specs=cfg.guards,
-        )
-
     def _evaluate_and_record(self) -> None:
-        """The evaluation step: score, record the row, keep best/, decide early stopping."""
-        result = self.evaluate() if self.has_val else None
-        values = self.guard_values()
-        self.record_evaluation(result, values)
-        self._track_best(result, values)
+        """The evaluation step: score, record the row, let the selector keep best/, stop
+        early when it says so."""
+        st = self.state
+        scores = self.scorer.scores(self.selector.start_translations)
+        self.record_evaluation(scores.validation, scores.guards)
+        if self.selector.consider(st.step, scores).stop_early:
+            st.stopped_early = True
         if self.acc.is_main_process:
-            self.run.write_metrics([MetricsRow.from_dict(r) for r in self.state.rows])
+            self.run.write_metrics([MetricsRow.from_dict(r) for r in st.rows])
 
     def record_evaluation(
         self, result: EvalResult | None, guard_values: dict[str, float] | None = None
@@ -565,124 +409,14 @@ class Trainer:
                 result.seconds,
             )
 
-    def score(self, result: EvalResult, guard_values: dict[str, float]) -> float:
-        """What best/ minimises (``TrainConfig.select``; guards.selection_score)."""
-        return selection_score(self.cfg.select, result.wer, guard_values)
-
-    def is_better(self, score: float) -> bool:
-        """Whether a model of selection ``score`` should replace best/ (a lower one)."""
-        st = self.state
-        best = st.best_score if st.best_score is not None else st.best_wer
-        return best is None or score < best
-
-    def _track_best(self, result: EvalResult | None, guard_values: dict[str, float]) -> None:
-        """Keep best/ when ``result`` is better and no guard regressed; count evaluations
-        without gain (patience) and with a regressed guard (guard_patience)."""
-        st, cfg = self.state, self.cfg
-        checks = self.guard_regressions(guard_values)
-        score = self.score(result, guard_values) if result is not None else None
-        self._track_guards(result, checks, score)
-        if result is None or score is None:
-            if self.guards is not None and not checks:
-                # No validation split: the latest model that keeps its guards.
-                st.best_step, st.best_guards = st.step, dict(guard_values)
-                self.save_best()
-            return
-        if self.is_better(score) and not checks:
-            st.best_wer, st.best_step, st.bad_evals = result.wer, st.step, 0
-            st.best_score = score
-            st.best_guards = dict(guard_values)
-            self.save_best()
-        elif st.step > 0:
-            st.bad_evals += 1
-            if cfg.patience and st.bad_evals >= cfg.patience:
-                log.info(
-                    "early stopping at step %d: no better WER in %d evaluations (best %.2f "
-                    "at step %d)",
-                    st.step,
-                    st.bad_evals,
-                    st.best_wer,
-                    st.best_step,
-                )
-                st.stopped_early = True
-
-    def _track_guards(
-        self,
-        result: EvalResult | None,
-        checks: list[GuardCheck],
-        score: float | None,
-    ) -> None:
-        """The best model by selection score whatever the guards say (WiSE-FT starts from it), the
-        loud message when a better model is refused, and stopping on guard regressions."""
-        st, cfg = self.state, self.cfg
-        raw = st.raw_best_score if st.raw_best_score is not None else st.raw_best_wer
-        if result is not None and score is not None and (raw is None or score < raw):
-            st.raw_best_wer, st.raw_best_step, st.raw_best_score = result.wer, st.step, score
-            if self.start_weights is not None:
-                self.raw_best_weights = self.trainable_copy()
-        if not checks:
-            st.guard_bad_evals = 0
-            return
-        st.guard_bad_evals += 1
-        log.warning(
-            "step %d is not a candidate for best/: real-speech guard(s) regressed: %s",
-            st.step,
-            "; ".join(c.describe() for c in checks),
-        )
-        if cfg.guard_patience and st.guard_bad_evals >= cfg.guard_patience:
-            log.warning(
-                "early stopping at step %d: guards regressed in %d evaluations in a row",
-                st.step,
-                st.guard_bad_evals,
-            )
-            st.stopped_early = True
-
     # ------------------------------------------------------------ saving
 
-    def _save_model_dir(self, out: Path) -> None:
-        import copy
-
-        model = self.acc.unwrap_model(self.model)
-        if hasattr(model, "merge_and_unload"):  # LoRA: best/ is a plain model
-            model = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(out)
-        self.processor.save_pretrained(out)
-
-    def save_best(self) -> None:
-        st = self.state
-        if self.acc.is_main_process:
-
-            def write(tmp: Path) -> None:
-                self._save_model_dir(tmp)
-                data = {"step": st.best_step, "wer": st.best_wer, "run": str(self.run.path)}
-                if st.best_note:
-                    data["note"] = st.best_note
-                (tmp / "training_state.json").write_text(json.dumps(data))
-
-            self.run.write_best(write)
-        self.acc.wait_for_everyone()
-
     def save_checkpoint(self) -> None:
-        write_checkpoint(
-            self.run,
-            self.state,
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            accelerator=self.acc,
-            max_steps=self.max_steps,
-            keep=self.cfg.keep_checkpoints,
-        )
+        self.saver.save_checkpoint(self.state)
 
     def load_checkpoint(self, folder: Path) -> None:
-        self.state = read_checkpoint(
-            folder,
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            accelerator=self.acc,
-            seed=self.cfg.seed,
-        )
+        self.state = self.saver.load_checkpoint(folder)
+        self.selector.resume(self.state)
         if self.acc.is_main_process:
             # Rows after the checkpoint belong to the lost part of the run: they are redone.
             self.run.write_metrics([MetricsRow.from_dict(r) for r in self.state.rows])
@@ -690,53 +424,25 @@ class Trainer:
     # ------------------------------------------------------------ the end
 
     def _finish(self) -> None:
-        """best/ (the last model when there was no validation), curves, card, ct2 export."""
+        """best/ (the selector's), curves, card, ct2 export."""
         acc, st, run = self.acc, self.state, self.run
-        if not self.val_indices and self.guards is None:  # the last model is the one to use
-            st.best_step = st.step
-            self.save_best()
-        elif not run.best_dir.is_dir():
-            self.save_best()
-        if self.cfg.interpolate and not (run.path / run_guards.INTERPOLATION_CSV).is_file():
-            run_guards.interpolate(self)
-        if acc.is_main_process and self.guards is not None:
-            run_guards.write_summary(self)
+        self.selector.finish(self.scorer)
         if acc.is_main_process:
             rows = [MetricsRow.from_dict(r) for r in st.rows]
             run.write_metrics(rows)
             run.write_curves(rows, title=run.path.name)
-            run.write_model_card(self._card(rows))
+            card = model_card(
+                cfg=self.cfg,
+                store=self.store,
+                info=self.info,
+                rows=rows,
+                state=st,
+                processes=acc.num_processes,
+                guard_section=self.selector.card_section(),
+            )
+            run.write_model_card(card)
             if self.cfg.export_ct2 and not newer(run.ct2_dir, run.best_dir):
-                from whisper_sv.models.conversion import export_ct2
-
-                log.info("exporting best/ to CTranslate2 in %s", run.ct2_dir)
-                export_ct2(run.best_dir, run.ct2_dir, quantization=self.cfg.ct2_quantization)
+                self.saver.export_ct2()
             if not self.cfg.cache_dir:
                 shutil.rmtree(self.cache_root, ignore_errors=True)
         acc.wait_for_everyone()
-
-    def _card(self, rows: Sequence[MetricsRow]) -> str:
-        from whisper_sv.core.config import to_dict
-
-        splits = self.store.manifest.get("splits", {})
-        data = {
-            s: {"clips": self.store.num_rows(s), "hours": splits.get(s, {}).get("hours")}
-            for s in self.store.splits()
-        }
-        settings = {k: v for k, v in to_dict(self.cfg).items()}
-        settings["steps done"] = self.state.step
-        settings["processes"] = self.acc.num_processes
-        settings["precision"] = self.info.get("precision")
-        card = registry.model_card(
-            model=str(self.info["model"]),
-            store=str(self.info["features"]),
-            data=data,
-            settings=settings,
-            rows=rows,
-            best_step=self.state.best_step,
-            best_wer=self.state.best_wer,
-            language=self.store.config.language,
-        )
-        if self.guards is None and not self.cfg.interpolate:
-            return card
-        return card.replace("## Use\n", run_guards.card_section(self) + "\n## Use\n", 1)

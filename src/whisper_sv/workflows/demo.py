@@ -38,7 +38,16 @@ from whisper_sv.models.references import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DemoOptions", "DemoResult", "run_demo"]
+__all__ = [
+    "DemoOptions",
+    "DemoResult",
+    "RealSet",
+    "build_training_store",
+    "fine_tune_guarded",
+    "prepare_real_sets",
+    "run_demo",
+    "score_sets",
+]
 
 
 # WiSE-FT weights tried after training. With the out-of-domain guard (cv-dev) only 0.2 held
@@ -207,15 +216,15 @@ def run_demo(options: DemoOptions | None = None) -> DemoResult:
     stage = _Stages()
 
     with stage("real speech: training, guard and held-out parts"):
-        real = _real_sets(o, out)
+        real = prepare_real_sets(o, out)
     with stage("features"):
-        source = _training_store(o, out / "store", real if o.real_train else [])
+        source = build_training_store(o, out / "store", real if o.real_train else [])
         store = FeatureStore(out / "store")
     with stage(f"baseline: {o.model} on the test sets"):
         before = score_sets(o.model, store, real, o)
         _print_scores(before)
     with stage("fine-tune (decoder on cached encoder outputs, guarded by real speech)"):
-        run = _fine_tune(o, out / "store", out / "run", real)
+        run = fine_tune_guarded(o, out / "store", out / "run", real)
         print((run / "metrics.md").read_text(encoding="utf-8"))
     with stage("fine-tuned model on the test sets"):
         after = score_sets(str(run), store, real, o, start=before)
@@ -241,7 +250,7 @@ def run_demo(options: DemoOptions | None = None) -> DemoResult:
     return res
 
 
-def _training_store(o: DemoOptions, path: Path, real: list[RealSet]) -> Any:
+def build_training_store(o: DemoOptions, path: Path, real: list[RealSet]) -> Any:
     """The store: synthetic speech, with the real sets' training parts mixed into its train
     split when there are any (``real_repeat`` copies each); returns the source."""
     from whisper_sv.data.features import BuildOptions, build_store
@@ -284,7 +293,7 @@ class RealSet:
     domain: str = "in"  # "out": speakers training never heard (guards.GuardSpec.domain)
 
 
-def _real_sets(o: DemoOptions, out: Path) -> list[RealSet]:
+def prepare_real_sets(o: DemoOptions, out: Path) -> list[RealSet]:
     """The real sets found, each cut into guard and held-out parts (``out/real/``)."""
     from whisper_sv.data.realsets import OUT_OF_DOMAIN, REAL_SETS, find_real_data, split_by_group
 
@@ -348,7 +357,7 @@ def _general_set(folder: Path, out: Path, group: str | None) -> RealSet:
     )
 
 
-def _fine_tune(o: DemoOptions, store: Path, run: Path, real: list[RealSet]) -> Path:
+def fine_tune_guarded(o: DemoOptions, store: Path, run: Path, real: list[RealSet]) -> Path:
     """Train the decoder on the store's train split, guarded by the real sets; the run."""
     from whisper_sv.core.config import from_mapping, parse_overrides
     from whisper_sv.train.run import TrainConfig, train

@@ -69,9 +69,9 @@ def run_study(out: Path, methods: list[str] | None = None, **demo_options: Any) 
     from whisper_sv.data.store import FeatureStore
     from whisper_sv.workflows.demo import (
         DemoOptions,
-        _fine_tune,
-        _real_sets,
-        _training_store,
+        build_training_store,
+        fine_tune_guarded,
+        prepare_real_sets,
         score_sets,
     )
 
@@ -81,11 +81,11 @@ def run_study(out: Path, methods: list[str] | None = None, **demo_options: Any) 
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     out.mkdir(parents=True, exist_ok=True)
     o = DemoOptions(out=out, **demo_options)
-    real = _real_sets(o, out)
-    _training_store(o, out / "store", [])
+    real = prepare_real_sets(o, out)
+    build_training_store(o, out / "store", [])
     store = FeatureStore(out / "store")
     if any(n.startswith("mix") for n in names):
-        _training_store(o, out / "store-mix", real)
+        build_training_store(o, out / "store-mix", real)
     before = score_sets(o.model, store, real, o)
     rows: list[Any] = [_result("pretrained", "the start model", before, "-", 0.0)]
     for name in names:
@@ -101,7 +101,7 @@ def run_study(out: Path, methods: list[str] | None = None, **demo_options: Any) 
         )
         t0 = time.perf_counter()
         store_path = out / ("store-mix" if name.startswith("mix") else "store")
-        run = _fine_tune(mo, store_path, out / "runs" / name, real)
+        run = fine_tune_guarded(mo, store_path, out / "runs" / name, real)
         seconds = time.perf_counter() - t0
         after = score_sets(str(run), store, real, o, start=before)
         rows.append(_result(name, description, after, _best_note(run), seconds))

@@ -62,7 +62,7 @@ def promotion_refusal(run: Path) -> str:
     on a real-speech guard, no guard was out of domain (general Swedish unchecked), or no
     fine-tuned model kept the guards (best/ is the start model).
     Runs trained without guards have no RUN/guards.json and are not judged here."""
-    from whisper_sv.train.run_guards import GUARDS_JSON
+    from whisper_sv.train.selection import GUARDS_JSON
 
     path = run / GUARDS_JSON
     if not path.is_file():
