@@ -7,13 +7,16 @@ Whisper), and the app once as a real ``python -m whisper_sv app`` process for SI
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -47,23 +50,123 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
 
 # --------------------------------------------------------------------------- help
 
+# The arguments each command needs before it parses (fake paths: nothing is run).
+REQUIRED = {
+    "transcribe": ["x.wav"],
+    "evaluate": ["--manifest", "m.tsv"],
+    "features": [],
+    "train": ["--features", "f", "--out", "o"],
+    "export": ["run"],
+    "demo": [],
+    "pipeline": ["--config", "p.yaml"],
+    "app": [],
+    "tune": ["--features", "f", "--space", "s.yaml", "--out", "o"],
+    "average": ["run", "--out", "o"],
+    "experiment": ["voices"],
+}
 
-@pytest.mark.parametrize("name", sorted(_subcommands()))
-def test_every_option_has_help_and_shows_its_default(name):
-    command = _subcommands()[name]
-    formatter = command._get_formatter()
-    for action in command._actions:
+
+def test_every_command_is_covered():
+    assert set(_subcommands()) == set(REQUIRED) == set(_option_classes())
+
+
+def _help_entries(name: str, capsys) -> dict[str, str]:
+    """The printed ``whisper-sv NAME --help``: each option's entry (flags and help on one
+    line, spaces normalised) by its first flag."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main([name, "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    assert "exit status:" in text and "  2    bad usage" in text
+    options = text.split("\noptions:\n", 1)[1].split("\n\n", 1)[0]
+    entries: dict[str, str] = {}
+    for line in options.splitlines():
+        if line.startswith("  -"):
+            key = line.split()[0].rstrip(",")
+            entries[key] = line.strip()
+        else:
+            entries[key] += " " + line.strip()
+    return entries
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_help_shows_every_default_in_words(name, capsys):
+    entries = _help_entries(name, capsys)
+    for action in _subcommands()[name]._actions:
         if not action.option_strings or action.dest == "help":
             continue
-        assert action.help, f"{name} {action.option_strings[0]} has no help text"
-        shown = formatter._get_help_string(action) % {"default": action.default}
-        if action.default not in (None, False, [], ""):
-            value = action.default
-            value = ", ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
-            assert f"(default: {value})" in shown, f"{name} {action.option_strings[0]}: {shown}"
-        assert shown.count("default") <= 1 or "(default: " in action.help, shown
-    text = command.format_help()
-    assert "exit status:" in text and "  2    bad usage" in text
+        flag = action.option_strings[0]
+        entry = entries[flag]
+        assert action.help, f"{name} {flag} has no help text"
+        assert "(default: True)" not in entry and "(default: False)" not in entry, entry
+        if action.required:
+            continue
+        if isinstance(action.default, bool):  # a switch: on or off, and how to change it
+            state = "on by default" if action.default else "off by default"
+            said = f"{state};{action.option_strings[-1]}turnsit"
+            assert said.replace(" ", "") in entry.replace(" ", ""), entry  # wrapped at "-"
+        elif action.default is None:  # the help says what happens without it
+            assert "not given" in entry or "None" in entry, entry
+        else:
+            words = cli.default_words(action).replace("%%", "%")
+            assert f"({words})".replace(" ", "") in entry.replace(" ", ""), entry
+            assert words.startswith("default: ") and entry.count("(default: ") == 1, entry
+
+
+_RANGE = re.compile(
+    r"\b(?P<lo>-?\d+(?:\.\d+)?)-(?P<hi>\d+(?:\.\d+)?)\b"
+    r"|between (?P<lo2>-?\d+(?:\.\d+)?) and (?P<hi2>-?\d+(?:\.\d+)?)"
+    r"|<= (?P<max>-?\d+(?:\.\d+)?)"
+)
+
+
+def _ranges() -> list[tuple[str, str, str, float | None, float | None]]:
+    """(command, flag, field, low, high) of every numeric range a field flag's help states."""
+    found = []
+    for name, cls in _option_classes().items():
+        if cls is None:
+            continue
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for action in _subcommands()[name]._actions:
+            if action.dest not in fields or action.type not in (int, float):
+                continue
+            for m in _RANGE.finditer(action.help):
+                lo, hi = m["lo"] or m["lo2"], m["hi"] or m["hi2"] or m["max"]
+                low = float(lo) if lo is not None else None
+                found.append((name, action.option_strings[0], action.dest, low, float(hi)))
+    return found
+
+
+def test_numeric_ranges_in_help_agree_with_the_errors():
+    ranges = _ranges()
+    stated = {(name, field) for name, _, field, _, _ in ranges}
+    assert {("transcribe", "max_new_tokens"), ("transcribe", "temperature"), ("app", "port")} <= (
+        stated
+    )
+    for name, flag, field, low, high in ranges:
+        cls = _option_classes()[name]
+        action = next(a for a in _subcommands()[name]._actions if a.dest == field)
+        step = 1 if action.type is int else 0.01
+
+        def parse(value, name=name, flag=flag, cls=cls, action=action, field=field):
+            text = str(action.type(value))
+            args = cli.build_parser().parse_args([name, *REQUIRED[name], flag, text])
+            return getattr(cli.options_from(cls, args), field)
+
+        for bound in (low, high):
+            if bound is not None:
+                assert parse(bound) == action.type(bound), (name, flag, bound)
+        outside = [high + step] + ([low - step] if low is not None else [])
+        for value in outside:
+            with pytest.raises(ValueError) as err:
+                parse(value)
+            said = str(err.value)
+            for bound in (low, high):
+                if bound is not None:
+                    number = f"{bound:g}"
+                    assert re.search(rf"(?<![\d.]){re.escape(number)}(?![\d.])", said), (
+                        f"{name} {flag}: help says {low}..{high}, the error says: {said}"
+                    )
 
 
 def test_main_help_lists_exit_codes(capsys):
@@ -77,41 +180,137 @@ def test_main_help_lists_exit_codes(capsys):
 # --------------------------------------------------------------------------- flags = options
 
 
-def _option_classes() -> dict[str, type]:
+def _option_classes() -> dict[str, type | None]:
+    """The option dataclass whose fields are each command's flags (None: options come from
+    --config/--set or are the command's own)."""
     from whisper_sv.app.chat import AppOptions
+    from whisper_sv.data.feature_work import BuildOptions
     from whisper_sv.infer.transcriber import TranscribeOptions
+    from whisper_sv.tune.study import TuneOptions
     from whisper_sv.workflows.demo import DemoOptions
+    from whisper_sv.workflows.pipeline import PipelineConfig
 
-    return {"transcribe": TranscribeOptions, "app": AppOptions, "demo": DemoOptions}
+    return {
+        "transcribe": TranscribeOptions,
+        "evaluate": TranscribeOptions,
+        "features": BuildOptions,
+        "train": None,
+        "export": None,
+        "demo": DemoOptions,
+        "pipeline": PipelineConfig,
+        "app": AppOptions,
+        "tune": TuneOptions,
+        "average": None,
+        "experiment": None,
+    }
 
 
-@pytest.mark.parametrize("name", ["transcribe", "app", "demo"])
-def test_every_option_field_has_its_flag_with_the_same_default(name):
-    import dataclasses
-    import typing
+# The fields that are flags where not every field is, and why.
+FIELD_FLAGS = {
+    # evaluate scores long files whole (vad off) with the decoding flags a WER report needs
+    "evaluate": {"language", "beam_size", "batch_size"},
+    # the pipeline's stages are configured in its YAML (--config) and --set
+    "pipeline": {"push_to_hub", "force"},
+}
 
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_flags_are_the_option_fields(name):
     cls = _option_classes()[name]
     actions = {a.dest: a for a in _subcommands()[name]._actions}
+    if cls is None:  # training options come from --config/--set: no flag declares one again
+        from whisper_sv.train.run import TrainConfig
+
+        train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        assert not train_fields & set(actions), (name, train_fields & set(actions))
+        return
     comments = cli.field_comments(cls)
+    hints = typing.get_type_hints(cls)
+    flagged = FIELD_FLAGS.get(name, {f.name for f in dataclasses.fields(cls)})
     for field in dataclasses.fields(cls):
+        if field.name not in flagged:
+            assert field.name not in actions, (name, field.name)
+            continue
         assert field.name in actions, f"{name}: no flag for {cls.__name__}.{field.name}"
         action = actions[field.name]
         assert action.default == field.default, (name, field.name)
-        assert action.help and comments[field.name], (name, field.name)
-        hint = typing.get_type_hints(cls)[field.name]
-        if typing.get_origin(hint) is typing.Literal:
-            assert tuple(action.choices) == typing.get_args(hint)
+        assert action.help == comments[field.name].replace("%", "%%"), (name, field.name)
+        if typing.get_origin(hints[field.name]) is typing.Literal:
+            assert tuple(action.choices) == typing.get_args(hints[field.name])
     # Parsing no flags gives the dataclass's defaults.
-    required = {"transcribe": ["x.wav"], "app": [], "demo": []}[name]
-    args = cli.build_parser().parse_args([name, *required])
-    assert cli.options_from(cls, args) == cls()
+    args = cli.build_parser().parse_args([name, *REQUIRED[name]])
+    if flagged == {f.name for f in dataclasses.fields(cls)}:
+        assert cli.options_from(cls, args) == cls()
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n, p in _subcommands().items() if "--set" in p._option_string_actions)
+)
+def test_set_is_repeatable_and_keeps_every_value(name):
+    action = _subcommands()[name]._option_string_actions["--set"]
+    argv = [name, *REQUIRED[name], "--set", "a=1", "--set", "b=2", "c=[3, 4]"]
+    args = cli.build_parser().parse_args(argv)
+    assert tuple(getattr(args, action.dest)) == ("a=1", "b=2", "c=[3, 4]")
+
+
+def test_set_is_taken_by_every_command_with_options_files():
+    with_set = {n for n, p in _subcommands().items() if "--set" in p._option_string_actions}
+    assert with_set == {"train", "tune", "demo", "pipeline", "experiment"}
+
+
+def test_a_second_help_text_is_refused():
+    from whisper_sv.tune.study import TuneOptions
+
+    parser = argparse.ArgumentParser()
+    with pytest.raises(TypeError, match="put the text there"):
+        cli.option_flag(parser, TuneOptions, "seed", help="another text")
+
+
+def test_tuple_flags_take_comma_lists_and_replace_the_default():
+    from whisper_sv.data.feature_work import BuildOptions
+
+    parse = cli.build_parser().parse_args
+    args = parse(["features", "--split", "train,test", "--split", "dev", "--speed", "0.9,1.1"])
+    options = cli.options_from(BuildOptions, args)
+    assert options.splits == ("train", "test", "dev") and options.speed == (0.9, 1.1)
+    assert options.augment_splits == ("train",)
+    args = parse(["features", "--augment-splits", "dev", "--shard", "1/4"])
+    options = cli.options_from(BuildOptions, args)
+    assert options.augment_splits == ("dev",) and options.shard == (1, 4)
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["features", "--speed", "fast"], "--speed: 'fast': give float values separated by commas"),
+        (["features", "--shard", "half"], "--shard: 'half' is not I/N; give e.g. 0/4"),
+        (["tune", *REQUIRED["tune"], "--seeds", "1,x"], "--seeds: '1,x': give int values"),
+    ],
+)
+def test_bad_list_values_are_usage_errors(argv, said, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 2
+    assert said in _one_line_error(capsys)
+
+
+def test_no_private_name_is_imported_between_cli_modules():
+    import ast
+
+    for path in (SRC / "whisper_sv" / "cli").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "whisper_sv.cli"
+            ):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from {node.module}"
 
 
 def test_field_comments_are_the_help():
     from whisper_sv.app.chat import AppOptions
 
     comments = cli.field_comments(AppOptions)
-    assert comments["port"] == "TCP port"
+    assert comments["port"] == "TCP port, 1-65535"
     assert comments["runs_dir"].startswith("Folders whose runs the model picker lists")  # above
     app = _subcommands()["app"]
     assert next(a for a in app._actions if a.dest == "max_queue").help == comments["max_queue"]
@@ -259,9 +458,9 @@ def test_features_engine_flags_reach_build_options():
 
     parse = cli.build_parser().parse_args
     args = parse(["features", "--out", "s", "--engine", "ray", "--ray-address", "ray://h:10001"])
-    options = cli._build_options(args)
+    options = cli.options_from(BuildOptions, args)
     assert (options.engine, options.ray_address) == ("ray", "ray://h:10001")
-    default = cli._build_options(parse(["features", "--out", "s"]))
+    default = cli.options_from(BuildOptions, parse(["features", "--out", "s"]))
     assert (default.engine, default.ray_address) == (BuildOptions.engine, None) == ("local", None)
 
 
@@ -269,13 +468,11 @@ def test_tune_storage_flags_reach_tune_options():
     from whisper_sv.tune.study import TuneOptions
 
     parse = cli.build_parser().parse_args
-    need = ["tune", "--features", "f", "--space", "s.yaml", "--out", "o"]
-    args = parse([*need, "--storage", "sqlite:///t.db", "--worker", "--heartbeat", "7"])
-    options = cli._tune_options(args)
+    need = REQUIRED["tune"]
+    args = parse(["tune", *need, "--storage", "sqlite:///t.db", "--worker", "--heartbeat", "7"])
+    options = cli.options_from(TuneOptions, args)
     assert (options.storage, options.worker, options.heartbeat_s) == ("sqlite:///t.db", True, 7)
-    default = cli._tune_options(parse(need))
-    fields = ("storage", "worker", "heartbeat_s")
-    assert [getattr(default, f) for f in fields] == [getattr(TuneOptions(), f) for f in fields]
+    assert cli.options_from(TuneOptions, parse(["tune", *need])) == TuneOptions()
 
 
 def test_bad_engine_is_a_usage_error(capsys):

@@ -45,7 +45,7 @@ class AppOptions:
     # demo's run); a run folder itself may be given too. None: no runs.
     runs_dir: str | tuple[str, ...] | None = ("runs", "demo-out")
     host: str = "127.0.0.1"  # interface to bind; 0.0.0.0 exposes the app to the network
-    port: int = 7860  # TCP port
+    port: int = 7860  # TCP port, 1-65535
     max_file_size: str = "200mb"  # largest upload Gradio accepts: a number and b/kb/mb/gb
     max_duration_s: float = 3_600.0  # longer recordings (uploads and links) are refused
     concurrency_limit: int = 2  # requests decoded at once (2 fits 2 CPU cores); others queue
@@ -55,9 +55,10 @@ class AppOptions:
     beam_size: int = 1  # quality preselected: 1 = fast (greedy, 1.6x faster on CPU), 5 = accurate
     language: str = "sv"  # spoken language preselected (a code of LANGUAGE_CHOICES)
     timestamps_after_s: float = 30.0  # audio longer than this is shown with timestamps
-    link_hosts: tuple[str, ...] = links.YOUTUBE_HOSTS  # link hosts; + $WHISPER_SV_LINK_HOSTS
+    # hosts links may come from (HOST or HOST:PORT), and those of $WHISPER_SV_LINK_HOSTS
+    link_hosts: tuple[str, ...] = links.YOUTUBE_HOSTS
     link_timeout_s: float = 20.0  # network timeout of link downloads, seconds
-    allow_private_links: bool = False  # links to private/loopback addresses (see links.py)
+    allow_private_links: bool = False  # links may reach private and loopback addresses (a LAN)
 
     def __post_init__(self) -> None:
         if self.translator not in translate.TRANSLATORS:

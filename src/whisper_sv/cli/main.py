@@ -1,10 +1,12 @@
-"""Command line: argument parsing only; every command calls a stage function.
+"""The command line: the parser of every command and ``main``.
 
-Each command has an ``_add_<name>`` (its parser) and a ``_cmd_<name>`` (its action). User
-errors (bad input, bad options) are printed as one line and exit with status 2; no traceback.
-Every ``--help`` shows the defaults and the exit codes (:data:`EXIT_CODES`). The commands
-that build and train models are in ``cli_train``, the search and experiments in ``cli_tune``,
-the shared flag helpers in ``cli_options`` (re-exported here).
+Each command has an ``add_<name>_command`` (its parser) and a ``_cmd_<name>`` (its action,
+which calls a stage function and prints its result). Option flags are made from the fields
+of the stage's option dataclass (:func:`option_flag`: help = the field's comment). User
+errors (bad input, bad options) are printed as one line and exit with status 2; no
+traceback. Every ``--help`` shows the defaults and the exit codes (:data:`EXIT_CODES`). The
+commands that build and train models are in ``cli/train.py``, the search and experiments in
+``cli/tune.py``, the shared flag helpers in ``cli/options.py`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -20,33 +22,34 @@ from pathlib import Path
 
 from whisper_sv.cli.options import (
     EXIT_CODES,
+    AddTo,
+    HelpFormatter,
+    Replace,
     UserError,
-    _AddTo,
-    _check_device,
-    _check_port,
-    _file_size,
-    _HelpFormatter,
-    _Replace,
+    add_model_flag,
+    check_device,
+    check_port,
+    default_words,
     field_comments,
+    file_size,
     option_flag,
     options_from,
 )
 from whisper_sv.cli.train import (
-    _add_average,
-    _add_demo,
-    _add_export,
-    _add_features,
-    _add_pipeline,
-    _add_train,
+    add_average_command,
+    add_demo_command,
+    add_export_command,
+    add_features_command,
+    add_pipeline_command,
+    add_train_command,
 )
-from whisper_sv.cli.train import _build_options as _build_options  # re-exported
-from whisper_sv.cli.tune import _add_experiment, _add_tune
-from whisper_sv.cli.tune import _tune_options as _tune_options  # re-exported
+from whisper_sv.cli.tune import add_experiment_command, add_tune_command
 
 __all__ = [
     "EXIT_CODES",
     "UserError",
     "build_parser",
+    "default_words",
     "field_comments",
     "main",
     "option_flag",
@@ -78,8 +81,8 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default=DEFAULT_MODEL, help="model reference")
     p.add_argument("--backend", choices=DECODER_BACKENDS, default="ct2", help="engine")
-    option_flag(p, T, "task", help="transcribe, or translate to English text")
-    option_flag(p, T, "language", help="spoken language code, or auto to detect it")
+    option_flag(p, T, "task")
+    option_flag(p, T, "language")
     from whisper_sv.infer.transcriber import FORMATS
 
     p.add_argument(
@@ -97,31 +100,25 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write NAME.FORMAT files into DIR (not given: print to standard output)",
     )
-    option_flag(p, T, "beam_size", help="1 = greedy, 5 = OpenAI's")
-    option_flag(p, T, "temperature", help="0 = deterministic; > 0 samples")
-    option_flag(p, T, "temperature_fallback", help="re-decode bad windows hotter (slower)")
-    option_flag(p, T, "batch_size", help="short files decoded together")
-    option_flag(p, T, "vad", "--no-vad", help="decode silences of long audio too")
-    option_flag(p, T, "loop_guard", "--no-loop-guard", help="plain greedy: no re-decoding")
-    option_flag(p, T, "fit_to_speech", "--no-fit-to-speech", help="keep the decoder's times")
-    option_flag(p, T, "word_timestamps", help="per-word times (json, ct2)")
-    option_flag(
-        p, T, "condition_on_previous_text", help="prompt each 30 s window with the text before"
-    )
-    option_flag(p, T, "max_new_tokens", metavar="N", help="tokens per 30 s window (not given: 448)")
+    option_flag(p, T, "beam_size")
+    option_flag(p, T, "temperature")
+    option_flag(p, T, "temperature_fallback")
+    option_flag(p, T, "batch_size")
+    option_flag(p, T, "vad", "--no-vad")
+    option_flag(p, T, "loop_guard", "--no-loop-guard")
+    option_flag(p, T, "fit_to_speech", "--no-fit-to-speech")
+    option_flag(p, T, "word_timestamps")
+    option_flag(p, T, "condition_on_previous_text")
+    option_flag(p, T, "max_new_tokens", metavar="N")
     # The speech guard: what it drops is listed under "dropped" in --format json.
     on_off = {"action": argparse.BooleanOptionalAction}
-    option_flag(p, T, "speech_gate", **on_off, help="no text where silero VAD hears no speech")
-    option_flag(
-        p, T, "no_speech_threshold", metavar="P", help="drop a window above this P(no speech)..."
-    )
-    option_flag(p, T, "log_prob_threshold", metavar="L", help="...whose tokens average below L")
-    option_flag(p, T, "drop_known_hallucinations", **on_off, help="drop outros, credits, URLs")
-    option_flag(p, T, "check_translation", **on_off, help="English only over a kept transcript")
-    option_flag(
-        p, T, "max_translation_ratio", metavar="R", help="English at most R x the transcript..."
-    )
-    option_flag(p, T, "translation_slack_chars", metavar="N", help="...plus N characters")
+    option_flag(p, T, "speech_gate", **on_off)
+    option_flag(p, T, "no_speech_threshold", metavar="P")
+    option_flag(p, T, "log_prob_threshold", metavar="L")
+    option_flag(p, T, "drop_known_hallucinations", **on_off)
+    option_flag(p, T, "check_translation", **on_off)
+    option_flag(p, T, "max_translation_ratio", metavar="R")
+    option_flag(p, T, "translation_slack_chars", metavar="N")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to run")
     option_flag(p, LoadOptions, "compute_type")
     option_flag(p, LoadOptions, "cpu_threads", "--threads", metavar="N")
@@ -185,7 +182,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
             names.append(item)
     if not audios:
         return 1
-    _check_device(args.device, args.backend)
+    check_device(args.device, args.backend)
     model = args.model
     if options.task == "translate":
         from whisper_sv.infer.translation_model import translation_model
@@ -292,7 +289,10 @@ def _unique_stem(name: str, used: set[str]) -> str:
 # --------------------------------------------------------------------------- evaluate
 
 
-def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
+    """The ``evaluate`` command: the decoding flags are TranscribeOptions fields."""
+    from whisper_sv.infer.transcriber import TranscribeOptions as T
+
     p = sub.add_parser(
         "evaluate",
         help="WER/CER report of a model on a manifest",
@@ -301,14 +301,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "CER (normalised and orthographic), speed, and a per-utterance table. Files that "
         "cannot be read are reported and skipped; the exit status is 1 if any failed.",
     )
-    p.add_argument("--model", default="bundled:base", help="model reference")
+    add_model_flag(p, "bundled:base")
     p.add_argument("--manifest", required=True, type=Path, help="TSV with path and sentence")
     p.add_argument("--backend", choices=("ct2", "transformers"), default="ct2", help="engine")
     p.add_argument("--out", type=Path, default=Path("evaluation"), help="report folder")
-    p.add_argument("--limit", type=int, help="first N rows only (not given: all)")
-    p.add_argument("--language", default="sv", help="spoken language code")
-    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy, 5 = OpenAI's")
-    p.add_argument("--batch-size", type=int, default=16, help="files decoded together")
+    p.add_argument("--limit", type=int, metavar="N", help="first N rows only (not given: all)")
+    for name in ("language", "beam_size", "batch_size"):
+        option_flag(p, T, name)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -325,7 +324,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         language=args.language, beam_size=args.beam_size, batch_size=args.batch_size, vad=False
     )
     read_manifest(args.manifest, limit=args.limit)  # bad manifests fail before model loading
-    _check_device(args.device, args.backend)
+    check_device(args.device, args.backend)
     transcriber = Transcriber(args.model, backend=args.backend, device=args.device)
     report = evaluate(
         args.manifest, options=options, limit=args.limit, transcriber=transcriber, progress=True
@@ -359,16 +358,15 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
         A,
         "runs_dir",
         "--runs",
-        action=_Replace,
+        action=Replace,
         metavar="DIR",
-        help="folder of runs (or one run folder) listed in the model picker; repeatable",
     )
-    option_flag(p, A, "host", help="interface to bind (0.0.0.0: reachable from the network)")
+    option_flag(p, A, "host")
     option_flag(p, A, "port")
     option_flag(p, A, "translator", choices=("whisper", "google", "none"))
-    option_flag(p, A, "language", choices=tuple(LANGUAGE_NAMES), help="spoken language")
-    option_flag(p, A, "beam_size", choices=(1, 5), help="quality: 1 = fast (greedy), 5 = accurate")
-    option_flag(p, A, "max_file_size", type=_file_size, help="largest upload (b, kb, mb, gb)")
+    option_flag(p, A, "language", choices=tuple(LANGUAGE_NAMES))
+    option_flag(p, A, "beam_size", choices=(1, 5))
+    option_flag(p, A, "max_file_size", type=file_size)
     option_flag(p, A, "max_duration_s", "--max-duration", metavar="S")
     option_flag(p, A, "concurrency_limit", "--concurrency", metavar="N")
     option_flag(p, A, "max_queue", metavar="N")
@@ -379,21 +377,20 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
         A,
         "link_hosts",
         "--allow-host",
-        action=_AddTo,
+        action=AddTo,
         metavar="HOST",
-        help="also accept links to HOST (or HOST:PORT); repeatable",
     )
     option_flag(p, A, "link_timeout_s", "--link-timeout", metavar="S")
     option_flag(
         p,
         A,
         "allow_private_links",
-        help="links may reach private, loopback and link-local addresses (a LAN media server)",
     )
     p.add_argument(
         "--export-space",
         metavar="DIR",
-        help="write a Hugging Face Space folder (app.py, requirements.txt, README.md, model/) and exit",
+        help="write a Hugging Face Space folder (app.py, requirements.txt, README.md, model/) and "
+        "exit (not given: serve the app)",
     )
     p.set_defaults(func=_cmd_app)
 
@@ -408,7 +405,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
         out = app.export_space(args.export_space, options, progress=print)
         print(f"Space written to {out}")
         return 0
-    _check_port(args.host, args.port)
+    check_port(args.host, args.port)
     print(f"whisper-sv app on http://{args.host}:{args.port} (Ctrl+C stops it)")
     app.serve(options)
     return 0
@@ -418,16 +415,16 @@ def _cmd_app(args: argparse.Namespace) -> int:
 
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_transcribe,
-    _add_evaluate,
-    _add_features,
-    _add_train,
-    _add_export,
-    _add_demo,
-    _add_pipeline,
+    add_evaluate_command,
+    add_features_command,
+    add_train_command,
+    add_export_command,
+    add_demo_command,
+    add_pipeline_command,
     _add_app,
-    _add_tune,
-    _add_average,
-    _add_experiment,
+    add_tune_command,
+    add_average_command,
+    add_experiment_command,
 )
 
 
@@ -436,14 +433,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="whisper-sv",
         description="Fine-tune and serve Whisper for Swedish.",
         epilog=EXIT_CODES,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _COMMANDS:
         add(sub)
     for command in sub.choices.values():  # every --help shows defaults and exit codes
-        command.formatter_class = _HelpFormatter
+        command.formatter_class = HelpFormatter
         command.epilog = EXIT_CODES
     return parser
 

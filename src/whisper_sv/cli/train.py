@@ -1,23 +1,32 @@
 """The commands that build and train models: ``features``, ``train``, ``export``, ``demo``,
-``pipeline`` and ``average`` (each an ``_add_<name>`` parser and a ``_cmd_<name>`` action)."""
+``pipeline`` and ``average`` (each an ``add_<name>_command`` parser and a ``_cmd_<name>``
+action)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from whisper_sv.cli.options import UserError, _comma_list, option_flag, options_from
-
-if TYPE_CHECKING:
-    from whisper_sv.data.feature_work import BuildOptions
-
+from whisper_sv.cli.options import (
+    IndexOfCount,
+    UserError,
+    add_config_flags,
+    add_model_flag,
+    add_progress_flag,
+    add_set_flag,
+    field_comments,
+    option_flag,
+    options_from,
+)
 
 # --------------------------------------------------------------------------- features
 
 
-def _add_features(sub: argparse._SubParsersAction) -> None:
+def add_features_command(sub: argparse._SubParsersAction) -> None:
+    """The ``features`` command: every BuildOptions field is a flag."""
+    from whisper_sv.data.feature_work import BuildOptions as B
+
     p = sub.add_parser(
         "features",
         help="feature pipeline: source -> feature store",
@@ -36,71 +45,41 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="source option, e.g. train=100 (repeatable)",
     )
-    p.add_argument("--out", help="store folder to write (created; an existing store is resumed)")
+    p.add_argument(
+        "--out",
+        help="store folder to write (created; an existing store is resumed); not given: "
+        "only with --report",
+    )
     p.add_argument(
         "--report",
         metavar="STORE",
-        help="print STORE's per-split summary and write STORE/report.png",
+        help="print STORE's per-split summary and write STORE/report.png (not given: build)",
     )
-    p.add_argument(
-        "--split",
-        action="append",
-        default=[],
-        help="split(s) to process, repeatable or comma list (default: all)",
-    )
-    p.add_argument("--limit", type=int, help="first N inputs of each split")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (1: in this process)")
-    p.add_argument(
-        "--shard",
-        default="0/1",
-        metavar="I/N",
-        help="write only shards k with k %% N == I (one store, N machines)",
-    )
-    p.add_argument("--shard-size", type=int, default=256, help="inputs per shard")
-    p.add_argument(
-        "--model",
-        default="bundled:base",
-        help="model whose processor defines mel bins and tokenizer",
-    )
-    p.add_argument(
-        "--normalize-text",
-        action="store_true",
-        help="train on normalised text (lowercase, no punctuation)",
-    )
-    p.add_argument(
-        "--noise-snr", type=float, metavar="DB", help="augment: add white noise at this SNR (dB)"
-    )
-    p.add_argument(
-        "--speed",
-        default="",
-        metavar="F,F,...",
-        help="augment: speed factors, one drawn per clip, e.g. 0.9,1.0,1.1",
-    )
-    p.add_argument("--augment-splits", default="train", help="splits to augment (comma list)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the augmentation draws")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from whisper_sv.data.feature_work import BuildOptions as B
-
-    option_flag(
-        p,
-        B,
-        "engine",
-        choices=("local", "ray"),
-        help="local: worker processes on this machine; ray: shard tasks on a Ray cluster",
-    )
-    option_flag(
-        p,
-        B,
-        "ray_address",
-        metavar="ADDR",
-        help="Ray cluster to join (auto, ray://HOST:10001; needs --engine ray); "
-        "not given: start one on this machine",
-    )
+    option_flag(p, B, "model", metavar="REF")
+    option_flag(p, B, "splits", "--split", metavar="SPLIT[,SPLIT]")
+    option_flag(p, B, "limit", metavar="N")
+    option_flag(p, B, "workers", metavar="N")
+    option_flag(p, B, "shard", type=IndexOfCount(), metavar="I/N")
+    option_flag(p, B, "shard_size", metavar="N")
+    for name in ("language", "task", "normalize_text"):
+        option_flag(p, B, name)
+    option_flag(p, B, "max_duration_s", "--max-duration", metavar="S")
+    option_flag(p, B, "max_label_tokens", metavar="N")
+    option_flag(p, B, "noise_snr_db", "--noise-snr", metavar="DB")
+    option_flag(p, B, "speed", metavar="F,F,...")
+    option_flag(p, B, "augment_splits", metavar="SPLIT[,SPLIT]")
+    option_flag(p, B, "seed")
+    option_flag(p, B, "silence_dbfs", metavar="DB")
+    option_flag(p, B, "chunk_size", metavar="N")
+    option_flag(p, B, "progress")
+    option_flag(p, B, "engine", choices=("local", "ray"))
+    option_flag(p, B, "ray_address", metavar="ADDR")
     p.set_defaults(func=_cmd_features)
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
     from whisper_sv.data import features
+    from whisper_sv.data.feature_work import BuildOptions
 
     if args.report:
         table, png = features.report(args.report)
@@ -112,7 +91,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     from whisper_sv.core.config import parse_overrides
     from whisper_sv.data.sources import open_source
 
-    options = _build_options(args)
+    options = options_from(BuildOptions, args)
     source = open_source(args.source, **parse_overrides(args.source_opt))
     summary = features.build_store(source, args.out, options)
     print(summary.table())
@@ -124,69 +103,29 @@ def _cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_options(args: argparse.Namespace) -> BuildOptions:
-    """The BuildOptions of a parsed ``features`` command line."""
-    from whisper_sv.data.feature_work import BuildOptions
-
-    index, sep, count = args.shard.partition("/")
-    if not (sep and index.strip().isdigit() and count.strip().isdigit()):
-        raise UserError(f"--shard takes I/N (e.g. 0/4), got {args.shard!r}")
-    try:
-        speed = tuple(float(s) for s in _comma_list([args.speed]))
-    except ValueError as err:
-        raise UserError(f"--speed takes numbers like 0.9,1.1 ({err})") from err
-    return BuildOptions(
-        model=args.model,
-        splits=_comma_list(args.split),
-        limit=args.limit,
-        workers=args.workers,
-        shard=(int(index), int(count)),
-        shard_size=args.shard_size,
-        normalize_text=args.normalize_text,
-        noise_snr_db=args.noise_snr,
-        speed=speed,
-        augment_splits=_comma_list([args.augment_splits]),
-        seed=args.seed,
-        progress=not args.no_progress,
-        engine=args.engine,
-        ray_address=args.ray_address,
-    )
-
-
 # --------------------------------------------------------------------------- train
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
+def add_train_command(sub: argparse._SubParsersAction) -> None:
+    """The ``train`` command: TrainConfig comes from --config and --set."""
     p = sub.add_parser(
         "train",
         help="training pipeline: feature store -> run folder",
         description="Fine-tune Whisper on a feature store. Re-running on an existing run "
         "folder continues it from its last checkpoint. Data-parallel: prefix with "
-        "`torchrun --nproc_per_node N -m whisper_sv`.",
+        "`torchrun --nproc_per_node N -m whisper_sv`. Training options (TrainConfig) come "
+        "from --config and --set.",
     )
     p.add_argument("--features", required=True, metavar="STORE", help="feature store folder")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
-    p.add_argument(
-        "--model",
-        default=None,
-        metavar="REF",
-        help="model to start from (default: bundled:base, or the run's own when continuing)",
-    )
-    p.add_argument("--config", default=None, metavar="YAML", help="training options file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one option (repeatable), e.g. --set lr=1e-5 --set max_steps=200",
-    )
+    add_model_flag(p)
+    add_config_flags(p)
     p.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --out (an error if there is none)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(p)
     p.set_defaults(func=_cmd_train)
 
 
@@ -204,7 +143,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model=args.model,
         config=cfg,
         resume=args.resume,
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     if os.environ.get("RANK", "0") == "0":  # one report under torchrun
         print(metrics_markdown(result.rows), end="")
@@ -224,7 +163,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- export
 
 
-def _add_export(sub: argparse._SubParsersAction) -> None:
+def add_export_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="export a run or model to CTranslate2",
@@ -236,7 +175,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--quantization",
         default="float16",
-        help="weight type (quantise at load time, e.g. compute_type=int8)",
+        help="weight type (quantise further at load time, e.g. compute_type=int8)",
     )
     p.set_defaults(func=_cmd_export)
 
@@ -252,7 +191,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- demo
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
+def add_demo_command(sub: argparse._SubParsersAction) -> None:
+    """The ``demo`` command: every DemoOptions field is a flag."""
+    import dataclasses
+
     from whisper_sv.workflows.demo import DemoOptions
 
     p = sub.add_parser(
@@ -261,29 +203,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         description="synthetic Swedish speech -> feature store -> baseline WER on unseen voices "
         "-> short fine-tune -> WER after -> CTranslate2 export -> one transcript.",
     )
-    for name in ("out", "model", "seed", "train_clips", "validation_clips", "test_clips"):
-        option_flag(p, DemoOptions, name)
-    for name in ("pack_clips", "max_steps", "batch_size", "lr", "warmup_steps", "eval_steps"):
-        option_flag(p, DemoOptions, name)
-    option_flag(p, DemoOptions, "workers")
-    option_flag(p, DemoOptions, "precision", choices=("auto", "fp32", "bf16", "fp16"))
-    for name in (
-        "real_data",
-        "guard_clips",
-        "general_tolerance",
-        "long_form_s",
-        "long_form_guard_s",
-    ):
-        option_flag(p, DemoOptions, name)
-    for name in ("real_train", "real_repeat"):
-        option_flag(p, DemoOptions, name)
-    option_flag(p, DemoOptions, "select", choices=("validation", "validation+guards"))
-    for name in ("timestamp_share", "translate_share", "prompt_share", "distill"):
-        option_flag(p, DemoOptions, name)
-    option_flag(p, DemoOptions, "distill_temperature")
-    option_flag(p, DemoOptions, "wise_ft", "--no-wise-ft")
-    option_flag(p, DemoOptions, "guard_translation", "--no-guard-translation")
-    option_flag(p, DemoOptions, "train_set", "--set", nargs="*", metavar="KEY=VALUE")
+    special = {
+        "precision": {"choices": ("auto", "fp32", "bf16", "fp16")},
+        "select": {"choices": ("validation", "validation+guards")},
+    }
+    for field in dataclasses.fields(DemoOptions):
+        if field.name != "train_set":
+            option_flag(p, DemoOptions, field.name, **special.get(field.name, {}))
+    add_set_flag(p, "train_set", help=field_comments(DemoOptions)["train_set"])
     p.set_defaults(func=_cmd_demo)
 
 
@@ -297,20 +224,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- pipeline
 
 
-def _add_pipeline(sub: argparse._SubParsersAction) -> None:
+def add_pipeline_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pipeline",
         help="features -> train -> evaluate -> export, skipping what is up to date",
         description="Idempotent: schedule it (cron) to retrain when the data grows.",
     )
-    p.add_argument("--config", type=Path, required=True, help="pipeline.yaml")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override options")
-    p.add_argument("--push-to-hub", metavar="REPO", help="publish best/ + card (online only)")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="export and publish even a run whose best/ did not keep its real-speech guards",
-    )
+    from whisper_sv.workflows.pipeline import PipelineConfig as P
+
+    p.add_argument("--config", type=Path, required=True, metavar="YAML", help="pipeline.yaml")
+    add_set_flag(p)
+    option_flag(p, P, "push_to_hub", metavar="REPO")
+    option_flag(p, P, "force")
     p.set_defaults(func=_cmd_pipeline)
 
 
@@ -318,7 +243,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     from whisper_sv.core.config import load_options, parse_overrides
     from whisper_sv.workflows.pipeline import PipelineConfig, run_pipeline
 
-    overrides = parse_overrides(args.set)
+    overrides = parse_overrides(args.overrides)
     if args.push_to_hub:
         overrides["push_to_hub"] = args.push_to_hub
     if args.force:
@@ -337,7 +262,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- average
 
 
-def _add_average(sub: argparse._SubParsersAction) -> None:
+def add_average_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "average",
         help="average a run's top-k checkpoints into a new model",
@@ -352,7 +277,8 @@ def _add_average(sub: argparse._SubParsersAction) -> None:
         "--features",
         default=None,
         metavar="STORE",
-        help="evaluate the average on STORE's validation split (the run's evaluation settings)",
+        help="evaluate the average on STORE's validation split (the run's evaluation settings; "
+        "not given: no evaluation)",
     )
     p.set_defaults(func=_cmd_average)
 

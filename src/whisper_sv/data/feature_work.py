@@ -105,7 +105,8 @@ class BuildOptions:
     chunk_size: int = 32  # inputs per worker task (and per log-mel batch)
     progress: bool = True  # show a tqdm progress bar on stderr
     engine: str = "local"  # "local": worker processes here; "ray": tasks on a Ray cluster
-    ray_address: str | None = None  # Ray cluster to join ("auto", "ray://h:10001"); None: start one
+    # Ray cluster to join with engine "ray" ("auto", "ray://h:10001"); None: start one here
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ("local", "ray"):

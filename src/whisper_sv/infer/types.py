@@ -32,38 +32,39 @@ class TranscribeOptions:
     # Whisper language code; "auto": detected by the model from the first 30 s of speech
     # (ct2 backend), else always passed (detection guesses wrong on short Swedish clips)
     language: str = "sv"
-    task: Literal["transcribe", "translate"] = "transcribe"  # translate: to English text
+    task: Literal["transcribe", "translate"] = "transcribe"  # or translate: to English text
     beam_size: int = 1  # 1 = greedy; 5 is OpenAI's beam (about 1.6x slower on CPU)
-    temperature: float = 0.0  # 0 = deterministic; > 0 samples
+    temperature: float = 0.0  # between 0 and 1; 0 = deterministic, > 0 samples
     temperature_fallback: bool = False  # re-decode bad windows hotter even with loop_guard off
-    loop_guard: bool = True  # greedy first, bad windows re-decoded, output bounded (module doc)
+    loop_guard: bool = True  # greedy first, looping windows re-decoded hotter, output bounded
     fit_to_speech: bool = True  # segment times cut to the speech silero VAD finds in them
     vad: bool = True  # long audio (> 30 s): skip non-speech found by silero VAD
     word_timestamps: bool = False  # per-word times in Segment.words (ct2 backend only)
     condition_on_previous_text: bool = False  # prompt each 30 s window with the previous text;
     # off because without the fallback a window that loops would pass the loop on
-    batch_size: int = 16  # windows decoded together when batching (Transcriber.batched)
-    max_new_tokens: int | None = None  # tokens per 30 s window (None: the model's 448 limit)
+    batch_size: int = 16  # windows (short files) decoded together when batching
+    max_new_tokens: int | None = None  # tokens per 30 s window, 1-445 (None: the model's limit)
     # The speech guard (speech_guard.py): what it drops is listed in Transcript.dropped.
     # Measured with bench/bench_hallucination.py (docs/benchmarks.md): on 23 non-speech clips
     # the defaults leave 0 of 46 outputs with text (before: 15), on 368 real phrases 0
     # known outros in the English (before: 13), real-speech WER unchanged.
+
     # No text where silero VAD finds no speech (short clips too): alone it silenced all 46
     # non-speech outputs and dropped no word of 532 real clips.
     speech_gate: bool = True
-    # A window whose <|nospeech|> probability is above this while its tokens average below
-    # log_prob_threshold is silence: its text is dropped (OpenAI's rule and values; 0.4 or
-    # -0.6 dropped real words of sv-words and left most invented English).
+    # A window whose <|nospeech|> probability (between 0 and 1) is above this while its tokens
+    # average below log_prob_threshold is silence: its text is dropped (OpenAI's rule and
+    # values; 0.4 or -0.6 dropped real words of sv-words and left most invented English).
     no_speech_threshold: float = 0.6
-    log_prob_threshold: float = -1.0  # see no_speech_threshold
+    log_prob_threshold: float = -1.0  # mean token log-probability (<= 0); see no_speech_threshold
     # Drop text holding a phrase of hallucinations.txt (re-decoding with beam 5 gave the same
     # outro on 6 of 6 lexin phrases, sampling other invented text: it is dropped, not redone)
     drop_known_hallucinations: bool = True
     # task translate: transcribe first; English only over kept transcript text and at most
     # max_translation_ratio times its length plus translation_slack_chars (a second decoding)
     check_translation: bool = True
-    max_translation_ratio: float = 2.0  # see check_translation
-    translation_slack_chars: int = 10  # see check_translation
+    max_translation_ratio: float = 2.0  # English at most this x the transcript's length
+    translation_slack_chars: int = 10  # ... plus this many characters (check_translation)
 
     def __post_init__(self) -> None:
         from faster_whisper.tokenizer import _LANGUAGE_CODES

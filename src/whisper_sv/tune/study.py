@@ -115,7 +115,7 @@ _RESUMABLE = frozenset(
 class TuneOptions:
     """How a study runs (``whisper-sv tune``); the searched options are the SearchSpace."""
 
-    sampler: Literal["grid", "random", "tpe"] = "tpe"  # grid: every combination of the values
+    sampler: Literal["grid", "random", "tpe"] = "tpe"  # search strategy; grid: every combination
     trials: int = 0  # finished trials wanted in the study; 0: the grid size (grid) or 10
     seed: int = 0  # sampler seed (the order of grid points, random and TPE draws)
     model: str | None = None  # model every trial starts from (None: bundled:base)
@@ -129,10 +129,11 @@ class TuneOptions:
     tpe_startup_trials: int = 0  # random trials before TPE models the results; 0: auto
     seeds: tuple[int, ...] = ()  # repeat over these seeds (trials use the first)
     repeat: Literal["best", "each"] = "best"  # what --seeds repeats: the best or every config
-    keep_models: bool = False  # keep best/ of every trial (default: only the study's best)
+    keep_models: bool = False  # keep best/ of every trial, not only the study's best
     max_failures: int = 3  # stop a study after this many failed trials in one call
     poll_s: float = 1.0  # how often a running trial's metrics.csv is read, seconds
-    storage: str = ""  # Optuna storage URL (study_storage); "": study.db in the study folder
+    # where the trials live: sqlite:///F.db, postgresql://..., journal:FILE; "": STUDY/study.db
+    storage: str = ""
     worker: bool = False  # join the existing study in `storage` (one of N machines/processes)
     heartbeat_s: int = 60  # a shared storage's trial heartbeat; 3 missed: the trial is retried
 

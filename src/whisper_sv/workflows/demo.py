@@ -71,7 +71,7 @@ class DemoOptions:
     warmup_steps: int = 10  # linear warm-up steps
     eval_steps: int = 125  # validation and guard scores every N steps (the table's rows)
     workers: int = 2  # feature-pipeline processes
-    precision: str = "auto"  # training precision (TrainConfig.precision): auto, fp32, bf16
+    precision: str = "auto"  # training precision (TrainConfig.precision): auto, fp32, bf16, fp16
     # Real speech: a folder holding lexin-phrases/ and/or sv-words/ ("": looked up beside the
     # checkout or in $WHISPER_SV_REAL_DATA; "none": synthetic rows only).
     real_data: str = ""
