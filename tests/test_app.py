@@ -25,6 +25,7 @@ import soundfile as sf
 
 from whisper_sv.app import chat as app_mod
 from whisper_sv.app.chat import AppOptions, ChatApp, Reply, render_markdown
+from whisper_sv.app.pipeline import declared_duration
 from whisper_sv.cli import main as cli
 from whisper_sv.infer import links
 
@@ -167,8 +168,8 @@ def test_too_long_audio_is_refused(tiny_ct2_dir, clips):
     assert "long; the limit is 2.0 s" in last.error
     assert not last.swedish  # refused before any decoding
     # The header is read first, so a huge file is refused without decoding it all.
-    assert app_mod._declared_duration(str(clips["speech"])) == pytest.approx(3.6, abs=0.4)
-    assert app_mod._declared_duration(str(clips["corrupt"])) == 0.0
+    assert declared_duration(str(clips["speech"])) == pytest.approx(3.6, abs=0.4)
+    assert declared_duration(str(clips["corrupt"])) == 0.0
 
 
 def test_unknown_model_and_empty_message_are_answered(tiny_app, clips):

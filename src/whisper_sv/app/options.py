@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from whisper_sv.infer import links, translate
 from whisper_sv.models import loading as models
 
-__all__ = ["AppOptions", "LANGUAGE_CHOICES", "LANGUAGE_NAMES", "QUALITY_CHOICES"]
+__all__ = [
+    "LANGUAGE_CHOICES",
+    "LANGUAGE_NAMES",
+    "QUALITY_BEAMS",
+    "QUALITY_CHOICES",
+    "SIZE_PATTERN",
+    "TRANSLATOR_CHOICES",
+    "AppOptions",
+]
 
 TRANSLATOR_CHOICES: tuple[tuple[str, str], ...] = (
     ("English by Whisper (offline)", "whisper"),
@@ -33,7 +41,7 @@ QUALITY_CHOICES: tuple[tuple[str, str], ...] = (
     ("Accurate (beam 5, about 1.6x slower)", "accurate"),
 )
 QUALITY_BEAMS = {"fast": 1, "accurate": 5}
-_SIZE_RE = re.compile(r"\d+(\.\d+)?\s*(b|kb|mb|gb)?", re.IGNORECASE)  # Gradio's size syntax
+SIZE_PATTERN = re.compile(r"\d+(\.\d+)?\s*(b|kb|mb|gb)?", re.IGNORECASE)  # Gradio's size syntax
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,7 @@ class AppOptions:
             raise ValueError(f"max_duration_s must be > 0, got {self.max_duration_s}")
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
-        if not _SIZE_RE.fullmatch(str(self.max_file_size).strip()):
+        if not SIZE_PATTERN.fullmatch(str(self.max_file_size).strip()):
             raise ValueError(
                 f"max file size must be a number with an optional unit b, kb, mb or gb "
                 f"(e.g. 200mb), not {self.max_file_size!r}"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from whisper_sv.app.options import AppOptions
-from whisper_sv.app.render import _clock
+from whisper_sv.app.render import clock
 from whisper_sv.models import loading as models
 
 __all__ = ["export_space"]
@@ -144,7 +144,7 @@ def export_space(
             gradio_version=metadata.version("gradio"),
             model=options.model,
             max_file_size=options.max_file_size,
-            max_duration=_clock(options.max_duration_s),
+            max_duration=clock(options.max_duration_s),
         ),
         encoding="utf-8",
     )
