@@ -547,6 +547,21 @@ def test_cli_app_parses_and_refuses_a_bad_model(capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--allow-host", "http://evil/x"], "'http://evil/x' is not a host name"),
+        (["--allow-host", "evil/x"], "'evil/x' is not a host name"),
+        (["--allow-host", "media.example.org:0"], "the port must be 1-65535"),
+        (["--runs", "/no/such/runs"], "--runs /no/such/runs: no such folder"),
+    ],
+)
+def test_cli_app_refuses_bad_hosts_and_missing_runs_in_one_line(tiny_ct2_dir, capsys, args, said):
+    assert cli.main(["app", "--model", str(tiny_ct2_dir), "--port", str(free_port()), *args]) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1, err  # one line, no traceback, nothing served
+
+
 @pytest.fixture(scope="module")
 def space(tiny_ct2_dir, tmp_path_factory) -> Path:
     """A Space folder exported through the CLI for the tiny model."""

@@ -101,6 +101,29 @@ def test_options_are_validated():
 
 
 @pytest.mark.parametrize(
+    "entry", ["youtube.com", "127.0.0.1:8000", "[::1]:8000", "::1", "localhost", "media.lan."]
+)
+def test_host_entries_are_accepted(entry):
+    assert LinkOptions(allowed_hosts=(entry,)).allowed_hosts == (entry,)
+
+
+@pytest.mark.parametrize(
+    ("entry", "said"),
+    [
+        ("http://evil/x", "not a host name"),
+        ("evil.example/x", "not a host name"),
+        ("two words", "not a host name"),
+        ("", "not a host name"),
+        ("host:99999", "port must be 1-65535"),
+        ("[::1]:x", "port must be 1-65535"),
+    ],
+)
+def test_urls_and_paths_are_not_host_entries(entry, said):
+    with pytest.raises(ValueError, match=said):
+        LinkOptions(allowed_hosts=(entry,))
+
+
+@pytest.mark.parametrize(
     "text, expected",
     [
         ("https://www.youtube.com/watch?v=x", True),

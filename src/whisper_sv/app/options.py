@@ -88,6 +88,7 @@ class AppOptions:
         if self.language not in dict((code, n) for n, code in LANGUAGE_CHOICES):
             codes = ", ".join(code for _, code in LANGUAGE_CHOICES)
             raise ValueError(f"language must be one of {codes}, not {self.language!r}")
+        self.link_options()  # a bad link host (a URL, a path) fails here, not on first use
 
     def link_options(self) -> links.LinkOptions:
         return links.LinkOptions(

@@ -340,6 +340,10 @@ def _cmd_app(args: argparse.Namespace) -> int:
 
     models.resolve(args.model)  # a bad reference fails here, before anything starts
     options = options_from(app.AppOptions, args)
+    if options.runs_dir != app.AppOptions().runs_dir:  # given with --runs: each must be there
+        missing = [d for d in options.run_folders() if not Path(d).is_dir()]
+        if missing:
+            raise UserError(f"--runs {missing[0]}: no such folder; give a folder of runs or a run")
     if args.export_space:
         out = app.export_space(args.export_space, options, progress=print)
         print(f"Space written to {out}")

@@ -69,6 +69,8 @@ class LinkOptions:
     def __post_init__(self) -> None:
         if isinstance(self.allowed_hosts, str):
             raise ValueError("allowed_hosts must be a tuple of host names, not one string")
+        for entry in self.allowed_hosts:
+            check_host_entry(entry)
         if self.max_duration_s <= 0 or self.max_bytes <= 0 or self.timeout_s <= 0:
             raise ValueError("max_duration_s, max_bytes and timeout_s must all be > 0")
 
@@ -98,6 +100,30 @@ def _entry_host(entry: str) -> str:
     if entry.startswith("["):
         return entry[1:].split("]", 1)[0]
     return entry.rsplit(":", 1)[0] if entry.count(":") == 1 else entry
+
+
+_HOST_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_ENTRY_RE = re.compile(rf"({_HOST_LABEL})(\.{_HOST_LABEL})*\.?(:(?P<port>\d{{1,5}}))?", re.I)
+
+
+def check_host_entry(entry: str) -> str:
+    """``entry`` if it is an allow-list entry ("host", "host:port", "[v6]:port" or an IPv6
+    address), else ValueError saying what to give: a URL or a path is not a host."""
+    host = _entry_host(entry)
+    try:
+        ipaddress.ip_address(host)
+        port = entry.rsplit("]:", 1)[1] if entry.startswith("[") and "]:" in entry else None
+    except ValueError:
+        match = _HOST_ENTRY_RE.fullmatch(entry)
+        port = match and match["port"]
+        if not match:
+            raise ValueError(
+                f"{entry!r} is not a host name: give a host or host:port, such as "
+                "media.example.org or 127.0.0.1:8000 (no scheme, no path)"
+            ) from None
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65_536):
+        raise ValueError(f"{entry!r}: the port must be 1-65535, e.g. 127.0.0.1:8000")
+    return entry
 
 
 class LinkError(ValueError):
