@@ -422,6 +422,74 @@ def test_uploads_over_the_size_limit_are_refused(tiny_ct2_dir, clips):
         chat.close()
 
 
+# --------------------------------------------------------------------------- nothing left behind
+
+
+def _start_cli_app(model: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
+    """``whisper-sv app`` in a real process whose temporary folder is ``tmp``; (process, URL)
+    once it answers."""
+    from gradio_client import Client
+
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
+    env.pop("GRADIO_TEMP_DIR", None)  # the app's own choice, not this module's fixture
+    cmd = [sys.executable, "-m", "whisper_sv", "app", "--model", str(model), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 120
+    while True:
+        try:
+            Client(url, verbose=False)
+            return proc, url
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(proc.stdout.read().decode(errors="replace")) from None
+            time.sleep(1)
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_a_stopped_app_leaves_no_file_of_a_transcription(tiny_ct2_dir, clips, tmp_path, stop):
+    import signal
+    import stat
+
+    from gradio_client import Client, handle_file
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc, url = _start_cli_app(tiny_ct2_dir, tmp)
+    try:
+        result = Client(url, verbose=False).predict(
+            handle_file(str(clips["speech"])), api_name="/transcribe"
+        )
+        assert result
+        # While serving: the upload sits in the app's private folder, owner-only.
+        (private,) = tmp.glob("whisper-sv-gradio-*")
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700
+        kept = [p for p in private.rglob("*") if p.is_file() and p.name == "stockholm.wav"]
+        assert kept and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in kept)
+    finally:
+        proc.send_signal(getattr(signal, stop))
+        proc.wait(timeout=60)
+    # onnxruntime (faster-whisper's VAD) keeps `.ses` in $TMPDIR: a time and a random id.
+    left = [str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name != ".ses"]
+    assert left == [], left
+    assert not any(b"RIFF" in p.read_bytes() for p in tmp.rglob(".ses"))
+
+
+def test_serve_removes_its_folder_when_startup_fails(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = os.environ.get("GRADIO_TEMP_DIR")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError):
+            app_mod.serve(AppOptions(runs_dir=None, port=taken.getsockname()[1]))
+    assert list(tmp_path.iterdir()) == []  # neither Gradio's folder nor the downloads
+    assert os.environ.get("GRADIO_TEMP_DIR") == before
+
+
 # --------------------------------------------------------------------------- path safety
 
 

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from whisper_sv.app.downloads import DownloadFiles
+from whisper_sv.app.downloads import DownloadFiles, private_gradio_folder
 from whisper_sv.app.layout import build_blocks
 from whisper_sv.app.options import (
     LANGUAGE_CHOICES,
@@ -227,6 +227,19 @@ def build_app(options: AppOptions | None = None) -> gr.Blocks:
     return ChatApp(options).build()
 
 
-def serve(options: AppOptions | None = None, **launch_kwargs) -> gr.Blocks:
-    """Build and launch the app with the options' host, port and limits."""
-    return ChatApp(options).launch(**launch_kwargs)
+def serve(options: AppOptions | None = None, **launch_kwargs) -> None:
+    """Serve the app with the options' host, port and limits until it is stopped.
+
+    Gradio keeps uploads and served files in a private folder for this process only
+    (:func:`private_gradio_folder`); it and the download files are removed on every way out:
+    a normal stop, Ctrl+C, SIGTERM (through the CLI) or a failure while starting.
+    """
+    if launch_kwargs.get("prevent_thread_lock"):
+        raise ValueError("serve() blocks until stopped; use ChatApp(options).launch() instead")
+    app = ChatApp(options)
+    with private_gradio_folder() as folder:
+        log.info("uploads and transcripts are kept in %s until the app stops", folder)
+        try:
+            app.launch(**launch_kwargs)
+        finally:
+            app.close()

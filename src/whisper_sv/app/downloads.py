@@ -1,19 +1,29 @@
-"""The files a reply offers for download (SRT, VTT, TXT), in a folder removed with the app."""
+"""The files a reply offers for download (SRT, VTT, TXT) and the private folders they live in.
+
+Two folders hold a user's data while the app serves: the transcript files written here
+(:class:`DownloadFiles`) and Gradio's own cache of uploads and of every file it serves
+(:func:`private_gradio_folder`). Both are private to the app's user and removed when it stops.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
 import time
 import uuid
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 from whisper_sv.app.render import Reply
 
-__all__ = ["DOWNLOAD_TTL_S", "DownloadFiles", "safe_stem"]
+__all__ = ["DOWNLOAD_TTL_S", "DownloadFiles", "private_gradio_folder", "safe_stem"]
 
 DOWNLOAD_TTL_S = 3_600  # transcript files offered for download are kept this long
+# Files the app (and Gradio inside it) writes while serving: owner only (600 files, 700 folders).
+_PRIVATE_UMASK = 0o077
 
 
 class DownloadFiles:
@@ -63,6 +73,32 @@ class DownloadFiles:
             self._cleanup()
             self._cleanup = None
             self._folder = None
+
+
+@contextlib.contextmanager
+def private_gradio_folder() -> Iterator[Path]:
+    """A fresh folder (mode 700) that Gradio uses for uploads and served files while the
+    context is open (``GRADIO_TEMP_DIR``), removed with everything in it on the way out.
+
+    Without it Gradio keeps every upload and download in the shared ``$TMPDIR/gradio/``,
+    readable by all (644 files in 755 folders), after the app has stopped. The umask makes
+    what Gradio writes owner-only too. Gradio reads ``GRADIO_TEMP_DIR`` when it builds the
+    Blocks, so build inside the context. The exit runs on a normal return, an exception
+    (startup failures included), Ctrl+C and SIGTERM (the CLI turns it into ``SystemExit``).
+    """
+    folder = Path(tempfile.mkdtemp(prefix="whisper-sv-gradio-"))  # mkdtemp: mode 700
+    before_env = os.environ.get("GRADIO_TEMP_DIR")
+    before_umask = os.umask(_PRIVATE_UMASK)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        os.umask(before_umask)
+        if before_env is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = before_env
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def safe_stem(name: str) -> str:
