@@ -17,6 +17,7 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from whisper_sv.app.api import API_TASKS, api_result, choice_error
 from whisper_sv.app.downloads import DownloadFiles, private_gradio_folder
 from whisper_sv.app.layout import build_blocks
 from whisper_sv.app.options import (
@@ -163,24 +164,43 @@ class ChatApp:
                 history[-1] = {"role": "assistant", "content": kept + "\n\n*⏹️ Cancelled.*"}
         return history, gr.update(visible=False)
 
-    def transcribe_api(self, file: str | None) -> tuple[str, str]:
-        """API handler: (transcript, English translation) of one uploaded audio file.
+    def transcribe_api(
+        self,
+        file: str | None,
+        language: str | None = None,
+        quality: str | None = None,
+        model: str | None = None,
+        task: str | None = None,
+        translator: str | None = None,
+    ) -> dict:
+        """API handler: the :class:`ApiResult` (as JSON) of one uploaded audio file.
 
-        Uses the model, language, quality and translator the app started with. A bad file
-        (or a path that was not uploaded) gives ("", reason).
+        Choices left out are the page's. Every failure (no file, a path that was not
+        uploaded, a bad file, too long, an unknown choice) raises ``gr.Error`` with one
+        sentence; no speech is an answer (``no_speech``), not a failure.
         """
+        import gradio as gr
+
+        task, translator = task or API_TASKS[0], translator or self.options.translator
+        quality = quality or self.options.quality
+        if problem := choice_error(task, quality, translator):
+            raise gr.Error(problem, print_exception=False)
         if not file:
-            return "", plain_text(HELP)
+            raise gr.Error(plain_text(HELP), print_exception=False)
         try:
             file = self.uploaded(file)
         except UploadRefused as err:
-            return "", str(err)
+            raise gr.Error(str(err), print_exception=False) from None
+        if task == "transcribe":
+            translator = "none"
         last = Reply()
-        for state in self.run(file, None, self.options.model, self.options.translator):
+        for state in self.run(
+            file, None, model or self.options.model, translator, language=language, quality=quality
+        ):
             last = state
         if last.error:
-            return "", plain_text(last.error)
-        return last.text, last.translation or last.translation_note
+            raise gr.Error(plain_text(last.error), print_exception=False)
+        return api_result(last).as_json()
 
     # ------------------------------------------------------------------ serving
 
@@ -200,6 +220,10 @@ class ChatApp:
             max_file_size=opts.max_file_size,
             ssr_mode=False,  # server-side rendering needs Node; plain serving is enough
             share=False,
+            # Gradio's own refusals (a path that was not uploaded, a file over the size
+            # limit) reach API clients as their sentence, not as {"error": null}. The app's
+            # handlers raise only gr.Error, whose sentence is sent either way.
+            show_error=True,
             **kwargs,
         )
         return demo

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from whisper_sv.app.api import API_TASKS, upload_only_file
 from whisper_sv.app.options import LANGUAGE_CHOICES, QUALITY_CHOICES, TRANSLATOR_CHOICES
 from whisper_sv.app.pipeline import HELP
 
@@ -105,19 +106,38 @@ def build_blocks(app: ChatApp) -> gr.Blocks:
 
 
 def _api_endpoint(app: ChatApp) -> None:
-    """The ``/transcribe`` API: hidden components, same code path as the chat."""
+    """The ``/transcribe`` API (:mod:`whisper_sv.app.api`): hidden components whose values
+    are the page's defaults, same code path and concurrency group as the chat."""
     import gradio as gr
 
-    api_file = gr.File(visible=False, label="audio")
-    api_text = gr.Textbox(visible=False, label="transcript")
-    api_translation = gr.Textbox(visible=False, label="translation")
+    opts = app.options
+    inputs = [
+        upload_only_file(label="audio", visible=False),
+        gr.Dropdown(
+            [c for _, c in LANGUAGE_CHOICES], value=opts.language, label="language", visible=False
+        ),
+        gr.Dropdown(
+            [c for _, c in QUALITY_CHOICES], value=opts.quality, label="quality", visible=False
+        ),
+        gr.Textbox(value=opts.model, label="model", visible=False),
+        gr.Dropdown(list(API_TASKS), value=API_TASKS[0], label="task", visible=False),
+        gr.Dropdown(
+            [c for _, c in TRANSLATOR_CHOICES],
+            value=opts.translator,
+            label="translator",
+            visible=False,
+        ),
+    ]
     api_button = gr.Button(visible=False)
     api_button.click(
         app.transcribe_api,
-        api_file,
-        [api_text, api_translation],
+        inputs,
+        gr.JSON(visible=False, label="result"),
         api_name="transcribe",
-        api_description="Transcript and English translation of an uploaded audio file.",
+        api_description=(
+            "Swedish transcript, English translation, language, models and subtitles (SRT, VTT) "
+            "of an uploaded audio file; no_speech is true when nothing was said."
+        ),
         concurrency_id=CONCURRENCY_ID,
-        concurrency_limit=app.options.concurrency_limit,
+        concurrency_limit=opts.concurrency_limit,
     )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from whisper_sv.app.api import NOT_UPLOADED
 from whisper_sv.app.downloads import DownloadFiles
 from whisper_sv.app.options import LANGUAGE_NAMES, QUALITY_BEAMS, AppOptions
 from whisper_sv.app.render import Reply, escape_md, progress_line, too_long_message
@@ -309,10 +310,7 @@ class RequestPipeline:
         folder = upload_folder()
         real = Path(os.path.realpath(path))
         if not os.path.isabs(path) or not real.is_relative_to(folder) or real == folder:
-            raise UploadRefused(
-                "Only files uploaded to this app are accepted: send the file itself, "
-                "not a path on the server."
-            )
+            raise UploadRefused(NOT_UPLOADED)
         return str(real)
 
 

@@ -69,8 +69,9 @@ video file, or a YouTube link. Made with whisper-sv.
 - Translation: Whisper's own speech translation (offline) by default; Google Translate
   (online) can be chosen in the page.
 - Limits: uploads up to {max_file_size}, recordings up to {max_duration}.
-- API: endpoint `/transcribe` (an audio file in; transcript and translation out), e.g.
-  `gradio_client.Client(URL).predict(handle_file("clip.wav"), api_name="/transcribe")`.
+- API: endpoint `/transcribe` (an audio file in; transcript, translation and subtitles out as
+  JSON; failures raise in the client), e.g.
+  `gradio_client.Client(URL).predict(handle_file("clip.wav"), api_name="/transcribe")["swedish"]`.
 
 Run it anywhere: `pip install -r requirements.txt && python app.py`.
 """
