@@ -592,6 +592,54 @@ def test_serve_removes_its_folder_when_startup_fails(tmp_path, monkeypatch):
     assert os.environ.get("GRADIO_TEMP_DIR") == before
 
 
+def test_upload_budget_counts_files_and_bytes_per_client_an_hour():
+    from whisper_sv.app.budget import UploadBudget
+
+    budget = UploadBudget(count=2, megabytes=1.0)
+    assert budget.refusal("10.0.0.1", 400_000, now=0.0) == ""
+    assert budget.refusal("10.0.0.1", 400_000, now=10.0) == ""
+    assert "try again in about 60 min" in budget.refusal("10.0.0.1", 1, now=20.0)  # 3rd file
+    assert budget.refusal("10.0.0.2", 900_000, now=20.0) == ""  # another client: its own
+    assert "1 MB an hour" in budget.refusal("10.0.0.2", 200_000, now=30.0)  # bytes
+    assert budget.refusal("10.0.0.1", 1, now=3_601.0) == ""  # an hour later: the first went
+    with pytest.raises(ValueError, match="count >= 1"):
+        UploadBudget(count=0, megabytes=1.0)
+
+
+def test_upload_endpoint_refuses_a_client_beyond_its_budget(tiny_ct2_dir, clips):
+    import httpx
+    from gradio_client import Client, handle_file
+
+    options = AppOptions(
+        model=str(tiny_ct2_dir),
+        runs_dir=None,
+        port=free_port(),
+        uploads_per_hour=2,
+        budget_on_loopback=True,  # as if bound beyond loopback: the test stays on 127.0.0.1
+    )
+    chat = ChatApp(options)
+    demo = chat.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        url = f"http://127.0.0.1:{options.port}/"
+        sent = [
+            httpx.post(
+                url + "gradio_api/upload",
+                files={"files": ("a.wav", clips["speech"].read_bytes())},
+                timeout=30,
+            )
+            for _ in range(3)
+        ]
+        assert [r.status_code for r in sent] == [200, 200, 429]
+        assert "Upload budget used up (2 files" in sent[2].text
+        with pytest.raises(Exception, match="429"):  # the client cannot upload either
+            Client(url, verbose=False).predict(
+                handle_file(str(clips["speech"])), api_name="/transcribe"
+            )
+    finally:
+        demo.close()
+        chat.close()
+
+
 # --------------------------------------------------------------------------- path safety
 
 

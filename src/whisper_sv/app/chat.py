@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from whisper_sv.app.api import API_TASKS, api_result, choice_error
+from whisper_sv.app.budget import LOOPBACK_HOSTS, UploadBudget
 from whisper_sv.app.downloads import DownloadFiles, private_gradio_folder
 from whisper_sv.app.layout import build_blocks
 from whisper_sv.app.options import (
@@ -211,8 +212,11 @@ class ChatApp:
     def launch(self, **kwargs) -> gr.Blocks:
         """Build and serve the app (blocks unless ``prevent_thread_lock=True``)."""
         opts = self.options
-        if opts.host not in ("127.0.0.1", "localhost", "::1"):
+        if opts.host not in LOOPBACK_HOSTS:
             log.warning("serving on %s: the app is reachable from other machines", opts.host)
+        if opts.host not in LOOPBACK_HOSTS or opts.budget_on_loopback:
+            budget = UploadBudget(opts.uploads_per_hour, opts.upload_mb_per_hour)
+            kwargs.setdefault("app_kwargs", {})["dependencies"] = [budget.dependency()]
         demo = self.build()
         demo.launch(
             server_name=opts.host,

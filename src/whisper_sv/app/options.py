@@ -66,6 +66,9 @@ class AppOptions:
     link_hosts: tuple[str, ...] = links.YOUTUBE_HOSTS  # link hosts; + $WHISPER_SV_LINK_HOSTS
     link_timeout_s: float = 20.0  # network timeout of link downloads, seconds
     allow_private_links: bool = False  # links to private/loopback addresses (see links.py)
+    uploads_per_hour: int = 200  # uploads one client address may make an hour (off on loopback)
+    upload_mb_per_hour: float = 2_000.0  # megabytes one client may upload an hour (same rule)
+    budget_on_loopback: bool = False  # the upload budget on 127.0.0.1 too (a proxy in front)
 
     def __post_init__(self) -> None:
         if self.translator not in translate.BACKENDS:
@@ -88,6 +91,8 @@ class AppOptions:
         if self.language not in dict((code, n) for n, code in LANGUAGE_CHOICES):
             codes = ", ".join(code for _, code in LANGUAGE_CHOICES)
             raise ValueError(f"language must be one of {codes}, not {self.language!r}")
+        if self.uploads_per_hour < 1 or self.upload_mb_per_hour <= 0:
+            raise ValueError("uploads_per_hour must be >= 1 and upload_mb_per_hour > 0")
         self.link_options()  # a bad link host (a URL, a path) fails here, not on first use
 
     def link_options(self) -> links.LinkOptions:

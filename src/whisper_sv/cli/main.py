@@ -326,6 +326,9 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
         "allow_private_links",
         help="links may reach private, loopback and link-local addresses (a LAN media server)",
     )
+    option_flag(p, A, "uploads_per_hour", metavar="N")
+    option_flag(p, A, "upload_mb_per_hour", metavar="MB")
+    option_flag(p, A, "budget_on_loopback")
     p.add_argument(
         "--export-space",
         metavar="DIR",
