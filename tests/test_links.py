@@ -159,7 +159,7 @@ def test_looks_like_link(text, expected):
     ],
 )
 def test_yt_dlp_errors_become_sentences(message, expected):
-    assert expected in links._explain(message, "https://www.youtube.com/watch?v=abc")
+    assert expected in links.explain_ytdlp_error(message, "https://www.youtube.com/watch?v=abc")
 
 
 # --------------------------------------------------------------------------- downloads
@@ -218,12 +218,12 @@ def test_size_and_length_limits(media_server):
 def test_length_known_up_front_is_refused_before_download():
     options = LinkOptions(max_duration_s=60)
     with pytest.raises(LinkError, match="too long"):
-        links._check_info({"id": "x", "duration": 3_601}, options)
+        links.check_info({"id": "x", "duration": 3_601}, options)
     with pytest.raises(LinkError, match="playlist"):
-        links._check_info({"_type": "playlist", "entries": []}, options)
+        links.check_info({"_type": "playlist", "entries": []}, options)
     with pytest.raises(LinkError, match="live"):
-        links._check_info({"id": "x", "is_live": True}, options)
-    links._check_info({"id": "x", "duration": 59}, options)  # fine: no exception
+        links.check_info({"id": "x", "is_live": True}, options)
+    links.check_info({"id": "x", "duration": 59}, options)  # fine: no exception
 
 
 def test_disallowed_link_never_reaches_the_network(media_server):
@@ -345,5 +345,5 @@ def test_yt_dlp_runs_youtube_extractors_only(two_servers, tmp_path):
     # Handed a non-YouTube link directly, yt-dlp has no extractor for it and asks nobody.
     other, hits = two_servers["other"]
     with pytest.raises(LinkError, match="no audio or video found"):
-        links._download(f"http://{other}/tone.wav", tmp_path, LinkOptions(), None)
+        links.download_link(f"http://{other}/tone.wav", tmp_path, LinkOptions(), None)
     assert hits == []

@@ -201,7 +201,7 @@ def fetch_audio(
     with tempfile.TemporaryDirectory(prefix="whisper-sv-link-") as folder:
         if _is_youtube(url):
             _resolve_checked(urlsplit(url).hostname or "", options)
-            path, title = _download(url, Path(folder), options, on_progress)
+            path, title = download_link(url, Path(folder), options, on_progress)
         else:
             path, title = _direct_download(url, Path(folder), options, on_progress)
         try:
@@ -216,7 +216,7 @@ def fetch_audio(
     return LinkAudio(audio=audio, url=url, title=title, duration=seconds)
 
 
-def _download(
+def download_link(
     url: str,
     folder: Path,
     options: LinkOptions,
@@ -252,12 +252,12 @@ def _download(
     try:
         with yt_dlp.YoutubeDL(params) as ydl:
             info = ydl.extract_info(url, download=False)
-            _check_info(info, options)
+            check_info(info, options)
             info = ydl.process_ie_result(info, download=True)
     except yt_dlp.utils.DownloadError as err:
-        raise LinkError(_explain(str(err), url)) from err
+        raise LinkError(explain_ytdlp_error(str(err), url)) from err
     except yt_dlp.utils.YoutubeDLError as err:  # other yt-dlp failures, same treatment
-        raise LinkError(_explain(str(err), url)) from err
+        raise LinkError(explain_ytdlp_error(str(err), url)) from err
     title = str(info.get("title") or info.get("id") or "link")
     files = [p for p in folder.iterdir() if p.is_file() and not p.name.endswith(".part")]
     if not files:
@@ -380,7 +380,9 @@ def _save_body(
     return target, Path(name).stem or name
 
 
-def _check_info(info: dict | None, options: LinkOptions) -> None:
+def check_info(info: dict | None, options: LinkOptions) -> None:
+    """LinkError when yt-dlp's ``info`` of a link is nothing, a playlist, a live stream, or
+    says it is longer or larger than ``options`` allow (checked before downloading)."""
     if not info:
         raise LinkError("no audio or video found at this link")
     if info.get("_type") in ("playlist", "multi_video"):
@@ -437,7 +439,7 @@ _REASONS: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
-def _explain(message: str, url: str) -> str:
+def explain_ytdlp_error(message: str, url: str) -> str:
     """A one-line reason for the user from a yt-dlp error message."""
     host = urlsplit(url).hostname or url
     lower = message.lower()
