@@ -437,7 +437,8 @@ def test_sigterm_removes_the_apps_transcripts(tmp_path, tiny_ct2_dir):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(proc.stdout.read().decode(errors="replace")) from None
                 time.sleep(1)
-        text, _ = client.predict(handle_file(str(_wav(tmp_path / "a.wav"))), api_name="/transcribe")
+        got = client.predict(handle_file(str(_wav(tmp_path / "a.wav"))), api_name="/transcribe")
+        text = got["swedish"]
         written = list(scratch.glob("whisper-sv-app-*/*/*.srt"))
         assert written, f"no transcript files written (transcript {text!r})"
         proc.send_signal(signal.SIGTERM)

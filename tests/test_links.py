@@ -101,6 +101,29 @@ def test_options_are_validated():
 
 
 @pytest.mark.parametrize(
+    "entry", ["youtube.com", "127.0.0.1:8000", "[::1]:8000", "::1", "localhost", "media.lan."]
+)
+def test_host_entries_are_accepted(entry):
+    assert LinkOptions(allowed_hosts=(entry,)).allowed_hosts == (entry,)
+
+
+@pytest.mark.parametrize(
+    ("entry", "said"),
+    [
+        ("http://evil/x", "not a host name"),
+        ("evil.example/x", "not a host name"),
+        ("two words", "not a host name"),
+        ("", "not a host name"),
+        ("host:99999", "port must be 1-65535"),
+        ("[::1]:x", "port must be 1-65535"),
+    ],
+)
+def test_urls_and_paths_are_not_host_entries(entry, said):
+    with pytest.raises(ValueError, match=said):
+        LinkOptions(allowed_hosts=(entry,))
+
+
+@pytest.mark.parametrize(
     "text, expected",
     [
         ("https://www.youtube.com/watch?v=x", True),
@@ -136,7 +159,7 @@ def test_looks_like_link(text, expected):
     ],
 )
 def test_yt_dlp_errors_become_sentences(message, expected):
-    assert expected in links._explain(message, "https://www.youtube.com/watch?v=abc")
+    assert expected in links.explain_ytdlp_error(message, "https://www.youtube.com/watch?v=abc")
 
 
 # --------------------------------------------------------------------------- downloads
@@ -195,12 +218,12 @@ def test_size_and_length_limits(media_server):
 def test_length_known_up_front_is_refused_before_download():
     options = LinkOptions(max_duration_s=60)
     with pytest.raises(LinkError, match="too long"):
-        links._check_info({"id": "x", "duration": 3_601}, options)
+        links.check_info({"id": "x", "duration": 3_601}, options)
     with pytest.raises(LinkError, match="playlist"):
-        links._check_info({"_type": "playlist", "entries": []}, options)
+        links.check_info({"_type": "playlist", "entries": []}, options)
     with pytest.raises(LinkError, match="live"):
-        links._check_info({"id": "x", "is_live": True}, options)
-    links._check_info({"id": "x", "duration": 59}, options)  # fine: no exception
+        links.check_info({"id": "x", "is_live": True}, options)
+    links.check_info({"id": "x", "duration": 59}, options)  # fine: no exception
 
 
 def test_disallowed_link_never_reaches_the_network(media_server):
@@ -322,5 +345,5 @@ def test_yt_dlp_runs_youtube_extractors_only(two_servers, tmp_path):
     # Handed a non-YouTube link directly, yt-dlp has no extractor for it and asks nobody.
     other, hits = two_servers["other"]
     with pytest.raises(LinkError, match="no audio or video found"):
-        links._download(f"http://{other}/tone.wav", tmp_path, LinkOptions(), None)
+        links.download_link(f"http://{other}/tone.wav", tmp_path, LinkOptions(), None)
     assert hits == []

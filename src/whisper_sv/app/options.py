@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from whisper_sv.infer import links, translate
 from whisper_sv.models.references import DEFAULT_MODEL
 
-__all__ = ["AppOptions", "LANGUAGE_CHOICES", "LANGUAGE_NAMES", "QUALITY_CHOICES"]
+__all__ = [
+    "LANGUAGE_CHOICES",
+    "LANGUAGE_NAMES",
+    "QUALITY_BEAMS",
+    "QUALITY_CHOICES",
+    "SIZE_PATTERN",
+    "TRANSLATOR_CHOICES",
+    "AppOptions",
+]
 
 TRANSLATOR_CHOICES: tuple[tuple[str, str], ...] = (
     ("English by Whisper (offline)", "whisper"),
@@ -33,7 +41,7 @@ QUALITY_CHOICES: tuple[tuple[str, str], ...] = (
     ("Accurate (beam 5, about 1.6x slower)", "accurate"),
 )
 QUALITY_BEAMS = {"fast": 1, "accurate": 5}
-_SIZE_RE = re.compile(r"\d+(\.\d+)?\s*(b|kb|mb|gb)?", re.IGNORECASE)  # Gradio's size syntax
+SIZE_PATTERN = re.compile(r"\d+(\.\d+)?\s*(b|kb|mb|gb)?", re.IGNORECASE)  # Gradio's size syntax
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,9 @@ class AppOptions:
     link_hosts: tuple[str, ...] = links.YOUTUBE_HOSTS
     link_timeout_s: float = 20.0  # network timeout of link downloads, seconds
     allow_private_links: bool = False  # links may reach private and loopback addresses (a LAN)
+    uploads_per_hour: int = 200  # uploads one client address may make an hour (off on loopback)
+    upload_mb_per_hour: float = 2_000.0  # megabytes one client may upload an hour (same rule)
+    budget_on_loopback: bool = False  # the upload budget on 127.0.0.1 too (a proxy in front)
 
     def __post_init__(self) -> None:
         if self.translator not in translate.TRANSLATORS:
@@ -73,7 +84,7 @@ class AppOptions:
             raise ValueError(f"max_duration_s must be > 0, got {self.max_duration_s}")
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
-        if not _SIZE_RE.fullmatch(str(self.max_file_size).strip()):
+        if not SIZE_PATTERN.fullmatch(str(self.max_file_size).strip()):
             raise ValueError(
                 f"max file size must be a number with an optional unit b, kb, mb or gb "
                 f"(e.g. 200mb), not {self.max_file_size!r}"
@@ -81,6 +92,9 @@ class AppOptions:
         if self.language not in dict((code, n) for n, code in LANGUAGE_CHOICES):
             codes = ", ".join(code for _, code in LANGUAGE_CHOICES)
             raise ValueError(f"language must be one of {codes}, not {self.language!r}")
+        if self.uploads_per_hour < 1 or self.upload_mb_per_hour <= 0:
+            raise ValueError("uploads_per_hour must be >= 1 and upload_mb_per_hour > 0")
+        self.link_options()  # a bad link host (a URL, a path) fails here, not on first use
 
     def link_options(self) -> links.LinkOptions:
         return links.LinkOptions(

@@ -10,7 +10,15 @@ from whisper_sv.app.options import LANGUAGE_NAMES
 if TYPE_CHECKING:
     from whisper_sv.infer.transcriber import Dropped, Segment
 
-__all__ = ["Reply", "render_markdown"]
+__all__ = [
+    "Reply",
+    "clock",
+    "escape_md",
+    "plain_text",
+    "progress_line",
+    "render_markdown",
+    "too_long_message",
+]
 
 
 @dataclass
@@ -73,31 +81,31 @@ def render_markdown(reply: Reply) -> str:
     head = f"**{LANGUAGE_NAMES.get(reply.language, reply.language)}**"
     if reply.language_probability is not None:
         head += f" (detected, {reply.language_probability:.0%} sure)"
-    head += f" · {_md(reply.source)}" if reply.source else ""
+    head += f" · {escape_md(reply.source)}" if reply.source else ""
     if reply.duration:
         head += f" · {_length(reply.duration)}"
     if reply.model:
-        head += f" · model {_md(reply.model)}" + (
+        head += f" · model {escape_md(reply.model)}" + (
             " (accurate)" if reply.quality == "accurate" else ""
         )
     parts.append(head)
     parts.append(_lines(reply.swedish, reply.timestamps) or "…")
     if reply.dropped:
         parts.append(_dropped_line(reply.dropped, "of the transcript"))
-    by = f" · model {_md(reply.translation_model)}" if reply.translation_model else ""
+    by = f" · model {escape_md(reply.translation_model)}" if reply.translation_model else ""
     if reply.translator == "whisper" and (reply.english or not reply.status):
         parts.append("**English** · Whisper (offline)" + by)
         if reply.translation_note:  # the English came from another model than the transcript
-            parts.append(f"ℹ️ {_md(reply.translation_note)}")
+            parts.append(f"ℹ️ {escape_md(reply.translation_note)}")
         parts.append(_lines(reply.english, reply.timestamps) or "…")
         if reply.english_dropped:
             parts.append(_dropped_line(reply.english_dropped, "of the English"))
     elif reply.translator == "google" and not reply.status:
         parts.append("**English** · Google Translate (online)")
         if reply.translation_note:
-            parts.append(f"⚠️ {_md(reply.translation_note)}")
+            parts.append(f"⚠️ {escape_md(reply.translation_note)}")
         else:
-            parts.append(_md(reply.english_text) or "…")
+            parts.append(escape_md(reply.english_text) or "…")
     if reply.status:
         parts.append(f"*⏳ {reply.status}*")
     elif not reply.swedish:
@@ -137,9 +145,9 @@ def _dropped_line(dropped: list[Dropped], what: str) -> str:
 def _words(segment: Segment) -> str:
     """The segment's text, unsure words underlined (its words when it has them)."""
     if not segment.words:
-        return _md(segment.text.strip())
+        return escape_md(segment.text.strip())
     return " ".join(
-        f"<u>{_md(w.text.strip())}</u>" if _unsure(w) else _md(w.text.strip())
+        f"<u>{escape_md(w.text.strip())}</u>" if _unsure(w) else escape_md(w.text.strip())
         for w in segment.words
         if w.text.strip()
     )
@@ -148,32 +156,32 @@ def _words(segment: Segment) -> str:
 def _lines(segments: list[Segment], timestamps: bool) -> str:
     if timestamps:
         return "\n".join(
-            f"`{_clock(s.start)}–{_clock(s.end)}` {_words(s)}" for s in segments if s.text.strip()
+            f"`{clock(s.start)}–{clock(s.end)}` {_words(s)}" for s in segments if s.text.strip()
         )
     return " ".join(_words(s) for s in segments if s.text.strip())
 
 
-def _too_long(source: str, seconds: float, limit: float) -> str:
+def too_long_message(source: str, seconds: float, limit: float) -> str:
     return (
-        f"**{_md(source)}** is {_length(seconds)} long; the limit is {_length(limit)}. "
+        f"**{escape_md(source)}** is {_length(seconds)} long; the limit is {_length(limit)}. "
         "Send a shorter recording."
     )
 
 
-def _progress(what: str, done_s: float, total_s: float) -> str:
+def progress_line(what: str, done_s: float, total_s: float) -> str:
     share = min(1.0, done_s / total_s) if total_s else 0.0
-    return f"{what}… {share:.0%} ({_clock(min(done_s, total_s))} of {_clock(total_s)})"
+    return f"{what}… {share:.0%} ({clock(min(done_s, total_s))} of {clock(total_s)})"
 
 
 _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>#|~"})
 
 
-def _md(text: str) -> str:
+def escape_md(text: str) -> str:
     """``text`` with Markdown/HTML characters escaped (transcripts are shown verbatim)."""
     return text.translate(_MD_SPECIAL)
 
 
-def _plain(markdown: str) -> str:
+def plain_text(markdown: str) -> str:
     """Undo the escaping and bold marks of a message, for API callers."""
     out = markdown.replace("**", "")
     for c in "\\`*_[]<>#|~":
@@ -182,11 +190,11 @@ def _plain(markdown: str) -> str:
 
 
 def _length(seconds: float) -> str:
-    """A recording's length: "4.2 s" when short, else like :func:`_clock`."""
-    return f"{seconds:.1f} s" if seconds < 60 else _clock(seconds)
+    """A recording's length: "4.2 s" when short, else like :func:`clock`."""
+    return f"{seconds:.1f} s" if seconds < 60 else clock(seconds)
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     s = int(seconds)
     return (
         f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"

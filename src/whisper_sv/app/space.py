@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from whisper_sv.app.options import AppOptions
-from whisper_sv.app.render import _clock
+from whisper_sv.app.render import clock
 from whisper_sv.models.references import ct2_dir
 
 __all__ = ["export_space"]
@@ -69,8 +69,9 @@ video file, or a YouTube link. Made with whisper-sv.
 - Translation: Whisper's own speech translation (offline) by default; Google Translate
   (online) can be chosen in the page.
 - Limits: uploads up to {max_file_size}, recordings up to {max_duration}.
-- API: endpoint `/transcribe` (an audio file in; transcript and translation out), e.g.
-  `gradio_client.Client(URL).predict(handle_file("clip.wav"), api_name="/transcribe")`.
+- API: endpoint `/transcribe` (an audio file in; transcript, translation and subtitles out as
+  JSON; failures raise in the client), e.g.
+  `gradio_client.Client(URL).predict(handle_file("clip.wav"), api_name="/transcribe")["swedish"]`.
 
 Run it anywhere: `pip install -r requirements.txt && python app.py`.
 """
@@ -144,7 +145,7 @@ def export_space(
             gradio_version=metadata.version("gradio"),
             model=options.model,
             max_file_size=options.max_file_size,
-            max_duration=_clock(options.max_duration_s),
+            max_duration=clock(options.max_duration_s),
         ),
         encoding="utf-8",
     )

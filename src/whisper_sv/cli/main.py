@@ -386,6 +386,9 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
         A,
         "allow_private_links",
     )
+    option_flag(p, A, "uploads_per_hour", metavar="N")
+    option_flag(p, A, "upload_mb_per_hour", metavar="MB")
+    option_flag(p, A, "budget_on_loopback")
     p.add_argument(
         "--export-space",
         metavar="DIR",
@@ -401,6 +404,10 @@ def _cmd_app(args: argparse.Namespace) -> int:
 
     resolve(args.model)  # a bad reference fails here, before anything starts
     options = options_from(app.AppOptions, args)
+    if options.runs_dir != app.AppOptions().runs_dir:  # given with --runs: each must be there
+        missing = [d for d in options.run_folders() if not Path(d).is_dir()]
+        if missing:
+            raise UserError(f"--runs {missing[0]}: no such folder; give a folder of runs or a run")
     if args.export_space:
         out = app.export_space(args.export_space, options, progress=print)
         print(f"Space written to {out}")

@@ -301,9 +301,9 @@ def check_device(device: str, backend: str = "ct2") -> None:
 
 def file_size(text: str) -> str:
     """argparse type of --max-file-size: a number with b, kb, mb or gb."""
-    from whisper_sv.app.options import _SIZE_RE
+    from whisper_sv.app.options import SIZE_PATTERN
 
-    if not _SIZE_RE.fullmatch(text.strip()):
+    if not SIZE_PATTERN.fullmatch(text.strip()):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a size; give a number with b, kb, mb or gb, e.g. 200mb"
         )

@@ -69,6 +69,8 @@ class LinkOptions:
     def __post_init__(self) -> None:
         if isinstance(self.allowed_hosts, str):
             raise ValueError("allowed_hosts must be a tuple of host names, not one string")
+        for entry in self.allowed_hosts:
+            check_host_entry(entry)
         if self.max_duration_s <= 0 or self.max_bytes <= 0 or self.timeout_s <= 0:
             raise ValueError("max_duration_s, max_bytes and timeout_s must all be > 0")
 
@@ -98,6 +100,30 @@ def _entry_host(entry: str) -> str:
     if entry.startswith("["):
         return entry[1:].split("]", 1)[0]
     return entry.rsplit(":", 1)[0] if entry.count(":") == 1 else entry
+
+
+_HOST_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_ENTRY_RE = re.compile(rf"({_HOST_LABEL})(\.{_HOST_LABEL})*\.?(:(?P<port>\d{{1,5}}))?", re.I)
+
+
+def check_host_entry(entry: str) -> str:
+    """``entry`` if it is an allow-list entry ("host", "host:port", "[v6]:port" or an IPv6
+    address), else ValueError saying what to give: a URL or a path is not a host."""
+    host = _entry_host(entry)
+    try:
+        ipaddress.ip_address(host)
+        port = entry.rsplit("]:", 1)[1] if entry.startswith("[") and "]:" in entry else None
+    except ValueError:
+        match = _HOST_ENTRY_RE.fullmatch(entry)
+        port = match and match["port"]
+        if not match:
+            raise ValueError(
+                f"{entry!r} is not a host name: give a host or host:port, such as "
+                "media.example.org or 127.0.0.1:8000 (no scheme, no path)"
+            ) from None
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65_536):
+        raise ValueError(f"{entry!r}: the port must be 1-65535, e.g. 127.0.0.1:8000")
+    return entry
 
 
 class LinkError(ValueError):
@@ -175,7 +201,7 @@ def fetch_audio(
     with tempfile.TemporaryDirectory(prefix="whisper-sv-link-") as folder:
         if _is_youtube(url):
             _resolve_checked(urlsplit(url).hostname or "", options)
-            path, title = _download(url, Path(folder), options, on_progress)
+            path, title = download_link(url, Path(folder), options, on_progress)
         else:
             path, title = _direct_download(url, Path(folder), options, on_progress)
         try:
@@ -190,7 +216,7 @@ def fetch_audio(
     return LinkAudio(audio=audio, url=url, title=title, duration=seconds)
 
 
-def _download(
+def download_link(
     url: str,
     folder: Path,
     options: LinkOptions,
@@ -226,12 +252,12 @@ def _download(
     try:
         with yt_dlp.YoutubeDL(params) as ydl:
             info = ydl.extract_info(url, download=False)
-            _check_info(info, options)
+            check_info(info, options)
             info = ydl.process_ie_result(info, download=True)
     except yt_dlp.utils.DownloadError as err:
-        raise LinkError(_explain(str(err), url)) from err
+        raise LinkError(explain_ytdlp_error(str(err), url)) from err
     except yt_dlp.utils.YoutubeDLError as err:  # other yt-dlp failures, same treatment
-        raise LinkError(_explain(str(err), url)) from err
+        raise LinkError(explain_ytdlp_error(str(err), url)) from err
     title = str(info.get("title") or info.get("id") or "link")
     files = [p for p in folder.iterdir() if p.is_file() and not p.name.endswith(".part")]
     if not files:
@@ -354,7 +380,9 @@ def _save_body(
     return target, Path(name).stem or name
 
 
-def _check_info(info: dict | None, options: LinkOptions) -> None:
+def check_info(info: dict | None, options: LinkOptions) -> None:
+    """LinkError when yt-dlp's ``info`` of a link is nothing, a playlist, a live stream, or
+    says it is longer or larger than ``options`` allow (checked before downloading)."""
     if not info:
         raise LinkError("no audio or video found at this link")
     if info.get("_type") in ("playlist", "multi_video"):
@@ -411,7 +439,7 @@ _REASONS: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
-def _explain(message: str, url: str) -> str:
+def explain_ytdlp_error(message: str, url: str) -> str:
     """A one-line reason for the user from a yt-dlp error message."""
     host = urlsplit(url).hostname or url
     lower = message.lower()
