@@ -1,0 +1,25 @@
+"""The Gradio app: options, request pipeline, downloads, layout, API and the exported Space.
+Imports infer and below.
+
+The names below are what other subpackages may use; each loads its module on first use.
+"""
+
+from whisper_sv import lazy_exports
+
+_WHERE = {
+    "AppOptions": "chat",
+    "chat": "chat",
+    "export_space": "chat",
+    "LANGUAGE_NAMES": "chat",
+    "serve": "chat",
+    "SIZE_PATTERN": "options",
+}
+__all__ = [
+    "AppOptions",
+    "chat",
+    "export_space",
+    "LANGUAGE_NAMES",
+    "serve",
+    "SIZE_PATTERN",
+]
+__getattr__ = lazy_exports(__name__, _WHERE)
