@@ -375,8 +375,11 @@ def test_mistyped_relative_model_path(capsys, tmp_path, monkeypatch):
 
 
 def test_failed_inputs_exit_1_and_the_rest_are_done(capsys, tmp_path, tiny_ct2_dir):
+    # A file that is there but is no audio fails while decoding (a missing one is bad usage: 2).
     good = _wav(tmp_path / "good.wav")
-    rc = cli.main(["transcribe", "--model", str(tiny_ct2_dir), str(good), str(tmp_path / "no.wav")])
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really a wave file")
+    rc = cli.main(["transcribe", "--model", str(tiny_ct2_dir), str(good), str(broken)])
     assert rc == 1
     err = capsys.readouterr().err
     assert "1 of 2 input(s) failed" in err and "Traceback" not in err
