@@ -13,30 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import SENTENCES, ToySource, make_store
+from conftest import FAST_TRAIN, SENTENCES, ToySource, fast_config, make_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# Fast settings: decoder-only training on cached encoder outputs, evaluation on a few clips.
-FAST = dict(
-    lr=1e-3,
-    warmup_steps=1,
-    batch_size=4,
-    max_steps=6,
-    eval_steps=3,
-    save_steps=3,
-    eval_limit=4,
-    eval_max_new_tokens=16,
-    freeze_encoder=True,
-    export_ct2=False,
-    keep_checkpoints=0,
-)
-
-
-def config(**changes):
-    from whisper_sv.train.run import TrainConfig
-
-    return TrainConfig(**{**FAST, **changes})
+# The shared fast recipe (conftest): decoder-only training on cached encoder outputs.
+FAST = FAST_TRAIN
+config = fast_config
 
 
 @pytest.fixture(scope="module")

@@ -14,19 +14,12 @@ import json
 import logging
 
 import pytest
-from conftest import make_store, own_output_store
+from conftest import FAST_TRAIN, make_store, own_output_store
 
 FAST = dict(
-    lr=1e-3,
-    warmup_steps=1,
-    batch_size=4,
-    max_steps=6,
+    FAST_TRAIN,
     eval_steps=2,
     save_steps=6,
-    eval_limit=4,
-    eval_max_new_tokens=16,
-    freeze_encoder=True,
-    export_ct2=False,
     keep_checkpoints=1,
     precision="fp32",  # the pseudo-labels were decoded in fp32
 )
