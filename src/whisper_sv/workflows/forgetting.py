@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,7 @@ def run_study(out: Path, methods: list[str] | None = None, **demo_options: Any) 
         seconds = time.perf_counter() - t0
         after = score_sets(str(run), store, real, o, start=before)
         rows.append(_result(name, description, after, _best_note(run), seconds))
-        _write(out, rows)
+        write_study_results(out, rows, results_markdown, _plot)
         print(results_markdown(rows), flush=True)
     return rows
 
@@ -152,13 +153,18 @@ def results_markdown(rows: list[MethodResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(out: Path, rows: list[MethodResult]) -> None:
+def write_study_results(
+    out: Path, rows: list[Any], markdown: Callable[[list[Any]], str], plot: Callable
+) -> None:
+    """A study's ``results.md`` (``markdown(rows)``), ``results.json`` (the rows as dicts) and
+    ``results.png`` (``plot(path, rows)``) in ``out``: the layout every study writes."""
     from whisper_sv.core.fsutil import atomic_write_text
 
-    atomic_write_text(out / "results.md", results_markdown(rows))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.md", markdown(rows))
     data = [dataclasses.asdict(r) for r in rows]
     atomic_write_text(out / "results.json", json.dumps(data, indent=2, ensure_ascii=False))
-    _plot(out / "results.png", rows)
+    plot(out / "results.png", rows)
 
 
 def _plot(path: Path, rows: list[MethodResult]) -> None:

@@ -13,7 +13,6 @@ types (substitutions, deletions, insertions, hypothesis length) on the out-of-do
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -155,13 +154,9 @@ def results_markdown(rows: list[GeneralRow]) -> str:
 
 def write_results(out: Path, rows: list[GeneralRow]) -> None:
     """``results.md``, ``results.json`` and ``results.png`` in ``out``."""
-    from whisper_sv.core.fsutil import atomic_write_text
+    from whisper_sv.workflows.forgetting import write_study_results
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.md", results_markdown(rows))
-    data = [dataclasses.asdict(r) for r in rows]
-    atomic_write_text(out / "results.json", json.dumps(data, indent=2, ensure_ascii=False))
-    _plot(out / "results.png", rows)
+    write_study_results(out, rows, results_markdown, _plot)
 
 
 def _plot(path: Path, rows: list[GeneralRow]) -> None:
