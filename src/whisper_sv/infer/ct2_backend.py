@@ -163,9 +163,12 @@ class Ct2Backend(DecoderBackend):
         return self.model.feature_extractor(padded)[:, : N_SAMPLES // 160]
 
     def decode_windows(
-        self, windows: list[np.ndarray], opts: TranscribeOptions
+        self, windows: list[np.ndarray], opts: TranscribeOptions, prompt_text: str = ""
     ) -> list[list[Segment]]:
         """Batched ``generate`` on the CTranslate2 model, a window re-decoded only when bad.
+
+        ``prompt_text``: text said before the windows (Whisper's previous-text prompt, as
+        faster-whisper's ``initial_prompt``); the live captions prompt with what they confirmed.
 
         faster-whisper's BatchedInferencePipeline batches the windows of one file only; here
         the windows of many files share one encoder and one decoder call. Prompt, suppressed
@@ -182,7 +185,8 @@ class Ct2Backend(DecoderBackend):
             task=opts.task,
             language=opts.language,
         )
-        prompt = self.model.get_prompt(tokenizer, [], without_timestamps=False)
+        previous = tokenizer.encode(" " + prompt_text.strip()) if prompt_text.strip() else []
+        prompt = self.model.get_prompt(tokenizer, previous, without_timestamps=False)
         features = np.stack([self._features(w) for w in windows]).astype(np.float32)
         longest = max(len(w) for w in windows) / SAMPLE_RATE
         max_length = max_length_for(len(prompt), opts, self.model.max_length, longest)
