@@ -119,14 +119,18 @@ def test_silence_and_noise_give_no_words(tiny_live, kind):
 # ------------------------------------------------------------------ real speech (slow)
 
 
-@pytest.fixture(scope="module")
-def joined(tmp_path_factory):
+def joined_lexin(folder: Path, seconds: float, seed: int):
+    """A real long file joined from lexin-phrases clips (skips without the shared data)."""
     if not LEXIN.is_dir():
         pytest.skip(f"{LEXIN} not found (shared data absent)")
     from whisper_sv.data.longform import join_clips
 
-    out = tmp_path_factory.mktemp("live") / "joined.wav"
-    return join_clips(LEXIN / "manifest.tsv", out, seconds=25, seed=3)
+    return join_clips(LEXIN / "manifest.tsv", folder / "joined.wav", seconds=seconds, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def joined(tmp_path_factory):
+    return joined_lexin(tmp_path_factory.mktemp("live"), seconds=25, seed=3)
 
 
 @pytest.mark.slow

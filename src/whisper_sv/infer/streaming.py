@@ -20,10 +20,12 @@ Whisper was trained and as ``Transcriber`` does for short clips, not through fas
 ``WhisperModel.transcribe``, which pads the log-mel with zeros (17.5 WER points worse on
 sv-words, docs/benchmarks.md): a live buffer of a few seconds is exactly that case.
 
-Confirmed words are gathered into lines: a line closes at a word ending a sentence, before a
-pause of ``line_pause_s``, when the buffer is cut at a segment end, and at ``finish``. With
-``translate``, each closed line's audio is translated to English (``translate.translate_speech``
-with the model ``translation_model`` picks, as the app does) and the line carries it.
+Confirmed words are gathered into lines: a line closes at a word ending a sentence (or a
+clause, once the line is half full), before a pause of ``line_pause_s``, before it grows past
+``max_line_chars``, when the buffer is cut at a segment end, and at ``finish``. With
+``translate``, each closed line's audio is translated to English
+(``translate.translate_speech`` with the model ``translation_model`` picks, as the app does)
+and the line carries it.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ from whisper_sv.models.references import DEFAULT_MODEL
 
 __all__ = ["LiveLine", "LiveUpdate", "StreamingOptions", "StreamingTranscriber", "line_segments"]
 
-# Words that end a sentence close a line.
+# Words that end a sentence close a line; a clause mark closes one half of max_line_chars long.
 SENTENCE_END = (".", "?", "!")
+CLAUSE_END = (",", ";", ":")
 # Audio kept behind the buffer for translating lines that started before a cut (seconds).
 HISTORY_S = 60.0
 # Audio kept around a line when it is translated (seconds each side).
@@ -66,7 +69,8 @@ class StreamingOptions:
     trim_s: float = 8.0  # past this length the buffer is cut at a confirmed segment end
     max_buffer_s: float = 20.0  # the buffer never holds more (cut at the last confirmed word)
     prompt_chars: int = 200  # confirmed text before the buffer given as Whisper's prompt
-    line_pause_s: float = 1.0  # a pause this long between confirmed words closes the line
+    line_pause_s: float = 0.8  # a pause this long between confirmed words closes the line
+    max_line_chars: int = 84  # a line closes before it grows past this (two subtitle lines)
     beam_size: int = 1  # 1 = greedy (the loop guard re-decodes bad windows with beam 5)
     compute_type: str | None = None  # CTranslate2 type; None: int8 on CPU, float16 on CUDA
     cpu_threads: int = 0  # CPU threads for CTranslate2 (0: all cores this process may use)
@@ -85,8 +89,10 @@ class StreamingOptions:
                 f"need 0 < trim_s < max_buffer_s <= {CHUNK_LENGTH} (one Whisper window), not "
                 f"trim_s={self.trim_s!r}, max_buffer_s={self.max_buffer_s!r}"
             )
-        if self.prompt_chars < 0 or self.line_pause_s <= 0 or self.cpu_threads < 0:
-            raise ValueError("prompt_chars and cpu_threads must be >= 0 and line_pause_s > 0")
+        if self.prompt_chars < 0 or self.cpu_threads < 0:
+            raise ValueError("prompt_chars and cpu_threads must be >= 0")
+        if self.line_pause_s <= 0 or self.max_line_chars < 1:
+            raise ValueError("line_pause_s must be > 0 seconds and max_line_chars >= 1")
 
     def decoding(self) -> TranscribeOptions:
         """The TranscribeOptions every decoding of the buffer uses (guards at their defaults)."""
@@ -247,11 +253,16 @@ class StreamingTranscriber:
     def _take(self, words: Sequence[Word]) -> list[LiveLine]:
         """Add confirmed ``words`` to the open line; the lines they close."""
         lines: list[LiveLine] = []
+        o = self.options
         for w in words:
-            if self._open and w.start - self._open[-1].end >= self.options.line_pause_s:
+            length = sum(len(x.text) for x in self._open) + len(w.text)
+            paused = self._open and w.start - self._open[-1].end >= o.line_pause_s
+            if paused or length > o.max_line_chars + 1:  # +1: the line's leading space
                 lines += self._close()
             self._open.append(w)
-            if w.text.strip().endswith(SENTENCE_END):
+            text = w.text.strip()
+            clause = length >= o.max_line_chars // 2 and text.endswith(CLAUSE_END)
+            if text.endswith(SENTENCE_END) or clause:
                 lines += self._close()
         return lines
 
