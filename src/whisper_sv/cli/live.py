@@ -12,11 +12,7 @@ A file (any format) is played at ``--speed`` times real time (0: as fast as deco
 from __future__ import annotations
 
 import argparse
-import queue
 import sys
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +20,6 @@ import numpy as np
 from whisper_sv.cli.options import UserError, check_device, option_flag
 
 __all__ = ["add_live_command"]
-
-# Audio read from standard input at a time: 0.1 s of 16-bit samples.
-STDIN_BLOCK_BYTES = 3_200
-# How often a paced file releases audio (seconds of wall time).
-PACE_S = 0.05
 
 
 def add_live_command(sub: argparse._SubParsersAction) -> None:
@@ -71,6 +62,7 @@ def add_live_command(sub: argparse._SubParsersAction) -> None:
 def run_live(args: argparse.Namespace) -> int:
     """Print confirmed lines as they come; 0, or 1 when no speech was confirmed."""
     from whisper_sv.cli.options import options_from
+    from whisper_sv.infer.live_sources import paced, pcm_chunks
     from whisper_sv.infer.streaming import StreamingOptions, StreamingTranscriber, line_segments
     from whisper_sv.infer.transcriber import subtitles
 
@@ -81,7 +73,11 @@ def run_live(args: argparse.Namespace) -> int:
     check_device(args.device)
     options = options_from(StreamingOptions, args)
     # A file is read before the model loads, so a bad one is reported at once.
-    source = _stdin_chunks() if args.input == "-" else _paced(_file_audio(args.input), args.speed)
+    source = (
+        pcm_chunks(sys.stdin.buffer)
+        if args.input == "-"
+        else paced(_file_audio(args.input), args.speed)
+    )
     live = StreamingTranscriber(options)
     decoded_s = 0.0
     for samples in source:
@@ -122,50 +118,3 @@ def _file_audio(path: str) -> np.ndarray:
         return load_audio(path)
     except AudioError as err:
         raise UserError(f"cannot read {path} as audio: {err}") from err
-
-
-def _paced(audio: np.ndarray, speed: float) -> Iterator[np.ndarray]:
-    """``audio`` as it would arrive playing at ``speed`` (0: all at once, in 0.5 s pieces)."""
-    from whisper_sv.core.audio import SAMPLE_RATE
-
-    if speed == 0:
-        step = SAMPLE_RATE // 2
-        yield from (audio[i : i + step] for i in range(0, len(audio), step))
-        return
-    start, sent = time.monotonic(), 0
-    while sent < len(audio):
-        due = min(len(audio), int((time.monotonic() - start) * speed * SAMPLE_RATE))
-        if due > sent:
-            yield audio[sent:due]
-            sent = due
-        else:
-            time.sleep(PACE_S)
-
-
-def _stdin_chunks() -> Iterator[np.ndarray]:
-    """Raw s16le PCM from standard input, everything that arrived since the last chunk.
-
-    A thread drains the pipe while the model decodes, so a live producer (arecord) never
-    blocks on a full pipe and loses audio.
-    """
-    arrived: queue.Queue[bytes | None] = queue.Queue()
-
-    def read() -> None:
-        stream = sys.stdin.buffer
-        while block := stream.read(STDIN_BLOCK_BYTES):
-            arrived.put(block)
-        arrived.put(None)
-
-    threading.Thread(target=read, name="live-stdin", daemon=True).start()
-    pending, done = b"", False
-    while not done:
-        blocks = [arrived.get()]
-        while not arrived.empty():
-            blocks.append(arrived.get_nowait())
-        done = blocks[-1] is None
-        pending += b"".join(b for b in blocks if b)
-        usable = len(pending) - len(pending) % 2
-        if usable:
-            pcm = np.frombuffer(pending[:usable], dtype="<i2").astype(np.float32) / 32768.0
-            pending = pending[usable:]
-            yield pcm
