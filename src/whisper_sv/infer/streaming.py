@@ -51,6 +51,8 @@ __all__ = ["LiveLine", "LiveUpdate", "StreamingOptions", "StreamingTranscriber",
 # Words that end a sentence close a line; a clause mark closes one half of max_line_chars long.
 SENTENCE_END = (".", "?", "!")
 CLAUSE_END = (",", ";", ":")
+# Audio kept of a buffer without speech: a word may be starting there.
+SILENCE_KEPT_S = 1.0
 # Audio kept behind the buffer for translating lines that started before a cut (seconds).
 HISTORY_S = 60.0
 # Audio kept around a line when it is translated (seconds each side).
@@ -64,7 +66,9 @@ class StreamingOptions:
     model: str = DEFAULT_MODEL  # any model reference (bundled:base, a run folder, a hub id)
     language: str = "sv"  # Whisper language code of the speech (no "auto": too few seconds)
     translate: bool = False  # English of each closed line (Whisper's translate task)
-    chunk_s: float = 1.0  # seconds of new audio between two decodings of the buffer
+    # seconds of new audio between two decodings of the buffer (1.0: 0.94 CPU s per audio s,
+    # p50 latency 2.8 s; 0.5: 1.1 CPU s on 2 cores, p50 2.1 s; bench/bench_live.py)
+    chunk_s: float = 0.5
     agreement: int = 2  # consecutive decodings that must agree on a word (LocalAgreement-n)
     trim_s: float = 8.0  # past this length the buffer is cut at a confirmed segment end
     max_buffer_s: float = 20.0  # the buffer never holds more (cut at the last confirmed word)
@@ -128,14 +132,23 @@ class StreamingTranscriber:
     and closes the last line. ``lines`` holds every closed line.
     """
 
-    def __init__(self, options: StreamingOptions | None = None) -> None:
+    def __init__(
+        self, options: StreamingOptions | None = None, *, backend: Ct2Backend | None = None
+    ) -> None:
+        """``backend``: the loaded model of another stream of the same options, to share it
+        (an app serving several microphones); None loads ``options.model``."""
         self.options = options or StreamingOptions()
         o = self.options
-        self._backend = Ct2Backend(o.model, o.device, o.compute_type, o.cpu_threads)
+        self._backend = backend or Ct2Backend(o.model, o.device, o.compute_type, o.cpu_threads)
         self._decoding = o.decoding()
         self._backend.check(self._decoding)
         self._translator = None  # a Transcriber for the English, loaded on first use
         self.reset()
+
+    @property
+    def backend(self) -> Ct2Backend:
+        """The loaded model (pass it to another stream's constructor to share it)."""
+        return self._backend
 
     def reset(self) -> None:
         """Forget the stream (the model stays loaded)."""
@@ -148,6 +161,7 @@ class StreamingTranscriber:
         self.lines: list[LiveLine] = []  # every closed line
         self.dropped: list[Dropped] = []  # what the speech guard left out (stream times)
         self._segment_ends: tuple[float, ...] = ()  # ends of the latest decoding's segments
+        self._heard_speech = False  # whether silero VAD found speech in the latest buffer
 
     @property
     def received_s(self) -> float:
@@ -200,9 +214,11 @@ class StreamingTranscriber:
         buffer = self._audio[start:]
         self._decoded_to = self.received_s
         self._segment_ends = ()
+        self._heard_speech = False
         if is_silent(buffer):
             return []
         spans = tuple(speech_spans(buffer))
+        self._heard_speech = bool(spans)
         if not spans:
             return []  # nothing silero VAD calls speech: not decoded (silence, noise)
         windows = self._backend.decode_windows(
@@ -227,9 +243,10 @@ class StreamingTranscriber:
         length = self.received_s - self._buffer_at
         confirmed_end = self._agreement.confirmed_end
         cut = None
-        if not self._segment_ends and not self._agreement.tentative:
-            # Nothing heard: keep one chunk (a word may be starting), drop the silence.
-            cut = max(self._buffer_at, self.received_s - o.chunk_s)
+        if not self._heard_speech and not self._agreement.tentative:
+            # No speech in the buffer: drop the silence, keep the last second (a word may be
+            # starting that silero VAD cannot tell from noise yet).
+            cut = max(self._buffer_at, self.received_s - SILENCE_KEPT_S)
         elif length > o.trim_s:
             done = [end for end in self._segment_ends[:-1] if end <= confirmed_end + 1e-3]
             cut = done[-1] if done else None
