@@ -162,6 +162,9 @@ class Trainer:
             "model": model_fingerprint(self.model_dir),
             "store": self.info["store_id"],
             "format": 1,
+            # bf16 and fp32 encoders give (slightly) different outputs; the cache may be shared
+            # by runs of both (the demo keeps it in the user's cache folder).
+            "precision": str(self.acc.mixed_precision),
         }
         train_key = {**key, "split": "train", "timestamp_share": self.cfg.timestamp_share}
         if self.cfg.prompt_share:  # (keys of runs without prompts stay as they were)

@@ -241,7 +241,7 @@ def plan(asked: Sizes, work: Workload, rates: Rates, budget_s: float) -> Plan:
 
 
 def calibrate(
-    model: Any, *, precision: str, batch_size: int, distill: bool, repeats: int = 2
+    model: Any, *, precision: str, batch_size: int, distill: bool, repeats: int = 1
 ) -> Rates:
     """Measure :class:`Rates` on ``model`` (a WhisperForConditionalGeneration on the CPU)
     in ``precision``; its weights are left as they were (no optimizer step is taken)."""

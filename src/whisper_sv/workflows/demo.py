@@ -17,6 +17,14 @@ sets share speakers across their parts (in domain); ``cv-dev`` (Common Voice, ot
 and microphones) is never trained on and guards whole, out of domain: the "general Swedish"
 row. Training distils from the start model (``distill``) so that general Swedish holds.
 
+The recipe fits a time budget (``budget``, 15 minutes by default): a few seconds of
+calibration measure this machine's encoder, training and scoring rates, and ``budget.plan``
+picks the largest recipe predicted to fit, printing it before the long work starts. What
+does not change with the recipe is never paid twice: the pretrained model's scores and the
+encoder outputs of the test sets, guards and training windows are cached in the user's cache
+folder (``set_scores.py``, ``encoder_cache.py``), so a second demo spends its time on the
+fine-tune.
+
 Every stage is the project's own public function (``build_store``, ``train``, ``Evaluator``,
 ``Transcriber``); the demo only chooses small settings. Re-running it reuses what is finished:
 the store skips done shards, and the run resumes or is left as is.
