@@ -192,17 +192,24 @@ def test_demo_without_real_speech_has_synthetic_rows_only(tmp_path, tiny_model_d
 
 
 def test_second_demo_reads_the_scores_and_encoder_outputs_it_made(
-    tmp_path, tiny_model_dir, capsys, monkeypatch
+    tmp_path, tiny_model_dir, capsys, monkeypatch, caplog
 ):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="whisper_sv")
     monkeypatch.setenv("WHISPER_SV_CACHE", str(tmp_path / "cache"))
     recipe = dict(test_clips=2, max_steps=1, warmup_steps=0, real_data="none", budget="0")
     first = _tiny_demo(tmp_path / "a", tiny_model_dir, **recipe)
     baseline = capsys.readouterr().out.split("== baseline")[1].split("== fine-tune")[0]
     assert "read from the cache" not in baseline
     assert list((tmp_path / "cache").glob("encoder/test-*.npy"))
+    assert "start model's scores read from" not in caplog.text
     second = _tiny_demo(tmp_path / "b", tiny_model_dir, **recipe)
     baseline = capsys.readouterr().out.split("== baseline")[1].split("== fine-tune")[0]
     assert "scores of this model read from the cache" in baseline
+    # The fine-tune's step-0 evaluation of the start model, and its encoder outputs
+    assert "start model's scores read from" in caplog.text
+    assert "using cached encoder outputs" in caplog.text
     assert second.rows == first.rows and "no budget" in second.plan
 
 
