@@ -397,16 +397,11 @@ class Trainer:
         import hashlib
         import json
 
-        from whisper_sv.train.guards import manifest_key
-
         cfg = self.cfg
         key = {
             "model": model_fingerprint(self.model_dir),
             "store": self.info["store_id"],
-            "guards": [
-                [dataclasses.asdict(g), manifest_key(Path(g.path), str(self.info["model"]))]
-                for g in cfg.guards
-            ],
+            "guards": [[dataclasses.asdict(g), self._guard_content(g.path)] for g in cfg.guards],
             "eval": [cfg.eval_limit, cfg.eval_beam_size, cfg.eval_max_new_tokens],
             "precision": str(self.acc.mixed_precision),
             "format": 1,
@@ -415,6 +410,15 @@ class Trainer:
         return (
             self.cache_root / f"start-scores-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
         )
+
+    def _guard_content(self, path: str) -> str:
+        """Identity of a guard's clips: a manifest's text and audio, or a store's shards."""
+        from whisper_sv.data.store import FeatureStore, store_id
+        from whisper_sv.train.guards import manifest_key
+
+        if Path(path).is_dir():
+            return store_id(FeatureStore(path))
+        return manifest_key(Path(path), str(self.info["model"]))
 
     def _start_scores(self) -> Scores | None:
         """The start model's step-0 scores from an earlier run with the same model, data and
