@@ -655,3 +655,34 @@ def test_cli_line_width_and_count_shape_the_subtitles():
     assert all(len(t[0]) <= 12 or " " not in t[0] for t in texts)
     bad = cli(clip, "--max-line-width", "5")
     assert bad.returncode == 2 and "max_line_chars" in bad.stderr.decode()
+
+
+@pytest.fixture(scope="module")
+def long_lexin(tmp_path_factory):
+    """About 60 s of real Swedish phrases (lexin-phrases) joined with pauses."""
+    from pathlib import Path
+
+    from whisper_sv.data.longform import join_clips
+
+    manifest = Path(LEXIN).parent / "manifest.tsv"
+    out = tmp_path_factory.mktemp("long") / "long.wav"
+    return join_clips(manifest, out, seconds=60.0)
+
+
+def test_cli_progress_bar_counts_the_audio_seconds_of_one_long_file(long_lexin):
+    import re
+
+    proc = cli(str(long_lexin.path), "--progress")
+    assert proc.returncode == 0, proc.stderr.decode()
+    states = re.findall(r"(\d+)%\|[^|]*\| (\d+\.\d)/(\d+\.\d) s audio", proc.stderr.decode())
+    total = f"{long_lexin.duration:.1f}"
+    assert states and all(t == total for _, _, t in states), states
+    assert states[-1][:2] == ("100", total)
+    done = [float(n) for _, n, _ in states]
+    assert done == sorted(done)
+    # faster-whisper decodes window by window: the bar stood between 0 and the end too.
+    assert any(0 < n < float(total) for n in done), states
+    assert proc.stdout.strip()  # the transcript itself is on standard output, untouched
+    for quiet in ((), ("--no-progress",)):  # standard error is a pipe here: no bar
+        proc = cli(str(long_lexin.path), *quiet)
+        assert proc.returncode == 0 and "s audio" not in proc.stderr.decode()

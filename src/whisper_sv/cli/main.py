@@ -124,6 +124,13 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     option_flag(p, LoadOptions, "cpu_threads", "--threads", metavar="N")
     option_flag(p, SubtitleOptions, "max_line_chars", "--max-line-width", metavar="N")
     option_flag(p, SubtitleOptions, "max_lines", "--max-line-count", metavar="N")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on standard error: audio seconds decoded of one file, or files "
+        "done of several (not given: shown when standard error is a terminal)",
+    )
     p.set_defaults(func=_cmd_transcribe)
 
 
@@ -199,7 +206,8 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
         compute_type=load.compute_type,
         cpu_threads=load.cpu_threads,
     )
-    results = transcriber.transcribe_many(audios, options, progress=len(audios) > 1)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    results = transcriber.transcribe_many(audios, options, progress=progress)
     used: set[str] = set()
     documents: list = []  # --format json on standard output: one array at the end
     for name, result in zip(names, results, strict=True):
