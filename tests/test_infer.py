@@ -104,6 +104,7 @@ def test_empty_output_no_segments():
         ({"temperature": 1.5}, "temperature must be between 0 and 1"),
         ({"batch_size": 0}, "batch_size must be"),
         ({"max_new_tokens": 1000}, "max_new_tokens must be between 1 and 445"),
+        ({"initial_prompt": "  "}, "initial_prompt must be text.*leave it out"),
     ],
 )
 def test_bad_options_name_the_fix(kwargs, message):
@@ -345,6 +346,23 @@ def test_word_timestamps_ct2(ct2):
     for s in ct2.transcribe(noise(3.0), word_timestamps=True, **FAST).segments:
         # Each segment holds its own words: together they spell its text.
         assert "".join(w.text for w in s.words).replace(" ", "") == s.text.replace(" ", "")
+
+
+def test_initial_prompt_length_is_checked_against_the_decoder(ct2, hf, processor):
+    def n_tokens(text: str) -> int:  # as faster-whisper encodes a prompt
+        return len(processor.tokenizer.encode(" " + text.strip(), add_special_tokens=False))
+
+    longest = " ".join(["ord"] * 223)
+    assert n_tokens(longest) == 223
+    # The longest prompt still leaves room for the window's text: 40 s goes through
+    # faster-whisper's own loop, which refuses a prompt and token budget that do not fit.
+    for seconds in (3.0, 40.0):
+        result = ct2.transcribe(noise(seconds), initial_prompt=longest, vad=False, **FAST)
+        assert result.options.initial_prompt == longest
+    with pytest.raises(ValueError, match="initial_prompt is 224 tokens; .* at most 223"):
+        ct2.transcribe(noise(1.0), initial_prompt=longest + " ord", **FAST)
+    with pytest.raises(ValueError, match="initial_prompt needs backend='ct2'"):
+        hf.transcribe(noise(1.0), initial_prompt="Budapäst")
 
 
 def test_language_auto(ct2, hf):
@@ -686,3 +704,23 @@ def test_cli_progress_bar_counts_the_audio_seconds_of_one_long_file(long_lexin):
     for quiet in ((), ("--no-progress",)):  # standard error is a pipe here: no bar
         proc = cli(str(long_lexin.path), *quiet)
         assert proc.returncode == 0 and "s audio" not in proc.stderr.decode()
+
+
+def test_cli_initial_prompt_reaches_the_decoder():
+    import json
+
+    # Common Voice: "... de hetaste ställena i Budapest." Whisper base writes "Budapest"; a
+    # prompt spelling it "Budapäst" makes it write that (as in whisper, the prompt steers
+    # spelling), and the JSON records the prompt used.
+    clip = "/work/shared/data/cv-dev/clips/common_voice_sv-SE_18762217.mp3"
+    plain = json.loads(cli(clip, "--format", "json").stdout)
+    proc = cli(clip, "--format", "json", "--initial-prompt", "Budapäst")
+    assert proc.returncode == 0, proc.stderr.decode()
+    prompted = json.loads(proc.stdout)
+    assert "Budapest" in plain["text"] and "Budapäst" not in plain["text"]
+    assert "Budapäst" in prompted["text"], prompted["text"]
+    assert prompted["options"]["initial_prompt"] == "Budapäst"
+    assert plain["options"]["initial_prompt"] is None
+    long = cli(clip, "--initial-prompt", " ".join(["ord"] * 300))
+    err = long.stderr.decode()
+    assert long.returncode == 2 and "initial_prompt is 300 tokens" in err and "223" in err

@@ -109,6 +109,7 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     option_flag(p, T, "fit_to_speech", "--no-fit-to-speech")
     option_flag(p, T, "word_timestamps")
     option_flag(p, T, "condition_on_previous_text")
+    option_flag(p, T, "initial_prompt", metavar="TEXT")
     option_flag(p, T, "max_new_tokens", metavar="N")
     # The speech guard: what it drops is listed under "dropped" in --format json.
     on_off = {"action": argparse.BooleanOptionalAction}
