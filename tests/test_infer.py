@@ -724,3 +724,38 @@ def test_cli_initial_prompt_reaches_the_decoder():
     long = cli(clip, "--initial-prompt", " ".join(["ord"] * 300))
     err = long.stderr.decode()
     assert long.returncode == 2 and "initial_prompt is 300 tokens" in err and "223" in err
+
+
+def test_cli_word_timestamps_and_highlighted_words_on_real_speech(long_lexin, tmp_path):
+    import json
+    import re
+
+    proc = cli(str(long_lexin.path), "--highlight-words", "--format", "all", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr.decode()
+    doc = json.loads((tmp_path / "long.json").read_text("utf-8"))
+    assert doc["options"]["word_timestamps"]  # --highlight-words turns them on
+    words = [w for s in doc["segments"] for w in s["words"]]
+    assert len(words) >= 30  # ~40 phrases of one to four words
+    starts = [w["start"] for w in words]
+    assert starts == sorted(starts) and all(w["start"] <= w["end"] for w in words)
+    assert starts[0] >= 0.0 and words[-1]["end"] <= doc["duration"]
+    for s in doc["segments"]:  # each segment holds its words, which spell its text
+        assert "".join(w["text"] for w in s["words"]).split() == s["text"].split()
+    for fmt in ("srt", "vtt"):
+        text = (tmp_path / f"long.{fmt}").read_text("utf-8")
+        stamps = re.findall(
+            r"(\d\d):(\d\d):(\d\d)[,.](\d{3}) --> (\d\d):(\d\d):(\d\d)[,.](\d{3})", text
+        )
+        times = [
+            (
+                int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000,
+                int(h2) * 3600 + int(m2) * 60 + int(s2) + int(ms2) / 1000,
+            )
+            for h, m, s, ms, h2, m2, s2, ms2 in stamps
+        ]
+        assert all(a < b for a, b in times)  # no cue of zero length
+        # in order, no overlap
+        assert all(b <= c for (_, b), (c, _) in zip(times, times[1:], strict=False))
+        assert times[0][0] >= 0.0 and times[-1][1] <= doc["duration"]  # inside the audio
+        underlined = re.findall(r"<u>(.*?)</u>", text)
+        assert underlined == doc["text"].split()  # every word once, in order

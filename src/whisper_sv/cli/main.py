@@ -12,6 +12,7 @@ commands that build and train models are in ``cli/train.py``, the search and exp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -125,6 +126,7 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     option_flag(p, LoadOptions, "cpu_threads", "--threads", metavar="N")
     option_flag(p, SubtitleOptions, "max_line_chars", "--max-line-width", metavar="N")
     option_flag(p, SubtitleOptions, "max_lines", "--max-line-count", metavar="N")
+    option_flag(p, SubtitleOptions, "highlight_words")
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -158,7 +160,13 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 
     options = options_from(TranscribeOptions, args)
     load = options_from(LoadOptions, args)
-    layout = SubtitleOptions(max_line_chars=args.max_line_chars, max_lines=args.max_lines)
+    layout = SubtitleOptions(
+        max_line_chars=args.max_line_chars,
+        max_lines=args.max_lines,
+        highlight_words=args.highlight_words,
+    )
+    if layout.highlight_words:  # words underlined as said: their times, not estimates
+        options = dataclasses.replace(options, word_timestamps=True)
     formats = FORMATS if args.format == "all" else (args.format,)
     if args.format == "all" and not args.out:
         raise UserError("--format all writes one file per format; give --out DIR")

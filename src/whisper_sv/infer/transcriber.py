@@ -590,7 +590,8 @@ def subtitles(
 
     Subtitle cues follow ``whisper_sv.infer.subtitles.cues``: at most ``options.max_cue_s`` (7 s)
     and two lines of 42 characters, no overlaps, none of zero length; ``spans`` (speech spans)
-    time the cues inside a segment.
+    time the cues inside a segment. ``options.highlight_words``: one cue per word, the word
+    underlined (``subtitles.highlighted``).
     """
     from whisper_sv.infer import subtitles as subs
 
@@ -598,4 +599,7 @@ def subtitles(
         return "".join(f"{s.text.strip()}\n" for s in segments if s.text.strip())
     if fmt not in ("srt", "vtt"):
         raise ValueError(f"unknown subtitle format {fmt!r}; use txt, srt or vtt")
-    return subs.render(subs.cues(segments, options, spans), fmt)
+    cue_list = subs.cues(segments, options, spans)
+    if options is not None and options.highlight_words:
+        cue_list = subs.highlighted(cue_list)
+    return subs.render(cue_list, fmt)
