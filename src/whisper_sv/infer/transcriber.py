@@ -207,6 +207,12 @@ class Transcriber:
         samples, source = _as_samples(audio)
         return self._one(samples, source, opts, transcript, progress=progress)
 
+    def options(self, options: TranscribeOptions | None = None, **overrides) -> TranscribeOptions:
+        """The options a call with these arguments decodes with, checked against this model
+        (an initial prompt's length in tokens, what the backend can do): ValueError naming
+        the fix, before any audio is read."""
+        return self._options(options, overrides)
+
     def detect_language(self, audio: AudioInput) -> tuple[str, float]:
         """(Whisper language code, probability) heard in the first 30 s of speech (ct2).
 
