@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from whisper_sv.core.config import need
 from whisper_sv.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,6 @@ class ExperimentOptions:
     workers: int = 1  # feature worker processes
 
     def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ValueError(msg)
-
         for name in ("train_clips", "validation_clips", "test_clips", "steps", "batch_size"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1 (got {getattr(self, name)})")
         need(self.evals >= 1, f"evals must be >= 1 (got {self.evals})")
