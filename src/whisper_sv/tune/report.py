@@ -15,6 +15,7 @@ import yaml
 
 from whisper_sv.core.fsutil import atomic_write_text
 from whisper_sv.core.run_metrics import format_float
+from whisper_sv.models.references import DEFAULT_MODEL
 from whisper_sv.train.config import TrainConfig
 from whisper_sv.tune.runner import (
     REPORT,
@@ -261,7 +262,7 @@ def _summary_lines(root: Path, settings: dict[str, Any], rows: Sequence[TrialRow
         f"# Study {root.name}",
         "",
         f"- store: `{settings['features']}`",
-        f"- model: `{settings['model'] or 'bundled:base'}`",
+        f"- model: `{settings['model'] or DEFAULT_MODEL}`",
         f"- sampler: {tune_opts['sampler']} (seed {tune_opts['seed']}); pruner: {pruner}",
         f"- budget: {_budget(tune_opts, settings['train'])}; "
         f"{tune_opts['evals_per_trial'] or 'base eval_steps'} evaluations per trial",

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from whisper_sv.core.config import need
+from whisper_sv.models.references import DEFAULT_MODEL
 from whisper_sv.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def sv_words_dir() -> Path:
 class ExperimentOptions:
     """The budget and recipe shared by the experiments (``--budget key=value``)."""
 
-    model: str = "bundled:base"  # model every run starts from (and the pretrained row)
+    model: str = DEFAULT_MODEL  # model every run starts from (and the pretrained row)
     train_clips: int = 100  # synthetic training clips (equal in every condition)
     validation_clips: int = 20  # synthetic validation clips (checkpoint choice)
     test_clips: int = 30  # synthetic test clips (unseen voices and sentences)
