@@ -629,11 +629,11 @@ def test_cli_failed_input_exits_1(tiny_ct2_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_language_auto_shows_language_and_probability():
+def test_cli_language_auto_shows_language_and_probability(cv_sentence):
     import json
 
     # A real Common Voice sentence: the one-word lexin phrases are too short to tell.
-    clip = "/work/shared/data/cv-dev/clips/common_voice_sv-SE_18713247.mp3"
+    clip = str(cv_sentence)
     proc = cli(clip, "--language", "auto", "--format", "json")
     assert proc.returncode == 0, proc.stderr.decode()
     doc = json.loads(proc.stdout)
@@ -650,9 +650,9 @@ def test_cli_threads_and_compute_type_reach_the_model(tiny_ct2_dir):
     assert bad.returncode == 2 and "cpu_threads" in bad.stderr.decode()
 
 
-def test_cli_line_width_and_count_shape_the_subtitles():
+def test_cli_line_width_and_count_shape_the_subtitles(cv_sentence):
     # The real model on a real sentence: its words are words, so lines break between them.
-    clip = "/work/shared/data/cv-dev/clips/common_voice_sv-SE_18713247.mp3"
+    clip = str(cv_sentence)
     proc = cli(clip, "--format", "srt", "--max-line-width", "12", "--max-line-count", "1")
     assert proc.returncode == 0, proc.stderr.decode()
     blocks = [b.splitlines() for b in proc.stdout.decode().strip().split("\n\n")]
