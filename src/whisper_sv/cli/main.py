@@ -308,7 +308,9 @@ def _unique_stem(name: str, used: set[str]) -> str:
 
 def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
     """The ``evaluate`` command: the decoding flags are TranscribeOptions fields."""
+    from whisper_sv.infer.transcriber import DECODER_BACKENDS, DEVICES
     from whisper_sv.infer.transcriber import TranscribeOptions as T
+    from whisper_sv.models.references import DEFAULT_MODEL
 
     p = sub.add_parser(
         "evaluate",
@@ -318,14 +320,14 @@ def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
         "CER (normalised and orthographic), speed, and a per-utterance table. Files that "
         "cannot be read are reported and skipped; the exit status is 1 if any failed.",
     )
-    add_model_flag(p, "bundled:base")
+    add_model_flag(p, DEFAULT_MODEL)
     p.add_argument("--manifest", required=True, type=Path, help="TSV with path and sentence")
-    p.add_argument("--backend", choices=("ct2", "transformers"), default="ct2", help="engine")
+    p.add_argument("--backend", choices=DECODER_BACKENDS, default="ct2", help="engine")
     p.add_argument("--out", type=Path, default=Path("evaluation"), help="report folder")
     p.add_argument("--limit", type=int, metavar="N", help="first N rows only (not given: all)")
     for name in ("language", "beam_size", "batch_size"):
         option_flag(p, T, name)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where to run")
     p.set_defaults(func=_cmd_evaluate)
 
 

@@ -385,7 +385,7 @@ class Trainer:
         if self.selector.consider(st.step, scores).stop_early:
             st.stopped_early = True
         if self.acc.is_main_process:
-            self.run.write_metrics([MetricsRow.from_dict(r) for r in st.rows])
+            self.run.reports.write_metrics([MetricsRow.from_dict(r) for r in st.rows])
 
     def _start_scores_path(self) -> Path | None:
         """Where the start model's scores of this run's validation and guards are kept: the
@@ -490,7 +490,7 @@ class Trainer:
         self.selector.resume(self.state)
         if self.acc.is_main_process:
             # Rows after the checkpoint belong to the lost part of the run: they are redone.
-            self.run.write_metrics([MetricsRow.from_dict(r) for r in self.state.rows])
+            self.run.reports.write_metrics([MetricsRow.from_dict(r) for r in self.state.rows])
 
     # ------------------------------------------------------------ the end
 
@@ -500,8 +500,8 @@ class Trainer:
         self.selector.finish(self.scorer)
         if acc.is_main_process:
             rows = [MetricsRow.from_dict(r) for r in st.rows]
-            run.write_metrics(rows)
-            run.write_curves(rows, title=run.path.name)
+            run.reports.write_metrics(rows)
+            run.reports.write_curves(rows, title=run.path.name)
             card = model_card(
                 cfg=self.cfg,
                 store=self.store,
@@ -511,7 +511,7 @@ class Trainer:
                 processes=acc.num_processes,
                 guard_section=self.selector.card_section(),
             )
-            run.write_model_card(card)
+            run.reports.write_model_card(card)
             if self.cfg.export_ct2 and not newer(run.ct2_dir, run.best_dir):
                 self.saver.export_ct2()
             if not self.cfg.cache_dir:
