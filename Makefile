@@ -32,8 +32,9 @@ test: install browser
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/python -m pytest -q
 
+# The slow suite lists its ten slowest tests, to keep CI's second step in its time budget.
 test-slow: install browser
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --durations=10
 
 bench: install
 	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

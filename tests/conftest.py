@@ -18,6 +18,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 SV_WORDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sv-words"
+# A real Common Voice sentence (a man reads "Var inte orolig, ditt jobb är lika viktigt, men du
+# behöver den här."): long enough to tell the language, and Whisper base's English of it is a
+# real translation, not one of the outros the speech guard drops.
+CV_SENTENCE = SV_WORDS.parent / "cv-dev" / "clips" / "common_voice_sv-SE_18713247.mp3"
 
 # Tiny model shape: small enough to build, save and load in about a second.
 TINY_D_MODEL = 64
@@ -120,6 +124,14 @@ def sv_words_dir() -> Path:
     if not SV_WORDS.is_dir():
         pytest.skip(f"{SV_WORDS} not found (shared data absent)")
     return SV_WORDS
+
+
+@pytest.fixture(scope="session")
+def cv_sentence() -> Path:
+    """CV_SENTENCE, the real recording of one Swedish sentence (skips when the data is absent)."""
+    if not CV_SENTENCE.is_file():
+        pytest.skip(f"{CV_SENTENCE} not found (shared data absent)")
+    return CV_SENTENCE
 
 
 # --------------------------------------------------------------------------- shared helpers

@@ -54,7 +54,7 @@ def test_average_of_two_is_the_elementwise_mean(run_with_checkpoints, tmp_path):
 
     run = RunFolder(run_with_checkpoints)
     chosen = select_checkpoints(run.path, 2)
-    rows = {r.step: r.wer for r in run.read_metrics()}
+    rows = {r.step: r.wer for r in run.reports.read_metrics()}
     # The two lowest WERs (ties: the later step first).
     ranked = sorted(rows, key=lambda s: (rows[s], -s))
     assert [c.step for c, _ in chosen] == ranked[:2]

@@ -242,7 +242,11 @@ def test_cli_transcribe_to_stdout(tiny_ct2_dir, tmp_path, capsys):
 def test_real_model_on_sv_words(sv_words_dir):
     report = evaluate(sv_words_dir / "manifest.tsv", limit=16)
     assert report.n_failed == 0
-    # Whisper base on isolated Swedish words: WER near 100 % (one word, often misspelt),
-    # CER near 35 %: it hears the words but does not spell them right.
-    assert 50.0 < report.rates.wer < 150.0
-    assert 15.0 < report.rates.cer < 60.0
+    # Whisper base on isolated Swedish words (the first 16 are clothes): it hears them but
+    # rarely spells them right ("Hanskar." for handskar), and it writes some compounds as two
+    # words or a word as a short phrase ("Ör hängen.", "Kall såg ni er?"): each such insertion
+    # counts, so WER over one-word references goes past 100 % (150.0 here; 98.2 on all 164 words,
+    # docs/benchmarks.md) while CER stays about 45 %. Silence or noise for output gives CER 100.
+    assert 75.0 < report.rates.wer < 200.0
+    assert 20.0 < report.rates.cer < 65.0
+    assert sum(u.errors.substitutions == 0 for u in report.utterances) >= 1  # "Kofta."

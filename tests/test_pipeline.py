@@ -183,8 +183,34 @@ def test_demo_without_real_speech_has_synthetic_rows_only(tmp_path, tiny_model_d
         tmp_path, tiny_model_dir, test_clips=2, max_steps=1, warmup_steps=0, real_data="none"
     )
     assert [r.name for r in res.rows] == ["synthetic test, unseen voices"]
-    assert "synthetic rows only" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "synthetic rows only" in out
     assert not (res.run / "guards.json").exists()
+    # The plan is printed before the work, and the report says what size the demo ran at.
+    assert "plan: budget 15 min" in out and "rates: encoder" in out
+    assert "2 test clips" in res.plan and res.predicted and res.total_seconds > 0
+
+
+def test_second_demo_reads_the_scores_and_encoder_outputs_it_made(
+    tmp_path, tiny_model_dir, capsys, monkeypatch, caplog
+):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="whisper_sv")
+    monkeypatch.setenv("WHISPER_SV_CACHE", str(tmp_path / "cache"))
+    recipe = dict(test_clips=2, max_steps=1, warmup_steps=0, real_data="none", budget="0")
+    first = _tiny_demo(tmp_path / "a", tiny_model_dir, **recipe)
+    baseline = capsys.readouterr().out.split("== baseline")[1].split("== fine-tune")[0]
+    assert "read from the cache" not in baseline
+    assert list((tmp_path / "cache").glob("encoder/test-*.npy"))
+    assert "start model's scores read from" not in caplog.text
+    second = _tiny_demo(tmp_path / "b", tiny_model_dir, **recipe)
+    baseline = capsys.readouterr().out.split("== baseline")[1].split("== fine-tune")[0]
+    assert "scores of this model read from the cache" in baseline
+    # The fine-tune's step-0 evaluation of the start model, and its encoder outputs
+    assert "start model's scores read from" in caplog.text
+    assert "using cached encoder outputs" in caplog.text
+    assert second.rows == first.rows and "no budget" in second.plan
 
 
 def test_pipeline_refuses_to_promote_a_run_that_lost_its_guards(

@@ -14,6 +14,7 @@ from whisper_sv.infer.subtitles import (
     SubtitleOptions,
     cues,
     fit_to_speech,
+    highlighted,
     rule_breaks,
     speech_spans,
 )
@@ -222,3 +223,52 @@ def test_rule_breaks_counts_each_rule():
         "lone": 1,
         "mid": 2,
     }
+
+
+UNDERLINED = re.compile(r"<u>(.*?)</u>")
+
+
+def check_highlighted(plain: list[Cue], shown: list[Cue]) -> None:
+    """Every word of ``plain`` underlined once, in order, inside its cue; no overlaps."""
+    words = [w for c in plain for w in " ".join(c.lines).split()]
+    assert [m for c in shown for m in UNDERLINED.findall(" ".join(c.lines))] == words
+    assert all(len(UNDERLINED.findall(" ".join(c.lines))) <= 1 for c in shown)
+    for a, b in zip(shown, shown[1:], strict=False):
+        assert a.start < a.end <= b.start < b.end
+    for c in shown:  # inside the cue it comes from, whose text it shows
+        (home,) = [p for p in plain if p.start <= c.start and c.end <= p.end]
+        assert UNDERLINED.sub(r"\1", " ".join(c.lines)) == " ".join(home.lines)
+
+
+def worded(start: float, end: float, *words: tuple[float, float, str]) -> Segment:
+    """A segment of ``words`` (start, end, text) with their times."""
+    text = " ".join(w for _, _, w in words)
+    return Segment(start, end, text, words=tuple(Word(a, b, " " + w, 0.9) for a, b, w in words))
+
+
+def test_highlighted_words_are_whispers_highlight_words():
+    segments = [
+        worded(0.0, 2.0, (0.1, 0.4, "Hej"), (0.4, 0.6, "på"), (1.2, 1.9, "dig.")),
+        # Word times squashed together (the alignment gives some words no time at all).
+        worded(5.0, 6.0, (5.0, 5.0, "Ett"), (5.0, 5.0, "två"), (5.0, 5.0, "tre")),
+    ]
+    plain = cues(segments)
+    shown = highlighted(plain)
+    check_highlighted(plain, shown)
+    # Whisper's layout: each word underlined from its start to its end, the plain text in
+    # the gaps between words and after the last; squashed words get 10 ms each.
+    assert shown[:4] == [
+        Cue(0.1, 0.4, ("<u>Hej</u> på dig.",)),
+        Cue(0.4, 0.6, ("Hej <u>på</u> dig.",)),
+        Cue(0.6, 1.2, ("Hej på dig.",)),
+        Cue(1.2, 1.9, ("Hej på <u>dig.</u>",)),
+    ]
+    assert [(c.start, c.end) for c in shown[4:]] == [
+        (5.0, 5.01),
+        (5.01, 5.02),
+        (5.02, 5.03),
+        (5.03, 5.8),
+    ]
+    assert highlighted([Cue(0.0, 1.0, ("utan tider",))]) == [Cue(0.0, 1.0, ("utan tider",))]
+    as_srt = subtitles(segments, "srt", SubtitleOptions(highlight_words=True))
+    assert "<u>Hej</u> på dig." in as_srt and "<u>" not in subtitles(segments, "srt")

@@ -102,8 +102,9 @@ class ChatApp:
     ) -> Iterator[Reply]:
         """Transcribe (and translate) one file or link, yielding the reply as it grows.
 
-        ``choices``: ``language`` and ``quality``, as :meth:`RequestPipeline.run` takes them;
-        never raises (a failure is the last state's ``error``).
+        ``choices``: ``language``, ``quality`` and ``initial_prompt``, as
+        :meth:`RequestPipeline.run` takes them; never raises (a failure is the last state's
+        ``error``).
         """
         return self.pipeline.run(file, link, model, translator, **choices)
 
@@ -173,10 +174,12 @@ class ChatApp:
         model: str | None = None,
         task: str | None = None,
         translator: str | None = None,
+        initial_prompt: str | None = None,
     ) -> dict:
         """API handler: the :class:`ApiResult` (as JSON) of one uploaded audio file.
 
-        Choices left out are the page's. Every failure (no file, a path that was not
+        Choices left out are the page's; ``initial_prompt`` (names, spellings) conditions
+        the transcript as ``whisper-sv transcribe --initial-prompt`` does. Every failure (no file, a path that was not
         uploaded, a bad file, too long, an unknown choice) raises ``gr.Error`` with one
         sentence; no speech is an answer (``no_speech``), not a failure.
         """
@@ -195,9 +198,8 @@ class ChatApp:
         if task == "transcribe":
             translator = "none"
         last = Reply()
-        for state in self.run(
-            file, None, model or self.options.model, translator, language=language, quality=quality
-        ):
+        choices = {"language": language, "quality": quality, "initial_prompt": initial_prompt}
+        for state in self.run(file, None, model or self.options.model, translator, **choices):
             last = state
         if last.error:
             raise gr.Error(plain_text(last.error), print_exception=False)

@@ -129,6 +129,7 @@ def _api_endpoint(app: ChatApp) -> None:
             label="translator",
             visible=False,
         ),
+        gr.Textbox(value="", label="initial_prompt", visible=False),
     ]
     api_button = gr.Button(visible=False)
     api_button.click(

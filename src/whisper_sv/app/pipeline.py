@@ -62,6 +62,8 @@ class Request:
     translator: str  # "whisper", "google" or "none"
     language: str = "sv"  # spoken language (Whisper code)
     beam_size: int = 1  # 1 = fast (greedy), 5 = accurate
+    # Text the transcript's first 30 s are conditioned on: names, spellings (None: none)
+    initial_prompt: str | None = None
 
 
 class RequestPipeline:
@@ -115,12 +117,14 @@ class RequestPipeline:
         *,
         language: str | None = None,
         quality: str | None = None,
+        initial_prompt: str | None = None,
     ) -> Iterator[Reply]:
         """Transcribe (and translate) one file or link, yielding the reply as it grows.
 
         Never raises: a failure ends the stream with ``reply.error`` set. Each state is a
         snapshot, so a caller may keep them all. ``file`` is trusted (any path on this
         machine): the Gradio handlers check theirs with :meth:`uploaded` first.
+        ``initial_prompt``: as ``TranscribeOptions.initial_prompt`` (blank: none).
         """
         opts = self.options
         request = Request(
@@ -128,6 +132,7 @@ class RequestPipeline:
             translator=translator or opts.translator,
             language=language or opts.language,
             beam_size=QUALITY_BEAMS.get(quality or "", opts.beam_size),
+            initial_prompt=(initial_prompt or "").strip() or None,
         )
         reply = Reply(source=Path(file).name if file else (link or ""), language=request.language)
         try:
@@ -177,6 +182,12 @@ class RequestPipeline:
             reply.error = f"Cannot load the model: {escape_md(str(err))}"
             yield reply
             return
+        try:  # a prompt too long for the model: one sentence, before any decoding
+            transcriber.options(initial_prompt=request.initial_prompt)
+        except ValueError as err:
+            reply.error = escape_md(str(err))
+            yield reply
+            return
         reply.model = self.model_label(request.model)
         reply.quality = "fast" if request.beam_size == 1 else "accurate"
         # 3. The transcript, segment by segment; 4. English; 5. files to download.
@@ -224,6 +235,7 @@ class RequestPipeline:
             audio,
             language=reply.language,
             beam_size=request.beam_size,
+            initial_prompt=request.initial_prompt,
             word_timestamps=True,  # each word's probability: unsure words are shown so
             dropped=reply.dropped,
         )

@@ -12,6 +12,7 @@ commands that build and train models are in ``cli/train.py``, the search and exp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -110,6 +111,7 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     option_flag(p, T, "fit_to_speech", "--no-fit-to-speech")
     option_flag(p, T, "word_timestamps")
     option_flag(p, T, "condition_on_previous_text")
+    option_flag(p, T, "initial_prompt", metavar="TEXT")
     option_flag(p, T, "max_new_tokens", metavar="N")
     # The speech guard: what it drops is listed under "dropped" in --format json.
     on_off = {"action": argparse.BooleanOptionalAction}
@@ -125,6 +127,14 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     option_flag(p, LoadOptions, "cpu_threads", "--threads", metavar="N")
     option_flag(p, SubtitleOptions, "max_line_chars", "--max-line-width", metavar="N")
     option_flag(p, SubtitleOptions, "max_lines", "--max-line-count", metavar="N")
+    option_flag(p, SubtitleOptions, "highlight_words")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on standard error: audio seconds decoded of one file, or files "
+        "done of several (not given: shown when standard error is a terminal)",
+    )
     p.set_defaults(func=_cmd_transcribe)
 
 
@@ -151,7 +161,13 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 
     options = options_from(TranscribeOptions, args)
     load = options_from(LoadOptions, args)
-    layout = SubtitleOptions(max_line_chars=args.max_line_chars, max_lines=args.max_lines)
+    layout = SubtitleOptions(
+        max_line_chars=args.max_line_chars,
+        max_lines=args.max_lines,
+        highlight_words=args.highlight_words,
+    )
+    if layout.highlight_words:  # words underlined as said: their times, not estimates
+        options = dataclasses.replace(options, word_timestamps=True)
     formats = FORMATS if args.format == "all" else (args.format,)
     if args.format == "all" and not args.out:
         raise UserError("--format all writes one file per format; give --out DIR")
@@ -200,7 +216,8 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
         compute_type=load.compute_type,
         cpu_threads=load.cpu_threads,
     )
-    results = transcriber.transcribe_many(audios, options, progress=len(audios) > 1)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    results = transcriber.transcribe_many(audios, options, progress=progress)
     used: set[str] = set()
     documents: list = []  # --format json on standard output: one array at the end
     for name, result in zip(names, results, strict=True):
@@ -292,7 +309,9 @@ def _unique_stem(name: str, used: set[str]) -> str:
 
 def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
     """The ``evaluate`` command: the decoding flags are TranscribeOptions fields."""
+    from whisper_sv.infer.transcriber import DECODER_BACKENDS, DEVICES
     from whisper_sv.infer.transcriber import TranscribeOptions as T
+    from whisper_sv.models.references import DEFAULT_MODEL
 
     p = sub.add_parser(
         "evaluate",
@@ -302,14 +321,14 @@ def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
         "CER (normalised and orthographic), speed, and a per-utterance table. Files that "
         "cannot be read are reported and skipped; the exit status is 1 if any failed.",
     )
-    add_model_flag(p, "bundled:base")
+    add_model_flag(p, DEFAULT_MODEL)
     p.add_argument("--manifest", required=True, type=Path, help="TSV with path and sentence")
-    p.add_argument("--backend", choices=("ct2", "transformers"), default="ct2", help="engine")
+    p.add_argument("--backend", choices=DECODER_BACKENDS, default="ct2", help="engine")
     p.add_argument("--out", type=Path, default=Path("evaluation"), help="report folder")
     p.add_argument("--limit", type=int, metavar="N", help="first N rows only (not given: all)")
     for name in ("language", "beam_size", "batch_size"):
         option_flag(p, T, name)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where to run")
     p.set_defaults(func=_cmd_evaluate)
 
 

@@ -68,7 +68,7 @@ def default_words(action: argparse.Action) -> str:
     if default is argparse.SUPPRESS:
         return ""  # --help
     flag = action.option_strings[-1]
-    if isinstance(action, argparse.BooleanOptionalAction):
+    if isinstance(action, argparse.BooleanOptionalAction) and default is not None:
         on, off = action.option_strings[0], action.option_strings[-1]
         return (
             f"on by default; {off} turns it off" if default else f"off by default; {on} turns it on"

@@ -23,6 +23,13 @@ from whisper_sv.core.fsutil import atomic_write_text
 T = TypeVar("T")
 
 
+def need(ok: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``ok``: the one check behind every option
+    dataclass's validation, so each rule is a line and its message names the fix."""
+    if not ok:
+        raise ValueError(message)
+
+
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """``["lr=1e-5", "freeze_encoder=true"]`` -> ``{"lr": 1e-05, "freeze_encoder": True}``.
 

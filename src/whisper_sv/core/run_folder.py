@@ -86,7 +86,8 @@ def is_run_folder(path: str | os.PathLike, *, with_model: bool = True) -> bool:
 
 
 class RunFolder:
-    """Reader and writer of one run folder (see the module docstring for the layout)."""
+    """Reader and writer of one run folder's state: its config, checkpoints and ``best/``
+    (see the module docstring for the layout); its reports are :attr:`reports`."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -112,6 +113,11 @@ class RunFolder:
     def is_run(self) -> bool:
         """Whether the folder holds a run, finished or not (its ``config.yaml``)."""
         return is_run_folder(self.path, with_model=False)
+
+    @property
+    def reports(self) -> RunReports:
+        """Its metrics tables, curves and model card."""
+        return RunReports(self.path)
 
     # ---------------------------------------------------------------- config
 
@@ -208,7 +214,15 @@ class RunFolder:
             shutil.rmtree(tmp, ignore_errors=True)
         return self.best_dir
 
-    # ---------------------------------------------------------------- metrics
+
+class RunReports:
+    """What a run reports about itself, written next to its model: ``metrics.csv``,
+    ``metrics.md``, ``curves.png`` and ``model_card.md`` (their contents are
+    :mod:`whisper_sv.core.run_metrics`'). Apart from :class:`RunFolder` because they are views,
+    rewritten whole from rows the trainer keeps; the model, checkpoints and config are state."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
 
     def read_metrics(self) -> list[MetricsRow]:
         return read_metrics_csv(self.path / METRICS_CSV)

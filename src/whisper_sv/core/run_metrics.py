@@ -67,9 +67,11 @@ class MetricsRow:
         )
 
 
-def _fmt(value: float | None, digits: int) -> str:
+def format_float(value: float | None, digits: int = 2, missing: str = "") -> str:
+    """``value`` with ``digits`` decimals for a table cell; ``missing`` for None or NaN (a
+    metric not measured at that row: empty in CSV, so it reads back as None; "-" in Markdown)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
+        return missing
     return f"{value:.{digits}f}"
 
 
@@ -86,8 +88,13 @@ def extra_columns(rows: Sequence[MetricsRow]) -> list[str]:
 
 
 def _cells(r: MetricsRow, extra: Sequence[str]) -> list[str]:
-    cells = [_fmt(r.train_loss, 4), _fmt(r.val_loss, 4), _fmt(r.wer, 2), _fmt(r.cer, 2)]
-    return [str(r.step), *cells, *(_fmt(r.extra.get(c), 2) for c in extra)]
+    cells = [
+        format_float(r.train_loss, 4),
+        format_float(r.val_loss, 4),
+        format_float(r.wer, 2),
+        format_float(r.cer, 2),
+    ]
+    return [str(r.step), *cells, *(format_float(r.extra.get(c), 2) for c in extra)]
 
 
 def metrics_csv(rows: Sequence[MetricsRow]) -> str:

@@ -5,6 +5,7 @@ Shared by training, the encoder cache and checkpoints; knows nothing of stores o
 
 from __future__ import annotations
 
+import os
 import random
 from typing import TYPE_CHECKING, Any
 
@@ -47,13 +48,24 @@ def forget_other_precision(mixed: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
+# oneDNN's ISA names (ONEDNN_MAX_CPU_ISA) that include native bf16 arithmetic.
+BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10")
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), Linux only.
 
     There, bf16 autocast ran a full fine-tuning step of Whisper base in 5.2 s against 8.9 s
     in fp32 (2 cores, AVX512-BF16), with the same losses to 2 decimals; without those
     instructions bf16 is emulated and slower than fp32.
+
+    ``ONEDNN_MAX_CPU_ISA`` below ``AVX512_CORE_BF16`` (e.g. ``AVX2``, as ``bench/cpu-class.sh
+    avx2`` sets to stand in for a CPU without AVX-512) forbids oneDNN those instructions, so
+    the answer is then no as well.
     """
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa and isa not in ("ALL", "DEFAULT") and not isa.startswith(BF16_ISAS):
+        return False
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:

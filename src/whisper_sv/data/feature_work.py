@@ -25,6 +25,7 @@ from whisper_sv.core.audio import SAMPLE_RATE, AudioError
 from whisper_sv.data.feature_config import FeatureConfig
 from whisper_sv.data.logmel import log_mel_batch, n_audio_frames
 from whisper_sv.data.store import shard_path, write_shard
+from whisper_sv.models.references import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from whisper_sv.data.sources import Item, Source
@@ -84,7 +85,7 @@ def label_ids(tokenizer: Any, texts: Sequence[str], config: FeatureConfig) -> li
 class BuildOptions:
     """How to run the feature pipeline (what the store holds is FeatureConfig)."""
 
-    model: str = "bundled:base"  # model whose processor defines mel bins and tokenizer
+    model: str = DEFAULT_MODEL  # model whose processor defines mel bins and tokenizer
     splits: tuple[str, ...] = ()  # splits to process; () = every split of the source
     limit: int | None = None  # first N inputs of each split (None = all)
     workers: int = 1  # processes decoding audio and computing log-mel (1 = in this process)

@@ -184,6 +184,16 @@ def tokens_to_segments(
     return segments, resume
 
 
+def check_prompt_length(n_tokens: int) -> None:
+    """Refuse an initial prompt longer than the decoder keeps (faster-whisper would cut it
+    silently to its last 223 tokens)."""
+    if n_tokens > MAX_PREVIOUS_TOKENS:
+        raise ValueError(
+            f"initial_prompt is {n_tokens} tokens; Whisper takes at most {MAX_PREVIOUS_TOKENS} "
+            "(about 150 words): shorten it to the names and spellings that matter"
+        )
+
+
 class DecoderBackend:
     device: str
     compute_type: str
@@ -255,8 +265,8 @@ def best_attempt(tried: list[Attempt]) -> Attempt:
     return max(below or tried, key=lambda a: a.avg_logprob)
 
 
-# With condition_on_previous_text a window's prompt is <|startofprev|>, up to 223 tokens of
-# the text before, SOT, language and task: 227 of the decoder's 448 positions. faster-whisper
+# With condition_on_previous_text (or an initial_prompt) a window's prompt is <|startofprev|>,
+# up to 223 tokens of the text before, SOT, language and task: 227 of the decoder's 448. faster-whisper
 # refuses a window whose prompt and max_new_tokens do not fit (OpenAI's Whisper samples 224
 # tokens a window at most, for the same reason).
 PROMPTED_MAX_NEW_TOKENS = MAX_DECODER_POSITIONS - (1 + MAX_PREVIOUS_TOKENS + 3)
@@ -264,12 +274,12 @@ PROMPTED_MAX_NEW_TOKENS = MAX_DECODER_POSITIONS - (1 + MAX_PREVIOUS_TOKENS + 3)
 
 def new_token_limit(opts: TranscribeOptions, duration_s: float) -> int | None:
     """Tokens allowed per window: the option, else the loop guard's bound, else the model's;
-    with previous-text prompts at most what fits beside the longest prompt."""
+    with previous-text or initial prompts at most what fits beside the longest prompt."""
     if opts.max_new_tokens is not None:
         n = opts.max_new_tokens
     else:
         n = max_new_tokens_for(duration_s) if opts.loop_guard else None
-    if opts.condition_on_previous_text:
+    if opts.condition_on_previous_text or opts.initial_prompt:
         return min(n or PROMPTED_MAX_NEW_TOKENS, PROMPTED_MAX_NEW_TOKENS)
     return n
 

@@ -18,6 +18,7 @@ from whisper_sv.infer.backends import (
     Attempt,
     DecoderBackend,
     best_attempt,
+    check_prompt_length,
     fallback_ladder,
     max_length_for,
     new_token_limit,
@@ -101,6 +102,14 @@ class Ct2Backend(DecoderBackend):
     def check(self, opts: TranscribeOptions) -> None:
         if not self.model.model.is_multilingual and opts.language != "en":
             raise ValueError("this model is English-only; use a multilingual Whisper model")
+        if opts.initial_prompt:
+            check_prompt_length(len(self._prompt_tokens(opts.initial_prompt)))
+
+    def _prompt_tokens(self, text: str | None) -> list[int]:
+        """The tokens of an initial prompt, encoded as faster-whisper's transcribe does."""
+        if not text:
+            return []
+        return self.model.hf_tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids
 
     def detect_language(self, samples: np.ndarray) -> tuple[str, float]:
         # The same silence-padded log-mel as decoding (decode_windows), one encoder pass.
@@ -127,6 +136,7 @@ class Ct2Backend(DecoderBackend):
             temperature=list(temps) if len(temps) > 1 else temps[0],
             compression_ratio_threshold=COMPRESSION_RATIO_THRESHOLD if len(temps) > 1 else None,
             condition_on_previous_text=opts.condition_on_previous_text,
+            initial_prompt=opts.initial_prompt,
             word_timestamps=opts.word_timestamps,
             vad_filter=opts.vad and long,
             without_timestamps=False,
@@ -163,12 +173,9 @@ class Ct2Backend(DecoderBackend):
         return self.model.feature_extractor(padded)[:, : N_SAMPLES // 160]
 
     def decode_windows(
-        self, windows: list[np.ndarray], opts: TranscribeOptions, prompt_text: str = ""
+        self, windows: list[np.ndarray], opts: TranscribeOptions
     ) -> list[list[Segment]]:
         """Batched ``generate`` on the CTranslate2 model, a window re-decoded only when bad.
-
-        ``prompt_text``: text said before the windows (Whisper's previous-text prompt, as
-        faster-whisper's ``initial_prompt``); the live captions prompt with what they confirmed.
 
         faster-whisper's BatchedInferencePipeline batches the windows of one file only; here
         the windows of many files share one encoder and one decoder call. Prompt, suppressed
@@ -185,8 +192,9 @@ class Ct2Backend(DecoderBackend):
             task=opts.task,
             language=opts.language,
         )
-        previous = tokenizer.encode(" " + prompt_text.strip()) if prompt_text.strip() else []
-        prompt = self.model.get_prompt(tokenizer, previous, without_timestamps=False)
+        prompt = self.model.get_prompt(
+            tokenizer, self._prompt_tokens(opts.initial_prompt), without_timestamps=False
+        )
         features = np.stack([self._features(w) for w in windows]).astype(np.float32)
         longest = max(len(w) for w in windows) / SAMPLE_RATE
         max_length = max_length_for(len(prompt), opts, self.model.max_length, longest)

@@ -221,9 +221,8 @@ class StreamingTranscriber:
         self._heard_speech = bool(spans)
         if not spans:
             return []  # nothing silero VAD calls speech: not decoded (silence, noise)
-        windows = self._backend.decode_windows(
-            [padded_for_stft(buffer)], self._decoding, prompt_text=self._prompt()
-        )
+        prompted = dataclasses.replace(self._decoding, initial_prompt=self._prompt() or None)
+        windows = self._backend.decode_windows([padded_for_stft(buffer)], prompted)
         dropped: list[Dropped] = []
         kept = list(judge(loop_guarded(iter(windows[0])), self._decoding, spans, dropped))
         at = self._buffer_at

@@ -36,6 +36,7 @@ __all__ = [
     "SubtitleOptions",
     "cues",
     "fit_to_speech",
+    "highlighted",
     "render",
     "rule_breaks",
     "speech_spans",
@@ -62,6 +63,9 @@ class SubtitleOptions:
     # where the pause after it allows.
     max_chars_per_s: float = 17.0
     max_pause_s: float = 1.0  # a pause this long ends a cue (unless that strands a word)
+    # Each cue shown once per word with that word underlined (<u>word</u>) while it is said,
+    # as whisper's --highlight_words; best with word timestamps (transcribe turns them on)
+    highlight_words: bool = False
 
     def __post_init__(self) -> None:
         if not self.max_cue_s > 0:
@@ -85,6 +89,8 @@ class Cue:
     start: float  # seconds
     end: float  # seconds, > start
     lines: tuple[str, ...]  # the text, one entry a line
+    # (start, end) seconds of each word of the lines, in order (what highlighted() shows)
+    words: tuple[tuple[float, float], ...] = ()
 
 
 def speech_spans(samples: np.ndarray) -> list[Span]:
@@ -377,8 +383,65 @@ def cues(
         )
         start = max(words[i].start, out[-1].end if out else 0.0)
         end = max(start + _shown(words, i, j, opts), start + opts.min_cue_s)
-        out.append(Cue(round(start, 3), round(min(end, start + opts.max_cue_s), 3), tuple(lines)))
+        end = round(min(end, start + opts.max_cue_s), 3)
+        times = tuple((w.start, w.end) for w in words[i:j])
+        out.append(Cue(round(start, 3), end, tuple(lines), times))
     return out
+
+
+# Shortest time a highlighted word is shown (10 ms: a cue of 0 ms after rounding is never seen).
+MIN_WORD_S = 0.01
+
+
+def highlighted(cue_list: Sequence[Cue]) -> list[Cue]:
+    """The cues as whisper's ``--highlight_words`` writes them: for each word, a cue from its
+    start to its end with that word underlined (``<u>word</u>``), and the plain text in the
+    gaps between words and after the last one (a cue without word times stays as it is).
+
+    Word times are kept inside their cue, in order, each at least ``MIN_WORD_S`` long, so
+    every word is underlined once and the cues never overlap.
+    """
+    out: list[Cue] = []
+    for c in cue_list:
+        if not c.words:
+            out.append(c)
+            continue
+        last = c.start
+        for k, (start, end) in enumerate(_word_spans(c)):
+            if start > last:
+                out.append(Cue(last, start, c.lines))
+            out.append(Cue(start, end, _underlined(c.lines, k)))
+            last = end
+        if c.end > last:
+            out.append(Cue(last, c.end, c.lines))
+    return out
+
+
+def _word_spans(c: Cue) -> list[Span]:
+    """The words' (start, end) inside ``c``: non-overlapping, in order, none too short."""
+    n = len(c.words)
+    least = min(MIN_WORD_S, (c.end - c.start) / n)
+    starts: list[float] = []
+    for k, (a, _) in enumerate(c.words):
+        earliest = max(a, c.start, starts[-1] + least if starts else c.start)
+        starts.append(min(earliest, c.end - (n - k) * least))
+    spans = []
+    for k, (_, b) in enumerate(c.words):
+        limit = starts[k + 1] if k + 1 < n else c.end
+        spans.append((round(starts[k], 3), round(min(max(b, starts[k] + least), limit), 3)))
+    return spans
+
+
+def _underlined(lines: tuple[str, ...], k: int) -> tuple[str, ...]:
+    """``lines`` with their ``k``-th word (counted over all lines) as ``<u>word</u>``."""
+    out = []
+    for line in lines:
+        words = line.split(" ")
+        if 0 <= k < len(words):
+            words[k] = f"<u>{words[k]}</u>"
+        k -= len(words)
+        out.append(" ".join(words))
+    return tuple(out)
 
 
 def rule_breaks(cue_list: Sequence[Cue]) -> dict[str, int]:

@@ -38,11 +38,12 @@ text rules of the loop guard in ``loop_guard``; all are importable from here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -116,6 +117,7 @@ __all__ = [
     "Transcriber",
     "Transcript",
     "Word",
+    "audio_progress",
     "compression_ratio",
     "format_transcript",
     "is_looping",
@@ -129,6 +131,7 @@ log = logging.getLogger(__name__)
 AudioInput = str | os.PathLike | bytes | np.ndarray
 Span = tuple[float, float]
 Backend = Literal["ct2", "transformers"]
+Tick = Callable[[float], None]  # told how far (seconds of audio) decoding has come
 DECODER_BACKENDS = ("ct2", "transformers")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -191,16 +194,24 @@ class Transcriber:
         options: TranscribeOptions | None = None,
         *,
         transcript: Sequence[Segment] | None = None,
+        progress: bool = False,
         **overrides,
     ) -> Transcript:
         """Transcribe (or translate) one input: a path, encoded bytes, or a 16 kHz array.
 
         ``transcript``: with task "translate" and ``check_translation``, the kept transcript
-        of the same audio when the caller has it (None: it is decoded first).
+        of the same audio when the caller has it (None: it is decoded first). ``progress``:
+        a bar of the audio seconds decoded on standard error (``audio_progress``).
         """
         opts = self._options(options, overrides)
         samples, source = _as_samples(audio)
-        return self._one(samples, source, opts, transcript)
+        return self._one(samples, source, opts, transcript, progress=progress)
+
+    def options(self, options: TranscribeOptions | None = None, **overrides) -> TranscribeOptions:
+        """The options a call with these arguments decodes with, checked against this model
+        (an initial prompt's length in tokens, what the backend can do): ValueError naming
+        the fix, before any audio is read."""
+        return self._options(options, overrides)
 
     def detect_language(self, audio: AudioInput) -> tuple[str, float]:
         """(Whisper language code, probability) heard in the first 30 s of speech (ct2).
@@ -248,7 +259,8 @@ class Transcriber:
         ``transcribe`` gives it alone in the usual case (same features, prompt and rules);
         an output cut off inside a window keeps its last words instead of decoding the rest
         of the window again. Inputs over 30 s, and word timestamps or temperature fallback,
-        are never batched. ``progress`` shows a progress bar.
+        are never batched. ``progress`` shows a progress bar on standard error: of the files
+        done, or with one input, of its audio seconds decoded (as ``transcribe``).
         """
         from tqdm.auto import tqdm
 
@@ -260,7 +272,8 @@ class Transcriber:
             or opts.temperature_fallback
             or opts.language == AUTO
         )
-        with tqdm(total=len(audios), unit="file", disable=not progress) as bar:
+        one_input = len(audios) == 1  # its own bar: audio seconds instead of files
+        with tqdm(total=len(audios), unit="file", disable=not progress or one_input) as bar:
             for first in range(0, len(audios), opts.batch_size):
                 batch: list[tuple[int, np.ndarray, str]] = []
                 for i in range(first, min(first + opts.batch_size, len(audios))):
@@ -272,7 +285,9 @@ class Transcriber:
                         bar.update()
                         continue
                     if one_by_one or len(samples) > N_SAMPLES:
-                        results[i] = self._one(samples, source, opts)
+                        results[i] = self._one(
+                            samples, source, opts, progress=progress and one_input
+                        )
                         bar.update()
                     else:
                         batch.append((i, samples, source))
@@ -306,6 +321,8 @@ class Transcriber:
         source: str,
         opts: TranscribeOptions,
         transcript: Sequence[Segment] | None = None,
+        *,
+        progress: bool = False,
     ) -> Transcript:
         """The Transcript of one input, its language detected first with language="auto"."""
         spans = _speech(samples, opts)
@@ -314,7 +331,8 @@ class Transcriber:
             language, probability = self._detect(samples, spans)
             opts = dataclasses.replace(opts, language=language)
         dropped: list[Dropped] = []
-        segments = tuple(self._kept(samples, opts, spans, dropped, transcript))
+        with audio_progress(len(samples) / SAMPLE_RATE, enabled=progress) as tick:
+            segments = tuple(self._kept(samples, opts, spans, dropped, transcript, tick))
         result = _transcript(segments, samples, source, opts, spans, dropped)
         return dataclasses.replace(result, language_probability=probability)
 
@@ -332,18 +350,25 @@ class Transcriber:
         spans: tuple[Span, ...] | None,
         dropped: list[Dropped],
         transcript: Sequence[Segment] | None = None,
+        tick: Tick | None = None,
     ) -> Iterator[Segment]:
-        """The segments of one input that the speech guard keeps (``speech_guard``)."""
+        """The segments of one input that the speech guard keeps (``speech_guard``).
+
+        ``tick`` is told each decoded segment's end; when the transcript is decoded here
+        first, each pass counts for half the audio."""
         if opts.task == "translate" and opts.check_translation:
             if transcript is None:
                 as_said = dataclasses.replace(opts, task="transcribe")
-                transcript = list(self._kept(samples, as_said, spans, []))
+                half = len(samples) / SAMPLE_RATE / 2
+                first = (lambda s: tick(s / 2)) if tick else None
+                transcript = list(self._kept(samples, as_said, spans, [], tick=first))
+                tick = (lambda s, done=tick: done(half + s / 2)) if tick else None
             if not transcript:  # nothing kept to translate: no English is decoded at all
                 return
-            english = self._judged(samples, opts, spans, dropped)
+            english = self._judged(samples, opts, spans, dropped, tick)
             yield from judge_translation(english, transcript, opts, dropped)
         else:
-            yield from self._judged(samples, opts, spans, dropped)
+            yield from self._judged(samples, opts, spans, dropped, tick)
 
     def _judged(
         self,
@@ -351,18 +376,25 @@ class Transcriber:
         opts: TranscribeOptions,
         spans: tuple[Span, ...] | None,
         dropped: list[Dropped],
+        tick: Tick | None = None,
     ) -> Iterator[Segment]:
         if opts.speech_gate and spans == ():
             return  # no speech found: not decoded (the guard would drop every segment)
-        yield from judge(self._segments(samples, opts, spans), opts, spans, dropped)
+        yield from judge(self._segments(samples, opts, spans, tick), opts, spans, dropped)
 
     def _segments(
-        self, samples: np.ndarray, opts: TranscribeOptions, spans: tuple[Span, ...] | None
+        self,
+        samples: np.ndarray,
+        opts: TranscribeOptions,
+        spans: tuple[Span, ...] | None,
+        tick: Tick | None = None,
     ) -> Iterator[Segment]:
         if is_silent(samples):
             return
         duration = len(samples) / SAMPLE_RATE
         segments = _monotonic(self._impl.segments(padded_for_stft(samples), opts), duration)
+        if tick is not None:
+            segments = _ticking(segments, tick)
         if opts.loop_guard:
             segments = loop_guarded(segments)
         if opts.fit_to_speech and spans:
@@ -462,6 +494,40 @@ def _transcript(
     )
 
 
+# The audio bar: seconds of audio decoded of the total, and the speed in audio seconds a second.
+AUDIO_BAR = (
+    "{percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}, {rate_fmt}]"
+)
+
+
+@contextlib.contextmanager
+def audio_progress(total_s: float, *, enabled: bool = True) -> Iterator[Tick]:
+    """A tqdm bar of the audio seconds decoded (on standard error), and the function that
+    moves it on to a time; it reaches the total when the block ends without an error.
+
+    faster-whisper decodes a long file lazily, one 30 s window per step of its segment
+    generator, so each segment's end time is how far decoding has come.
+    """
+    from tqdm.auto import tqdm
+
+    total = round(total_s, 1)
+    with tqdm(total=total, unit="s", disable=not enabled, bar_format=AUDIO_BAR) as bar:
+
+        def tick(seconds: float) -> None:
+            at = min(round(seconds, 1), total)
+            if at > bar.n:
+                bar.update(at - bar.n)
+
+        yield tick
+        tick(total)
+
+
+def _ticking(segments: Iterator[Segment], tick: Tick) -> Iterator[Segment]:
+    for s in segments:
+        tick(s.end)
+        yield s
+
+
 # A segment shorter than this has no time to hold a word: repeating a recent one, it is a loop.
 MIN_REPEAT_S = 0.2
 
@@ -530,7 +596,8 @@ def subtitles(
 
     Subtitle cues follow ``whisper_sv.infer.subtitles.cues``: at most ``options.max_cue_s`` (7 s)
     and two lines of 42 characters, no overlaps, none of zero length; ``spans`` (speech spans)
-    time the cues inside a segment.
+    time the cues inside a segment. ``options.highlight_words``: one cue per word, the word
+    underlined (``subtitles.highlighted``).
     """
     from whisper_sv.infer import subtitles as subs
 
@@ -538,4 +605,7 @@ def subtitles(
         return "".join(f"{s.text.strip()}\n" for s in segments if s.text.strip())
     if fmt not in ("srt", "vtt"):
         raise ValueError(f"unknown subtitle format {fmt!r}; use txt, srt or vtt")
-    return subs.render(subs.cues(segments, options, spans), fmt)
+    cue_list = subs.cues(segments, options, spans)
+    if options is not None and options.highlight_words:
+        cue_list = subs.highlighted(cue_list)
+    return subs.render(cue_list, fmt)

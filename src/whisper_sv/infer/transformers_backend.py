@@ -65,6 +65,8 @@ class TransformersBackend(DecoderBackend):
             raise ValueError("language='auto' needs backend='ct2' (or pass the language)")
         if opts.word_timestamps:
             raise ValueError("word_timestamps needs backend='ct2' (faster-whisper)")
+        if opts.initial_prompt:
+            raise ValueError("initial_prompt needs backend='ct2' (faster-whisper)")
         if opts.condition_on_previous_text:
             raise ValueError(
                 "condition_on_previous_text needs backend='ct2' (faster-whisper's long-form "

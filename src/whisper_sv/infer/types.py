@@ -44,6 +44,9 @@ class TranscribeOptions:
     # off because without the fallback a window that loops would pass the loop on
     batch_size: int = 16  # windows (short files) decoded together when batching
     max_new_tokens: int | None = None  # tokens per 30 s window, 1-445 (None: the model's limit)
+    # Text the first 30 s window is conditioned on, as Whisper's --initial_prompt: names,
+    # spellings, the style to follow; at most 223 tokens, about 150 words (None: no prompt)
+    initial_prompt: str | None = None
     # The speech guard (speech_guard.py): what it drops is listed in Transcript.dropped.
     # Measured with bench/bench_hallucination.py (docs/benchmarks.md): on 23 non-speech clips
     # the defaults leave 0 of 46 outputs with text (before: 15), on 368 real phrases 0
@@ -74,6 +77,13 @@ class TranscribeOptions:
                 f"unknown language {self.language!r}; use a Whisper language code such as "
                 f"'sv' (Swedish) or 'en', or 'auto' to detect it; valid: "
                 f"{', '.join(sorted(_LANGUAGE_CODES))}"
+            )
+        if self.initial_prompt is not None and (
+            not isinstance(self.initial_prompt, str) or not self.initial_prompt.strip()
+        ):
+            raise ValueError(
+                f"initial_prompt must be text (names, spellings), not {self.initial_prompt!r}; "
+                "leave it out (None) for no prompt"
             )
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; use one of: {', '.join(TASKS)}")

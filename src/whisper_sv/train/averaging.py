@@ -65,7 +65,7 @@ def select_checkpoints(run: str | os.PathLike, top_k: int) -> list[tuple[Checkpo
     folder = RunFolder(run)
     if not folder.is_run():
         raise ValueError(f"{folder.path} is not a run folder (no config.yaml)")
-    rows = {r.step: r for r in folder.read_metrics() if r.wer is not None}
+    rows = {r.step: r for r in folder.reports.read_metrics() if r.wer is not None}
     ckpts = folder.checkpoints()
     usable = [(c, rows[c.step]) for c in ckpts if c.step in rows]
     if len(usable) < top_k:
@@ -141,7 +141,7 @@ def average_checkpoints(
     _set_mean(model, total, len(chosen), info if lora else None)
     processor = load_processor(str(folder.best_dir))
     best_row = min(
-        (r for r in folder.read_metrics() if r.wer is not None),
+        (r for r in folder.reports.read_metrics() if r.wer is not None),
         key=lambda r: (r.wer, r.step),
         default=None,
     )

@@ -110,7 +110,7 @@ def write_checkpoint(
 
         run.write_checkpoint(state.step, write, keep=keep)
         # The plot costs ~0.5 s (matplotlib): drawn with each checkpoint, not each row.
-        run.write_curves([MetricsRow.from_dict(r) for r in state.rows], title=run.path.name)
+        run.reports.write_curves([MetricsRow.from_dict(r) for r in state.rows], title=run.path.name)
         log.debug("checkpoint at step %d", state.step)
     acc.wait_for_everyone()
 

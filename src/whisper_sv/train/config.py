@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from whisper_sv.core.config import need
 from whisper_sv.core.run_metrics import MetricsRow
 from whisper_sv.data.feature_config import MAX_DECODER_POSITIONS
 from whisper_sv.train.guards import GuardSpec
@@ -156,10 +157,6 @@ class TrainConfig:
 
 def _validate(c: TrainConfig) -> None:
     """Every check on TrainConfig, each error naming the fix."""
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            raise ValueError(msg)
 
     need(c.lr > 0 and math.isfinite(c.lr), f"lr must be a positive number (got {c.lr}), e.g. 1e-5")
     need(c.warmup_steps >= 0, f"warmup_steps must be >= 0 (got {c.warmup_steps})")

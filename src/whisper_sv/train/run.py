@@ -266,7 +266,7 @@ def _resume(trainer: Trainer, run: RunFolder, resume: bool) -> int:
         if resume:
             log.info("%s has no complete checkpoint yet: starting from step 0", run.path)
         if trainer.acc.is_main_process:
-            run.write_metrics([])  # a fresh run: no stale table from an earlier attempt
+            run.reports.write_metrics([])  # a fresh run: no stale table from an earlier attempt
         return 0
     trainer.load_checkpoint(ckpt.path)
     log.info("resuming %s from step %d", run.path, ckpt.step)

@@ -30,7 +30,7 @@ from whisper_sv.train.config import TrainConfig, TrainResult
 from whisper_sv.train.data_plan import RankBatches, StreamOrder
 from whisper_sv.train.encoder_cache import Encoded, encode_clips, model_fingerprint
 from whisper_sv.train.guard_scores import make_run_guards
-from whisper_sv.train.model_scores import ModelScorer
+from whisper_sv.train.model_scores import ModelScorer, Scores
 from whisper_sv.train.objective import Objective
 from whisper_sv.train.saving import ModelSaver, model_card
 from whisper_sv.train.scoring import EvalResult, decoder_io, has_prompt, strip_sot
@@ -162,6 +162,9 @@ class Trainer:
             "model": model_fingerprint(self.model_dir),
             "store": self.info["store_id"],
             "format": 1,
+            # bf16 and fp32 encoders give (slightly) different outputs; the cache may be shared
+            # by runs of both (the demo keeps it in the user's cache folder).
+            "precision": str(self.acc.mixed_precision),
         }
         train_key = {**key, "split": "train", "timestamp_share": self.cfg.timestamp_share}
         if self.cfg.prompt_share:  # (keys of runs without prompts stay as they were)
@@ -373,12 +376,80 @@ class Trainer:
         """The evaluation step: score, record the row, let the selector keep best/, stop
         early when it says so."""
         st = self.state
-        scores = self.scorer.scores(self.selector.start_translations)
+        scores = self._start_scores() if st.step == 0 else None
+        if scores is None:
+            scores = self.scorer.scores(self.selector.start_translations)
+            if st.step == 0:
+                self._keep_start_scores(scores)
         self.record_evaluation(scores.validation, scores.guards)
         if self.selector.consider(st.step, scores).stop_early:
             st.stopped_early = True
         if self.acc.is_main_process:
-            self.run.write_metrics([MetricsRow.from_dict(r) for r in st.rows])
+            self.run.reports.write_metrics([MetricsRow.from_dict(r) for r in st.rows])
+
+    def _start_scores_path(self) -> Path | None:
+        """Where the start model's scores of this run's validation and guards are kept: the
+        encoder cache's folder (shared between runs when ``cache_dir`` is set), one process
+        only (several would each need the file)."""
+        if not self.cfg.uses_encoder_cache or self.acc.num_processes > 1:
+            return None
+        import dataclasses
+        import hashlib
+        import json
+
+        cfg = self.cfg
+        key = {
+            "model": model_fingerprint(self.model_dir),
+            "store": self.info["store_id"],
+            "guards": [[dataclasses.asdict(g), self._guard_content(g.path)] for g in cfg.guards],
+            "eval": [cfg.eval_limit, cfg.eval_beam_size, cfg.eval_max_new_tokens],
+            "precision": str(self.acc.mixed_precision),
+            "format": 1,
+        }
+        text = json.dumps(key, sort_keys=True, default=str)
+        return (
+            self.cache_root / f"start-scores-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+        )
+
+    def _guard_content(self, path: str) -> str:
+        """Identity of a guard's clips: a manifest's text and audio, or a store's shards."""
+        from whisper_sv.data.store import FeatureStore, store_id
+        from whisper_sv.train.guards import manifest_key
+
+        if Path(path).is_dir():
+            return store_id(FeatureStore(path))
+        return manifest_key(Path(path), str(self.info["model"]))
+
+    def _start_scores(self) -> Scores | None:
+        """The start model's step-0 scores from an earlier run with the same model, data and
+        evaluation (they cost a full evaluation and never change), or None."""
+        import json
+
+        path = self._start_scores_path()
+        if path is None or not path.is_file():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        val = data["validation"]
+        validation = None
+        if val is not None:
+            val.update(references=tuple(val["references"]), hypotheses=tuple(val["hypotheses"]))
+            validation = EvalResult(**val)
+        log.info("step 0: the start model's scores read from %s", path)
+        return Scores(validation, data["guards"], data["translations"])
+
+    def _keep_start_scores(self, scores: Scores) -> None:
+        import dataclasses
+        import json
+
+        from whisper_sv.core.fsutil import atomic_write_text
+
+        path = self._start_scores_path()
+        if path is None:
+            return
+        val = dataclasses.asdict(scores.validation) if scores.validation else None
+        data = {"validation": val, "guards": scores.guards, "translations": scores.translations}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(data, ensure_ascii=False))
 
     def record_evaluation(
         self, result: EvalResult | None, guard_values: dict[str, float] | None = None
@@ -419,7 +490,7 @@ class Trainer:
         self.selector.resume(self.state)
         if self.acc.is_main_process:
             # Rows after the checkpoint belong to the lost part of the run: they are redone.
-            self.run.write_metrics([MetricsRow.from_dict(r) for r in self.state.rows])
+            self.run.reports.write_metrics([MetricsRow.from_dict(r) for r in self.state.rows])
 
     # ------------------------------------------------------------ the end
 
@@ -429,8 +500,8 @@ class Trainer:
         self.selector.finish(self.scorer)
         if acc.is_main_process:
             rows = [MetricsRow.from_dict(r) for r in st.rows]
-            run.write_metrics(rows)
-            run.write_curves(rows, title=run.path.name)
+            run.reports.write_metrics(rows)
+            run.reports.write_curves(rows, title=run.path.name)
             card = model_card(
                 cfg=self.cfg,
                 store=self.store,
@@ -440,7 +511,7 @@ class Trainer:
                 processes=acc.num_processes,
                 guard_section=self.selector.card_section(),
             )
-            run.write_model_card(card)
+            run.reports.write_model_card(card)
             if self.cfg.export_ct2 and not newer(run.ct2_dir, run.best_dir):
                 self.saver.export_ct2()
             if not self.cfg.cache_dir:

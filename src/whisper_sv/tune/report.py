@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from whisper_sv.core.fsutil import atomic_write_text
+from whisper_sv.core.run_metrics import format_float
+from whisper_sv.models.references import DEFAULT_MODEL
 from whisper_sv.train.config import TrainConfig
 from whisper_sv.tune.runner import (
     REPORT,
@@ -151,10 +153,8 @@ def _last_value(t: optuna.trial.FrozenTrial) -> float | None:
     return min(values) if values else None
 
 
-def _fmt(v: float | None, digits: int = 2) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:.{digits}f}"
+# A table cell with no value (not measured, or not searched by that trial).
+NA = "-"
 
 
 def trials_markdown(rows: Sequence[TrialRow], names: Sequence[str]) -> str:
@@ -163,13 +163,13 @@ def trials_markdown(rows: Sequence[TrialRow], names: Sequence[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" for _ in head) + "|"]
     for r in rows:
         cells = [str(r.number)]
-        cells += [show(r.params[n]) if n in r.params else "-" for n in names]
+        cells += [show(r.params[n]) if n in r.params else NA for n in names]
         cells += [
-            _fmt(r.wer),
-            _fmt(r.cer),
+            format_float(r.wer, missing=NA),
+            format_float(r.cer, missing=NA),
             r.state,
-            str(r.steps) if r.steps is not None else "-",
-            _fmt(r.seconds, 0),
+            str(r.steps) if r.steps is not None else NA,
+            format_float(r.seconds, 0, NA),
             r.note.replace("|", "/") or "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -180,9 +180,17 @@ def seeds_markdown(stats: Sequence[SeedStats], names: Sequence[str]) -> str:
     head = ["trial", *names, "seeds", "WER mean", "WER std", "WER min", "WER max", "CER mean"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" for _ in head) + "|"]
     for s in stats:
-        cells = [str(s.trial)] + [show(s.params.get(n, "-")) for n in names]
-        cells += [",".join(str(x) for x in s.seeds), _fmt(s.mean), _fmt(s.std)]
-        cells += [_fmt(s.min), _fmt(s.max), _fmt(s.cer_mean)]
+        cells = [str(s.trial)] + [show(s.params.get(n, NA)) for n in names]
+        cells += [
+            ",".join(str(x) for x in s.seeds),
+            format_float(s.mean, missing=NA),
+            format_float(s.std, missing=NA),
+        ]
+        cells += [
+            format_float(s.min, missing=NA),
+            format_float(s.max, missing=NA),
+            format_float(s.cer_mean, missing=NA),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -254,7 +262,7 @@ def _summary_lines(root: Path, settings: dict[str, Any], rows: Sequence[TrialRow
         f"# Study {root.name}",
         "",
         f"- store: `{settings['features']}`",
-        f"- model: `{settings['model'] or 'bundled:base'}`",
+        f"- model: `{settings['model'] or DEFAULT_MODEL}`",
         f"- sampler: {tune_opts['sampler']} (seed {tune_opts['seed']}); pruner: {pruner}",
         f"- budget: {_budget(tune_opts, settings['train'])}; "
         f"{tune_opts['evals_per_trial'] or 'base eval_steps'} evaluations per trial",

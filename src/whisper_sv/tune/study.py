@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from whisper_sv.core.config import need
 from whisper_sv.core.run_folder import MetricsRow
 from whisper_sv.train.config import TrainConfig, planned_steps
 from whisper_sv.tune.report import (
@@ -138,10 +139,6 @@ class TuneOptions:
     heartbeat_s: int = 60  # a shared storage's trial heartbeat; 3 missed: the trial is retried
 
     def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ValueError(msg)
-
         need(
             self.sampler in ("grid", "random", "tpe"),
             f"sampler must be grid, random or tpe (got {self.sampler!r})",

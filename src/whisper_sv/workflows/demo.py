@@ -17,6 +17,14 @@ sets share speakers across their parts (in domain); ``cv-dev`` (Common Voice, ot
 and microphones) is never trained on and guards whole, out of domain: the "general Swedish"
 row. Training distils from the start model (``distill``) so that general Swedish holds.
 
+The recipe fits a time budget (``budget``, 15 minutes by default): a few seconds of
+calibration measure this machine's encoder, training and scoring rates, and ``budget.plan``
+picks the largest recipe predicted to fit, printing it before the long work starts. What
+does not change with the recipe is never paid twice: the pretrained model's scores and the
+encoder outputs of the test sets, guards and training windows are cached in the user's cache
+folder (``set_scores.py``, ``encoder_cache.py``), so a second demo spends its time on the
+fine-tune.
+
 Every stage is the project's own public function (``build_store``, ``train``, ``Evaluator``,
 ``Transcriber``); the demo only chooses small settings. Re-running it reuses what is finished:
 the store skips done shards, and the run resumes or is left as is.
@@ -35,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from whisper_sv.models.references import DEFAULT_MODEL
+from whisper_sv.workflows.set_scores import SetScore
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,7 @@ __all__ = [
     "fine_tune_guarded",
     "prepare_real_sets",
     "run_demo",
+    "size_to_budget",
     "score_sets",
 ]
 
@@ -76,6 +86,9 @@ class DemoOptions:
     # checkout or in $WHISPER_SV_REAL_DATA; "none": synthetic rows only).
     real_data: str = ""
     guard_clips: int = 96  # clips of each real guard scored at every evaluation (0: all)
+    # Clips of each in-domain real held-out set scored before and after (0: all); spread
+    # evenly over the set. The out-of-domain set is scored whole: it is a guard too.
+    real_test_clips: int = 0
     # WER points the out-of-domain guard (cv-dev: speakers and microphones no training clip
     # has) may lose against the start model; the in-domain guards use guard_tolerance.
     general_tolerance: float = 0.5
@@ -104,6 +117,10 @@ class DemoOptions:
     distill: float = 0.5
     distill_temperature: float = 2.0  # softens both distributions (the KL is scaled by T^2)
     wise_ft: bool = True  # try mixes with the start model's weights after training (WiSE-FT)
+    mixes: tuple[float, ...] = WISE_FT  # the WiSE-FT weights of the run, tried in this order
+    # Wall-time budget (15m, 900s, 1h; 0: none). Three rates measured on this machine size the
+    # recipe (budget.py): the sizes above are the most it runs, the budget may shrink them.
+    budget: str = "15m"
     train_set: tuple[str, ...] = ()  # further training options, KEY=VALUE (TrainConfig)
 
     def __post_init__(self) -> None:
@@ -115,6 +132,11 @@ class DemoOptions:
             raise ValueError("guard_clips, long_form_s and long_form_guard_s must be >= 0")
         if not 0 <= self.real_train < 1 or self.real_repeat < 1:
             raise ValueError("real_train must be in [0, 1) and real_repeat >= 1")
+        from whisper_sv.workflows.budget import parse_budget
+
+        parse_budget(self.budget)  # its error names the accepted forms
+        if not all(0 < m < 1 for m in self.mixes):
+            raise ValueError(f"mixes must be WiSE-FT weights in (0, 1) (got {self.mixes})")
 
 
 @dataclass(frozen=True)
@@ -154,6 +176,10 @@ class DemoResult:
     sample_hypothesis: str  # ... and what the exported model heard
     seconds: dict[str, float]  # wall time per stage
     rows: tuple[DemoRow, ...] = ()  # every scored set, the synthetic test first
+    plan: str = ""  # the recipe the budget chose, and its predicted time (budget.Plan.line)
+    rates: str = ""  # this machine's measured rates (budget.Rates.line)
+    predicted: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per stage
+    total_seconds: float = 0.0  # wall time of the whole demo
 
     @property
     def relative_reduction(self) -> float:
@@ -175,6 +201,28 @@ class DemoResult:
             )
         return "\n".join(lines)
 
+    def time_table(self) -> str:
+        """Each stage's wall time against the budget's prediction (budget.estimate)."""
+        p = self.predicted
+        groups = {
+            "real speech, calibration, CTranslate2 sample": (
+                ("real", "calibration", "sample"),
+                ("other",),
+            ),
+            "features": (("features",), ("features",)),
+            "baseline scores": (("baseline",), ("baseline",)),
+            "fine-tune": (("fine-tune",), ("encoding", "training", "evaluations")),
+            "fine-tuned scores": (("after",), ("after",)),
+        }
+        lines = ["| stage | predicted s | wall s |", "|---|---:|---:|"]
+        for name, (done, guess) in groups.items():
+            wall = sum(self.seconds.get(k, 0.0) for k in done)
+            pred = f"{sum(p.get(k, 0.0) for k in guess):.0f}" if p else "-"
+            lines.append(f"| {name} | {pred} | {wall:.0f} |")
+        total = f"{sum(p.values()):.0f}" if p else "-"
+        lines.append(f"| **all** | {total} | {self.total_seconds:.0f} |")
+        return "\n".join(lines)
+
     def error_table(self) -> str:
         """Substitutions, deletions, insertions (WER points) and hypothesis length (% of the
         reference's words) of each clip set, pretrained -> fine-tuned."""
@@ -192,18 +240,19 @@ class DemoResult:
 
 
 class _Stages:
-    """Prints each stage's title and, when it ends, its wall time (kept in ``seconds``)."""
+    """Prints each stage's title and, when it ends, its wall time (kept in ``seconds`` under
+    the stage's key)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        print(f"\n== {name}", flush=True)
+    def __call__(self, key: str, title: str) -> Iterator[None]:
+        print(f"\n== {title}", flush=True)
         t0 = time.perf_counter()
         yield
-        self.seconds[name] = round(time.perf_counter() - t0, 1)
-        print(f"   ({self.seconds[name]:.0f} s)", flush=True)
+        self.seconds[key] = round(time.perf_counter() - t0, 1)
+        print(f"   ({self.seconds[key]:.0f} s)", flush=True)
 
 
 def run_demo(options: DemoOptions | None = None) -> DemoResult:
@@ -214,22 +263,27 @@ def run_demo(options: DemoOptions | None = None) -> DemoResult:
     out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)
     stage = _Stages()
+    t0 = time.perf_counter()
 
-    with stage("real speech: training, guard and held-out parts"):
+    with stage("real", "real speech: training, guard and held-out parts"):
         real = prepare_real_sets(o, out)
-    with stage("features"):
+    with stage("calibration", "this machine's rates, and the recipe that fits the budget"):
+        o, sized = size_to_budget(o, real)
+        real = [_limit_test(r, o.real_test_clips, out / "real") for r in real]
+    with stage("features", "features"):
         source = build_training_store(o, out / "store", real if o.real_train else [])
         store = FeatureStore(out / "store")
-    with stage(f"baseline: {o.model} on the test sets"):
+    with stage("baseline", f"baseline: {o.model} on the test sets"):
         before = score_sets(o.model, store, real, o)
         _print_scores(before)
-    with stage("fine-tune (decoder on cached encoder outputs, guarded by real speech)"):
+    title = "fine-tune (decoder on cached encoder outputs, guarded by real speech)"
+    with stage("fine-tune", title):
         run = fine_tune_guarded(o, out / "store", out / "run", real)
         print((run / "metrics.md").read_text(encoding="utf-8"))
-    with stage("fine-tuned model on the test sets"):
+    with stage("after", "fine-tuned model on the test sets"):
         after = score_sets(str(run), store, real, o, start=before)
         _print_scores(after)
-    with stage("transcribe one test clip with the CTranslate2 export"):
+    with stage("sample", "transcribe one test clip with the CTranslate2 export"):
         reference, hypothesis = _sample_transcript(source, out, run)
         print(f"   reference:  {reference}\n   fine-tuned: {hypothesis}")
 
@@ -245,9 +299,76 @@ def run_demo(options: DemoOptions | None = None) -> DemoResult:
         sample_hypothesis=hypothesis,
         seconds=stage.seconds,
         rows=_rows(before, after, real, translation_guarded=o.guard_translation),
+        plan=sized.line(),
+        rates=sized.rates.line(),
+        predicted=sized.seconds,
+        total_seconds=round(time.perf_counter() - t0, 1),
     )
     _write_report(out, res)
     return res
+
+
+def size_to_budget(o: DemoOptions, real: list[RealSet]) -> tuple[DemoOptions, Any]:
+    """``o`` with the sizes the budget allows on this machine (budget.py), and the plan;
+    prints the measured rates and the plan before anything long starts."""
+    from whisper_sv.core.runtime import resolve_precision
+    from whisper_sv.models.references import load_model
+    from whisper_sv.workflows.budget import Sizes, calibrate, parse_budget, plan
+
+    model, _ = load_model(o.model)
+    precision = resolve_precision(o.precision, cuda=False)
+    rates = calibrate(model, precision=precision, batch_size=o.batch_size, distill=o.distill > 0)
+    del model
+    work = _workload(o, real)
+    asked = Sizes(
+        train_clips=o.train_clips,
+        validation_clips=o.validation_clips,
+        test_clips=o.test_clips,
+        max_steps=o.max_steps,
+        eval_steps=o.eval_steps,
+        guard_clips=o.guard_clips or max(work.guards, default=0),
+        real_test_clips=o.real_test_clips,
+        mixes=o.mixes if o.wise_ft else (),
+        real_repeat=o.real_repeat,
+    )
+    chosen = plan(asked, work, rates, parse_budget(o.budget))
+    print(f"   rates: {rates.line()}\n   plan: {chosen.line()}", flush=True)
+    s = chosen.sizes
+    sized = dataclasses.replace(
+        o,
+        train_clips=s.train_clips,
+        validation_clips=s.validation_clips,
+        test_clips=s.test_clips,
+        max_steps=s.max_steps,
+        eval_steps=s.eval_steps,
+        guard_clips=s.guard_clips if o.guard_clips else 0,
+        real_test_clips=s.real_test_clips,
+        real_repeat=s.real_repeat,
+        mixes=s.mixes or o.mixes,
+    )
+    return sized, chosen
+
+
+def _workload(o: DemoOptions, real: list[RealSet]) -> Any:
+    """The clip counts of the real sets' parts, for the budget's predictions."""
+    from whisper_sv.workflows.budget import Workload
+
+    def clips(path: Path | None) -> int:
+        return len(path.read_text("utf-8").splitlines()) - 1 if path is not None else 0
+
+    lexin = next((r for r in real if r.translate), None)
+    return Workload(
+        real_train=sum(clips(r.train) for r in real) if o.real_train else 0,
+        guards=tuple(clips(r.guard) for r in real),
+        translate_guard=clips(lexin.guard) if lexin and o.guard_translation else 0,
+        real_tests=tuple(clips(r.test) for r in real if r.domain == "in"),
+        general_test=sum(clips(r.test) for r in real if r.domain == "out"),
+        translate_test=clips(lexin.test) if lexin else 0,
+        long_form_s=o.long_form_s if lexin else 0.0,
+        long_form_guard_s=o.long_form_guard_s if lexin else 0.0,
+        pack_clips=o.pack_clips,
+        translate_share=o.translate_share,
+    )
 
 
 def build_training_store(o: DemoOptions, path: Path, real: list[RealSet]) -> Any:
@@ -291,6 +412,20 @@ class RealSet:
     translate: bool  # score (and guard) the translate task on it
     train: Path | None = None  # manifest of the part mixed into training (real_train > 0)
     domain: str = "in"  # "out": speakers training never heard (guards.GuardSpec.domain)
+    held_out: Path | None = None  # the whole held-out part when ``test`` is a share of it
+
+
+def _limit_test(r: RealSet, n: int, out: Path) -> RealSet:
+    """``r`` with ``n`` clips of its held-out part as the test, evenly spaced over it (the part
+    is in group order: themes, words); the out-of-domain set stays whole."""
+    lines = r.test.read_text("utf-8").splitlines()
+    if not n or r.domain == "out" or len(lines) - 1 <= n:
+        return r
+    rows = lines[1:]
+    kept = [rows[i * len(rows) // n] for i in range(n)]
+    path = out / f"{r.name}-test-{n}.tsv"
+    path.write_text("\n".join([lines[0], *kept]) + "\n", encoding="utf-8")
+    return dataclasses.replace(r, test=path, held_out=r.test)
 
 
 def prepare_real_sets(o: DemoOptions, out: Path) -> list[RealSet]:
@@ -360,6 +495,7 @@ def _general_set(folder: Path, out: Path, group: str | None) -> RealSet:
 def fine_tune_guarded(o: DemoOptions, store: Path, run: Path, real: list[RealSet]) -> Path:
     """Train the decoder on the store's train split, guarded by the real sets; the run."""
     from whisper_sv.core.config import from_mapping, parse_overrides
+    from whisper_sv.core.fsutil import cache_dir
     from whisper_sv.train.run import TrainConfig, train
 
     guards = [
@@ -392,6 +528,8 @@ def fine_tune_guarded(o: DemoOptions, store: Path, run: Path, real: list[RealSet
         "pack_clips": o.pack_clips,
         "precision": o.precision,
         "seed": o.seed,
+        # Encoder outputs in the user's cache, not the run: a later demo reuses them.
+        "cache_dir": str(cache_dir() / "encoder"),
         "guards": guards,
         "select": o.select,
         "timestamp_share": o.timestamp_share,
@@ -402,31 +540,11 @@ def fine_tune_guarded(o: DemoOptions, store: Path, run: Path, real: list[RealSet
         "prompt_share": o.prompt_share,
         "distill": o.distill,
         "distill_temperature": o.distill_temperature,
-        "interpolate": list(WISE_FT) if o.wise_ft else [],
+        "interpolate": list(o.mixes) if o.wise_ft else [],
         **parse_overrides(list(o.train_set)),
     }
     config = from_mapping(TrainConfig, options)
     return train(store, run, model=o.model, config=config).run
-
-
-@dataclass(frozen=True)
-class SetScore:
-    """One model on one test set."""
-
-    wer: float  # percent, normalised text
-    cer: float
-    n: int  # clips (1 for a long-form file)
-    translations: tuple[str, ...] = ()  # English of each clip (translate sets)
-    chrf: float | None = None  # that English against the pretrained model's (100: the same)
-    english: float | None = None  # percent of that English detected as English (guards.py)
-    segments: int = 0  # long-form: segments (subtitle cues) transcribed
-    references: tuple[str, ...] = ()  # per clip, for the paired interval of a change
-    hypotheses: tuple[str, ...] = ()
-
-
-# Encoder outputs of the test sets by (encoder weights, store, split): the fine-tune keeps the
-# encoder frozen, so "after" decodes the very outputs "before" computed (half the encoder time).
-_ENCODED: dict[tuple[str, str, str], list[Any]] = {}
 
 
 def score_sets(
@@ -437,20 +555,25 @@ def score_sets(
     start: dict[str, SetScore] | None = None,
 ) -> dict[str, SetScore]:
     """``model_ref`` on the synthetic test split, each real held-out part (and its English),
-    and the long-form file. ``start``: the pretrained model's scores, for the chrF."""
+    and the long-form file. ``start``: the pretrained model's scores, for the chrF.
+
+    Scores come from the cache when this model (by its weights) has scored this set (by its
+    bytes) with these options before (set_scores.py)."""
     from whisper_sv.core.fsutil import cache_dir
     from whisper_sv.models.references import load_model
     from whisper_sv.train.guards import GuardSpec, chrf, english_share, prepare_guard_store
+    from whisper_sv.workflows.set_scores import weights_digest
 
     model, processor = load_model(model_ref)
-    encoder = _encoder_digest(model)  # once per model: it keys the shared encoder outputs
-    scores = {"synthetic": _score_split(model, processor, store, "test", o, encoder)}
+    # Once per model: the whole model keys the scores, the encoder its outputs.
+    digests = {"model": weights_digest(model), "encoder": weights_digest(model.get_encoder())}
+    scores = {"synthetic": _score_split(model, processor, store, "test", o, digests)}
     for r in real:
         spec = GuardSpec(f"{r.name}-test", str(r.test))
         test_store, split = prepare_guard_store(
             spec, model=o.model, cache_root=cache_dir(), processor=processor
         )
-        score = _score_split(model, processor, test_store, split, o, encoder, translate=r.translate)
+        score = _score_split(model, processor, test_store, split, o, digests, translate=r.translate)
         if r.translate:
             score = dataclasses.replace(score, english=english_share(score.translations))
         if r.translate and start and r.name in start:
@@ -459,18 +582,9 @@ def score_sets(
         scores[r.name] = score
     lexin = next((r for r in real if r.translate), real[0] if real else None)
     if lexin is not None and o.long_form_s > 0:
-        scores["long-form"] = _long_form(model_ref, lexin.test, Path(o.out), o)
+        source = lexin.held_out or lexin.test
+        scores["long-form"] = _long_form(model_ref, source, Path(o.out), o, digests["model"])
     return scores
-
-
-def _encoder_digest(model: Any) -> str:
-    import hashlib
-
-    h = hashlib.sha1()
-    for name, tensor in model.get_encoder().state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _score_split(
@@ -479,41 +593,78 @@ def _score_split(
     store: Any,
     split: str,
     o: DemoOptions,
-    encoder: str,
+    digests: dict[str, str],
     translate: bool = False,
 ) -> SetScore:
-    """Greedy WER/CER (and English) of ``model`` on a store split, in the training precision."""
+    """Greedy WER/CER (and English) of ``model`` on a store split, in the training precision;
+    from the score cache when it holds them."""
+    from whisper_sv.core.runtime import resolve_precision
+    from whisper_sv.workflows.set_scores import load_score, save_score, split_digest
+
+    bf16 = resolve_precision(o.precision, cuda=False) == "bf16"
+    content = split_digest(store, split)
+    key = {
+        "model": digests["model"],
+        "set": content,
+        "translate": translate,
+        "bf16": bf16,
+        "max_new_tokens": 225,
+    }
+    cached = load_score(key)
+    if cached is not None:
+        print(f"   {store.path.name}/{split}: scores of this model read from the cache")
+        return cached
+    score = _decode_split(
+        model, processor, store, split, digests["encoder"], content, bf16, translate
+    )
+    save_score(key, score)
+    return score
+
+
+def _decode_split(
+    model: Any,
+    processor: Any,
+    store: Any,
+    split: str,
+    encoder: str,
+    content: str,
+    bf16: bool,
+    translate: bool,
+) -> SetScore:
+    """Score a split; its encoder outputs are read from (or written to) the encoder cache."""
+    import numpy as np
     import torch
     from torch.utils.data import DataLoader
 
-    from whisper_sv.core.runtime import resolve_precision
     from whisper_sv.data.store import collate
     from whisper_sv.train.scoring import Evaluator, finish_eval
+    from whisper_sv.workflows.set_scores import load_encoded, save_encoded
 
     lang = store.config.language
     ev = Evaluator(processor, model, language=lang, task="transcribe", max_new_tokens=225)
     tr = Evaluator(processor, model, language=lang, task="translate", max_new_tokens=225)
-    key = (encoder, str(Path(store.path).resolve()), split)
-    cached = _ENCODED.get(key)
-    fresh: list[Any] = []
-    bf16 = resolve_precision(o.precision, cuda=False) == "bf16"
-    parts, english = [], []
+    enc_key = {"encoder": encoder, "set": content, "bf16": bf16}
+    cached = load_encoded(enc_key)
+    fresh: list[np.ndarray] = []
+    parts, english, done = [], [], 0
     model.eval()
     loader = DataLoader(store.torch_dataset(split), batch_size=16, collate_fn=collate)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for b, batch in enumerate(loader):
+        for batch in loader:
+            n = len(batch["labels"])
             if cached is not None:
-                hidden = cached[b].float()
+                hidden = torch.from_numpy(np.asarray(cached[done : done + n])).float()
             else:
                 # Rounded to float16 as stored, so the first model decodes what later ones do.
                 out = model.get_encoder()(batch["input_features"]).last_hidden_state
-                fresh.append(out.to(torch.float16))
-                hidden = fresh[-1].float()
+                fresh.append(out.to(torch.float16).numpy())
+                hidden = torch.from_numpy(fresh[-1]).float()
+            done += n
             parts.append(ev.batch(model, hidden, batch["labels"]))
             if translate:
                 english += tr.batch(model, hidden, batch["labels"])[3]
-    if cached is None:
-        _ENCODED[key] = fresh
+    if cached is None and fresh:
+        save_encoded(enc_key, np.concatenate(fresh))
     res = finish_eval(parts, 0.0)
     return SetScore(
         res.wer,
@@ -525,16 +676,23 @@ def _score_split(
     )
 
 
-def _long_form(model_ref: str, manifest: Path, out: Path, o: DemoOptions) -> SetScore:
-    """WER of the whole long-form file transcribed by the CTranslate2 model (as users run it)."""
+def _long_form(model_ref: str, manifest: Path, out: Path, o: DemoOptions, weights: str) -> SetScore:
+    """WER of the whole long-form file transcribed by the CTranslate2 model (as users run it);
+    from the score cache when this model has transcribed this audio before."""
     from whisper_sv.core.text import error_rates
     from whisper_sv.data.longform import join_clips
     from whisper_sv.infer.transcriber import Transcriber
+    from whisper_sv.workflows.set_scores import file_digest, load_score, save_score
 
     long = join_clips(manifest, out / "real" / "long-form.wav", seconds=o.long_form_s, seed=o.seed)
+    key = {"model": weights, "audio": file_digest(long.path), "long_form": "transcriber-defaults"}
+    cached = load_score(key)
+    if cached is not None:
+        print("   long-form: the transcript of this model read from the cache")
+        return cached
     transcript = Transcriber(model_ref).transcribe(long.path)
     rates = error_rates([long.reference], [transcript.text])
-    return SetScore(
+    score = SetScore(
         rates.wer,
         rates.cer,
         1,
@@ -542,6 +700,8 @@ def _long_form(model_ref: str, manifest: Path, out: Path, o: DemoOptions) -> Set
         references=(long.reference,),
         hypotheses=(transcript.text,),
     )
+    save_score(key, score)
+    return score
 
 
 def _print_scores(scores: dict[str, SetScore]) -> None:
@@ -615,8 +775,12 @@ def _write_report(out: Path, res: DemoResult) -> None:
     report["rows"] = [{**dataclasses.asdict(r), "change": r.change} for r in res.rows]
     (out / "demo.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), "utf-8")
     errors = "\n\nError types, pretrained -> fine-tuned:\n\n" + res.error_table()
-    (out / "demo.md").write_text(res.table() + errors + "\n", encoding="utf-8")
-    print("\n" + res.table() + errors)
+    timing = (
+        f"\n\nRecipe: {res.plan}\n\nRates: {res.rates}\n\n"
+        f"Time ({res.total_seconds / 60:.1f} min):\n\n{res.time_table()}"
+    )
+    (out / "demo.md").write_text(res.table() + errors + timing + "\n", encoding="utf-8")
+    print("\n" + res.table() + errors + timing)
     print(
         f"\nrun folder: {res.run} (metrics.md, curves.png, best/, ct2/, model_card.md)"
         f"\nreport: {out / 'demo.md'}"

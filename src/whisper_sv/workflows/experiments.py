@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from whisper_sv.core.config import need
+from whisper_sv.models.references import DEFAULT_MODEL
 from whisper_sv.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ def sv_words_dir() -> Path:
 class ExperimentOptions:
     """The budget and recipe shared by the experiments (``--budget key=value``)."""
 
-    model: str = "bundled:base"  # model every run starts from (and the pretrained row)
+    model: str = DEFAULT_MODEL  # model every run starts from (and the pretrained row)
     train_clips: int = 100  # synthetic training clips (equal in every condition)
     validation_clips: int = 20  # synthetic validation clips (checkpoint choice)
     test_clips: int = 30  # synthetic test clips (unseen voices and sentences)
@@ -84,10 +86,6 @@ class ExperimentOptions:
     workers: int = 1  # feature worker processes
 
     def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ValueError(msg)
-
         for name in ("train_clips", "validation_clips", "test_clips", "steps", "batch_size"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1 (got {getattr(self, name)})")
         need(self.evals >= 1, f"evals must be >= 1 (got {self.evals})")
