@@ -60,6 +60,7 @@ REQUIRED = {
     "demo": [],
     "pipeline": ["--config", "p.yaml"],
     "app": [],
+    "live": ["x.wav"],
     "tune": ["--features", "f", "--space", "s.yaml", "--out", "o"],
     "average": ["run", "--out", "o"],
     "experiment": ["voices"],
@@ -185,6 +186,7 @@ def _option_classes() -> dict[str, type | None]:
     --config/--set or are the command's own)."""
     from whisper_sv.app.chat import AppOptions
     from whisper_sv.data.feature_work import BuildOptions
+    from whisper_sv.infer.streaming import StreamingOptions
     from whisper_sv.infer.transcriber import TranscribeOptions
     from whisper_sv.tune.study import TuneOptions
     from whisper_sv.workflows.demo import DemoOptions
@@ -199,6 +201,7 @@ def _option_classes() -> dict[str, type | None]:
         "demo": DemoOptions,
         "pipeline": PipelineConfig,
         "app": AppOptions,
+        "live": StreamingOptions,
         "tune": TuneOptions,
         "average": None,
         "experiment": None,

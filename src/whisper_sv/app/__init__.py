@@ -7,6 +7,8 @@ The names below are what other subpackages may use; each loads its module on fir
 from whisper_sv import lazy_exports
 
 _WHERE = {
+    "build_live": "live",
+    "LiveCaptions": "live",
     "AppOptions": "chat",
     "chat": "chat",
     "export_space": "chat",
@@ -15,6 +17,8 @@ _WHERE = {
     "SIZE_PATTERN": "options",
 }
 __all__ = [
+    "build_live",
+    "LiveCaptions",
     "AppOptions",
     "chat",
     "export_space",

@@ -7,6 +7,7 @@ import os
 from typing import TYPE_CHECKING
 
 from whisper_sv.app.api import API_TASKS, upload_only_file
+from whisper_sv.app.live import build_live
 from whisper_sv.app.options import LANGUAGE_CHOICES, QUALITY_CHOICES, TRANSLATOR_CHOICES
 from whisper_sv.app.pipeline import HELP
 
@@ -73,6 +74,7 @@ def build_blocks(app: ChatApp) -> gr.Blocks:
             visible=False,  # shown with the first reply that has files
             elem_id="downloads",
         )
+        build_live(app, model)  # the Live mode: microphone captions (app/live.py)
         job = box.submit(
             app.chat,
             [box, chatbot, model, translator, language, quality],

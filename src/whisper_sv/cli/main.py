@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from whisper_sv.cli.live import add_live_command
 from whisper_sv.cli.options import (
     EXIT_CODES,
     AddTo,
@@ -448,6 +449,7 @@ _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_demo_command,
     add_pipeline_command,
     _add_app,
+    add_live_command,
     add_tune_command,
     add_average_command,
     add_experiment_command,

@@ -8,6 +8,14 @@ The names below are what other subpackages may use; each loads its module on fir
 from whisper_sv import lazy_exports
 
 _WHERE = {
+    "pcm_chunks": "live_sources",
+    "paced": "live_sources",
+    "line_segments": "streaming",
+    "StreamingTranscriber": "streaming",
+    "StreamingOptions": "streaming",
+    "LocalAgreement": "live_agreement",
+    "LiveUpdate": "streaming",
+    "LiveLine": "streaming",
     "AUTO": "types",
     "DECODER_BACKENDS": "transcriber",
     "DEVICES": "transcriber",
@@ -40,6 +48,14 @@ _WHERE = {
     "YOUTUBE_HOSTS": "links",
 }
 __all__ = [
+    "pcm_chunks",
+    "paced",
+    "line_segments",
+    "StreamingTranscriber",
+    "StreamingOptions",
+    "LocalAgreement",
+    "LiveUpdate",
+    "LiveLine",
     "AUTO",
     "DECODER_BACKENDS",
     "DEVICES",
