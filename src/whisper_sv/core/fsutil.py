@@ -20,6 +20,18 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "whisper-sv"
 
 
+def file_digest(*paths: str | os.PathLike) -> str:
+    """sha256 (hex) of the files' bytes, one after another."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
 def temp_name(path: Path, suffix: str = "") -> Path:
     """A temporary sibling of ``path`` no other writer uses: ``.NAME.tmp-HOST-PID-RANDOM``.
 

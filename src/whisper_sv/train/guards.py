@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from whisper_sv.core.fsutil import file_digest
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -276,19 +278,11 @@ def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     return (score * len(rest) + 100.0 * both_empty) / len(pairs)
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def manifest_key(tsv: Path, model: str) -> str:
     """Identity of a manifest's content: its text and every audio file's size and mtime."""
     from whisper_sv.data.sources.manifest import ManifestOptions, ManifestSource
 
-    h = hashlib.sha256(_file_digest(tsv).encode())
+    h = hashlib.sha256(file_digest(tsv).encode())
     h.update(model.encode())
     src = ManifestSource(str(tsv), ManifestOptions())
     for split in src.splits():

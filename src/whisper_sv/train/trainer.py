@@ -12,6 +12,7 @@ loop are objects of their own that it calls: scoring the model
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import time
@@ -387,10 +388,12 @@ class Trainer:
         if self.acc.is_main_process:
             self.run.reports.write_metrics([MetricsRow.from_dict(r) for r in st.rows])
 
+    @functools.cached_property
     def _start_scores_path(self) -> Path | None:
         """Where the start model's scores of this run's validation and guards are kept: the
         encoder cache's folder (shared between runs when ``cache_dir`` is set), one process
-        only (several would each need the file)."""
+        only (several would each need the file). Worked out once: the key reads every guard
+        clip's file size and time."""
         if not self.cfg.uses_encoder_cache or self.acc.num_processes > 1:
             return None
         import dataclasses
@@ -425,7 +428,7 @@ class Trainer:
         evaluation (they cost a full evaluation and never change), or None."""
         import json
 
-        path = self._start_scores_path()
+        path = self._start_scores_path
         if path is None or not path.is_file():
             return None
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -443,7 +446,7 @@ class Trainer:
 
         from whisper_sv.core.fsutil import atomic_write_text
 
-        path = self._start_scores_path()
+        path = self._start_scores_path
         if path is None:
             return
         val = dataclasses.asdict(scores.validation) if scores.validation else None

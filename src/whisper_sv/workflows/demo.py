@@ -320,33 +320,17 @@ def size_to_budget(o: DemoOptions, real: list[RealSet]) -> tuple[DemoOptions, An
     rates = calibrate(model, precision=precision, batch_size=o.batch_size, distill=o.distill > 0)
     del model
     work = _workload(o, real)
-    asked = Sizes(
-        train_clips=o.train_clips,
-        validation_clips=o.validation_clips,
-        test_clips=o.test_clips,
-        max_steps=o.max_steps,
-        eval_steps=o.eval_steps,
-        guard_clips=o.guard_clips or max(work.guards, default=0),
-        real_test_clips=o.real_test_clips,
-        mixes=o.mixes if o.wise_ft else (),
-        real_repeat=o.real_repeat,
-    )
+    # Sizes' fields are DemoOptions fields of the same names.
+    names = [f.name for f in dataclasses.fields(Sizes)]
+    given = {n: getattr(o, n) for n in names}
+    given["guard_clips"] = o.guard_clips or max(work.guards, default=0)  # 0: every clip
+    given["mixes"] = o.mixes if o.wise_ft else ()
+    asked = Sizes(**given)
     chosen = plan(asked, work, rates, parse_budget(o.budget))
     print(f"   rates: {rates.line()}\n   plan: {chosen.line()}", flush=True)
-    s = chosen.sizes
-    sized = dataclasses.replace(
-        o,
-        train_clips=s.train_clips,
-        validation_clips=s.validation_clips,
-        test_clips=s.test_clips,
-        max_steps=s.max_steps,
-        eval_steps=s.eval_steps,
-        guard_clips=s.guard_clips if o.guard_clips else 0,
-        real_test_clips=s.real_test_clips,
-        real_repeat=s.real_repeat,
-        mixes=s.mixes or o.mixes,
-    )
-    return sized, chosen
+    kept = {n: getattr(chosen.sizes, n) for n in names}
+    kept["mixes"] = chosen.sizes.mixes or o.mixes  # with wise_ft off they stay unused
+    return dataclasses.replace(o, **kept), chosen
 
 
 def _workload(o: DemoOptions, real: list[RealSet]) -> Any:
@@ -679,10 +663,11 @@ def _decode_split(
 def _long_form(model_ref: str, manifest: Path, out: Path, o: DemoOptions, weights: str) -> SetScore:
     """WER of the whole long-form file transcribed by the CTranslate2 model (as users run it);
     from the score cache when this model has transcribed this audio before."""
+    from whisper_sv.core.fsutil import file_digest
     from whisper_sv.core.text import error_rates
     from whisper_sv.data.longform import join_clips
     from whisper_sv.infer.transcriber import Transcriber
-    from whisper_sv.workflows.set_scores import file_digest, load_score, save_score
+    from whisper_sv.workflows.set_scores import load_score, save_score
 
     long = join_clips(manifest, out / "real" / "long-form.wav", seconds=o.long_form_s, seed=o.seed)
     key = {"model": weights, "audio": file_digest(long.path), "long_form": "transcriber-defaults"}

@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from whisper_sv.core.fsutil import atomic_write_text, cache_dir
+from whisper_sv.core.fsutil import atomic_write_text, cache_dir, file_digest, temp_name
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "SCORER_VERSION",
     "SetScore",
-    "file_digest",
     "load_encoded",
     "load_score",
     "save_encoded",
@@ -60,16 +59,6 @@ def weights_digest(module: Any) -> str:
     for name, tensor in module.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def file_digest(*paths: Path) -> str:
-    """sha256 of the files' bytes, in order."""
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
     return h.hexdigest()
 
 
@@ -121,8 +110,12 @@ def save_encoded(parts: dict[str, Any], hidden: Any) -> None:
 
     path = _encoded_path(parts)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        np.save(fh, hidden)
-    os.replace(tmp, path)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            np.save(fh, hidden)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     log.info("kept encoder outputs of %d clips in %s", len(hidden), path)
