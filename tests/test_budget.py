@@ -11,8 +11,10 @@ from whisper_sv.workflows.budget import (
     calibrate,
     estimate,
     ladder,
+    machine_rates,
     parse_budget,
     plan,
+    rates_key,
 )
 
 ASKED = Sizes(1440, 32, 48, 250, 125, 96, 0, (0.2, 0.3, 0.4, 0.5, 0.6, 0.7), 2)
@@ -96,3 +98,31 @@ def test_calibration_measures_rates_and_leaves_the_weights_alone(tiny_model):
     assert weights_digest(model) == before
     assert all(p.grad is None for p in model.parameters())
     assert "s a window" in rates.line()
+
+
+def test_a_second_run_reads_this_machines_rates_and_plans_the_same_recipe(tmp_path, monkeypatch):
+    measured = []
+
+    def measure():
+        measured.append(1)
+        return dataclasses.replace(BF16, encode_s=BF16.encode_s * (1 + 0.1 * len(measured)))
+
+    key = rates_key(precision="bf16", batch_size=8, distill=True, model="bundled:base")
+    first = machine_rates(measure, key, tmp_path)
+    second = machine_rates(measure, key, tmp_path)
+    assert len(measured) == 1 and not first.cached and second.cached
+    assert second.encode_s == first.encode_s and second.measured_at.startswith("20")
+    assert plan(ASKED, WORK, second, 900).sizes == plan(ASKED, WORK, first, 900).sizes
+    assert "read from the cache; --recalibrate measures again" in second.line()
+    # Asked to, or on another CPU class, it measures again.
+    again = machine_rates(measure, key, tmp_path, recalibrate=True)
+    assert len(measured) == 2 and not again.cached and again.encode_s > first.encode_s
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    machine_rates(
+        measure, rates_key(precision="fp32", batch_size=8, distill=True, model="m"), tmp_path
+    )
+    assert len(measured) == 3
+    # A cache file it cannot read is measured over, not an error.
+    for f in tmp_path.glob("rates-*.json"):
+        f.write_text("{not json")
+    assert not machine_rates(measure, key, tmp_path).cached and len(measured) == 4

@@ -178,7 +178,10 @@ def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir
     assert (res.run / "guards.json").is_file()
 
 
-def test_demo_without_real_speech_has_synthetic_rows_only(tmp_path, tiny_model_dir, capsys):
+def test_demo_without_real_speech_has_synthetic_rows_only(
+    tmp_path, tiny_model_dir, capsys, monkeypatch
+):
+    monkeypatch.setenv("WHISPER_SV_CACHE", str(tmp_path / "cache"))
     res = _tiny_demo(
         tmp_path, tiny_model_dir, test_clips=2, max_steps=1, warmup_steps=0, real_data="none"
     )
@@ -189,6 +192,8 @@ def test_demo_without_real_speech_has_synthetic_rows_only(tmp_path, tiny_model_d
     # The plan is printed before the work, and the report says what size the demo ran at.
     assert "plan: budget 15 min" in out and "rates: encoder" in out
     assert "2 test clips" in res.plan and res.predicted and res.total_seconds > 0
+    # The rates were measured now, and kept for the next demo on this machine.
+    assert "measured in" in res.rates and len(list((tmp_path / "cache").glob("rates-*"))) == 1
 
 
 def test_second_demo_reads_the_scores_and_encoder_outputs_it_made(

@@ -113,6 +113,37 @@ def test_guards_within_tolerance_let_training_win_and_interpolation_is_scored(
     assert "Interpolation with the start model" in card and "Real-speech guards" in card
 
 
+@pytest.mark.parametrize("select", ["validation", "validation+guards"])
+def test_early_rejection_scores_the_out_of_domain_guard_first_and_skips_the_rest(
+    tmp_path, store, own_guard, tiny_model_dir, caplog, select
+):
+    """guard_early_reject: a model that lost the out-of-domain guard (scored first, though
+    listed last) is not scored on the other guards, at any step or WiSE-FT mix; step 0 is
+    scored whole, and the choice of best/ is the same as with every guard scored."""
+    from whisper_sv.core.run_metrics import read_metrics_csv
+    from whisper_sv.train.run import train
+
+    guards = (
+        {"name": "mine", "path": str(own_guard), "split": "validation", "translate": True},
+        {"name": "general", "path": str(own_guard), "split": "validation", "domain": "out"},
+    )
+    run = tmp_path / "run"
+    cfg = config(guards=guards, guard_early_reject=True, interpolate=(0.5,), select=select)
+    with caplog.at_level(logging.INFO, logger="whisper_sv"):
+        result = train(store, run, model=str(tiny_model_dir), config=cfg)
+    rows = read_metrics_csv(run / "metrics.csv")
+    assert {"mine WER", "mine translate chrF", "general WER"} <= set(rows[0].extra)
+    for r in rows[1:]:
+        assert set(r.extra) == {"general WER", "general CER"}, r.step
+        assert r.extra["general WER"] > rows[0].extra["general WER"] + 0.5
+    assert "guards not scored (the model already regressed): mine" in caplog.text
+    mix = (run / "interpolation.csv").read_text().splitlines()
+    assert mix[0].split(",")[3:5] == ["general WER", "general CER"] and "mine" not in mix[0]
+    assert result.best_step == 0  # as the full scoring would decide
+    # The mixes come from the best fine-tuned step, its unscored guards counted unchanged.
+    assert json.loads((run / "guards.json").read_text())["best_validation_any_guards"]["step"] > 0
+
+
 def test_validation_plus_guards_selection_picks_the_best_mean_and_scores_long_form(
     tmp_path, store, own_guard, tiny_model_dir
 ):

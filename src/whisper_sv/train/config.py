@@ -114,6 +114,10 @@ class TrainConfig:
     guard_english_tolerance: float = 10.0
     guard_chrf_tolerance: float = 100.0
     guard_patience: int = 0  # stop after N evaluations in a row with a regressed guard; 0: never
+    # Stop scoring a model's guards at the first one that regressed (out-of-domain guards are
+    # scored first): such a model can no longer become best/, so the rest of its row is left
+    # empty instead of paid for (select "validation+guards" counts them at the start values).
+    guard_early_reject: bool = False
     # What best/ minimises among the models within the guards' tolerances: "validation" (the
     # validation WER) or "validation+guards" (the mean of the validation WER and every guard's
     # WER: a proxy validation set no longer outvotes the real speech).

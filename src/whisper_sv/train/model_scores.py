@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from whisper_sv.data.store import FeatureStore
     from whisper_sv.train.config import TrainConfig
-    from whisper_sv.train.guard_scores import GuardData, RunGuards
+    from whisper_sv.train.guard_scores import GuardData, RejectFn, RunGuards
 
 __all__ = ["ModelScorer", "Scores"]
 
@@ -109,11 +109,16 @@ class ModelScorer:
             desc=f"encoding guard {guard.spec.name}",
         )
 
-    def scores(self, start_translations: Mapping[str, Sequence[str]] | None) -> Scores:
+    def scores(
+        self,
+        start_translations: Mapping[str, Sequence[str]] | None,
+        rejected: RejectFn | None = None,
+    ) -> Scores:
         """Validation, then guard scores of the model as it is now (all processes);
-        ``start_translations`` are the start model's (None at step 0: chrF is then 100)."""
+        ``start_translations`` are the start model's (None at step 0: chrF is then 100);
+        ``rejected`` stops the guards early (:meth:`RunGuards.score`)."""
         validation = self.validation()
-        guards, translations = self.guard_scores(start_translations)
+        guards, translations = self.guard_scores(start_translations, rejected)
         return Scores(validation, guards, translations)
 
     def validation(self) -> EvalResult | None:
@@ -135,7 +140,9 @@ class ModelScorer:
         return finish_eval(everything, time.perf_counter() - t0)
 
     def guard_scores(
-        self, start_translations: Mapping[str, Sequence[str]] | None
+        self,
+        start_translations: Mapping[str, Sequence[str]] | None,
+        rejected: RejectFn | None = None,
     ) -> tuple[dict[str, float], dict[str, list[str]]]:
         """(the guards' metrics columns, each translate guard's English) of the model as it is
         now (({}, {}) without guards)."""
@@ -155,7 +162,7 @@ class ModelScorer:
             return [p for ps in gather_objects(acc, mine) for p in ps]
 
         with torch.no_grad(), acc.autocast():
-            return self._guards.score(parts, start_translations)
+            return self._guards.score(parts, start_translations, rejected)
 
     def _score_cached(self, base: Any, enc: Encoded, evaluator: Evaluator) -> list[Any]:
         """This process's share of some clips, from cached encoder outputs."""

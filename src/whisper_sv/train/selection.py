@@ -16,7 +16,7 @@ start is "no adapter", so only the ``lora_B`` factor is scaled (``a * B @ A``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +112,22 @@ class BestModelSelector:
             specs=cfg.guards,
         )
 
+    @property
+    def early_reject(self) -> Callable[[Mapping[str, float]], bool] | None:
+        """What stops a model's guard scoring early (``guard_early_reject``): any regression.
+        None when off, or before step 0 has given the start values to compare with."""
+        if not self._cfg.guard_early_reject or not self._state.guard_start:
+            return None
+        return lambda values: bool(self.regressions(values))
+
+    def _score(self, wer: float, values: Mapping[str, float]) -> float:
+        """The selection score; a guard left unscored by early rejection counts as the start
+        model's value (the model cannot become best/; the score only ranks it as the source
+        of the WiSE-FT mixes)."""
+        return selection_score(
+            self._cfg.select, wer, {**self._state.guard_start.get("values", {}), **values}
+        )
+
     def is_better(self, score: float) -> bool:
         """Whether a model of selection ``score`` should replace best/ (a lower one)."""
         st = self._state
@@ -127,7 +143,7 @@ class BestModelSelector:
         checks = self.regressions(values)
         regressed = tuple(c.describe() for c in checks)
         result = scores.validation
-        score = selection_score(cfg.select, result.wer, values) if result is not None else None
+        score = self._score(result.wer, values) if result is not None else None
         stop = self._track_guards(step, result.wer if result else None, checks, score)
         if result is None or score is None:
             kept = self._guard_names is not None and not checks
@@ -219,10 +235,10 @@ class BestModelSelector:
         rows = []
         for alpha in sorted(cfg.interpolate):
             self._saver.load_trainable(mix_weights(start, tuned, alpha))
-            scores = scorer.scores(self.start_translations)
+            scores = scorer.scores(self.start_translations, self.early_reject)
             result, values = scores.validation, scores.guards
             checks = self.regressions(values)
-            score = selection_score(cfg.select, result.wer, values)
+            score = self._score(result.wer, values)
             regressed = tuple(c.describe() for c in checks)
             rows.append(MixRow(alpha, result.wer, result.cer, values, regressed, score))
             log.info(

@@ -379,7 +379,8 @@ class Trainer:
         st = self.state
         scores = self._start_scores() if st.step == 0 else None
         if scores is None:
-            scores = self.scorer.scores(self.selector.start_translations)
+            sel = self.selector
+            scores = self.scorer.scores(sel.start_translations, sel.early_reject)
             if st.step == 0:
                 self._keep_start_scores(scores)
         self.record_evaluation(scores.validation, scores.guards)

@@ -17,8 +17,9 @@ prediction fits the budget. The ladder cuts what costs time and buys least first
 mixes and intermediate evaluations, then guard clips, then training windows and steps
 together. It never drops a guard or a held-out set: the real-speech rules hold at every size.
 
-The plan assumes nothing is cached, so the same machine and budget give the same recipe on a
-second run, which then only goes faster (scores and encoder outputs are reused).
+The plan assumes nothing is cached, and the rates are kept per machine
+(:func:`machine_rates`), so the same machine and budget give the same recipe on a second run,
+which then only goes faster (scores and encoder outputs are reused).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ __all__ = [
     "calibrate",
     "estimate",
     "ladder",
+    "machine_rates",
     "parse_budget",
     "plan",
+    "rates_key",
 ]
 
 # Tokens of a typical scored phrase (lexin phrases and cv-dev sentences: 10-30 tokens).
@@ -85,12 +88,19 @@ class Rates:
     clip_s: float  # scoring one short clip from encoder outputs (loss + greedy decoding)
     precision: str  # the precision they were measured in (the training's)
     seconds: float = 0.0  # what measuring them took
+    measured_at: str = ""  # when (ISO time, UTC); set when they are read back from the cache
+    cached: bool = False  # read from the cache (:func:`machine_rates`), not measured now
 
     def line(self) -> str:
+        how = (
+            f"measured {self.measured_at[:16].replace('T', ' ')} UTC, read from the cache; "
+            "--recalibrate measures again"
+            if self.cached
+            else f"measured in {self.seconds:.0f} s"
+        )
         return (
             f"encoder {self.encode_s:.2f} s a window, training {self.step_s:.2f} s a step, "
-            f"scoring {self.clip_s:.3f} s a clip ({self.precision}, measured in "
-            f"{self.seconds:.0f} s)"
+            f"scoring {self.clip_s:.3f} s a clip ({self.precision}, {how})"
         )
 
 
@@ -238,6 +248,69 @@ def plan(asked: Sizes, work: Workload, rates: Rates, budget_s: float) -> Plan:
             return Plan(sizes, seconds, budget_s, i, True, rates)
     smallest = rungs[-1]
     return Plan(smallest, estimate(smallest, work, rates), budget_s, len(rungs) - 1, False, rates)
+
+
+def rates_key(**recipe: Any) -> dict[str, Any]:
+    """What the rates depend on: this CPU (model name, vector flags, cores), the instruction
+    sets the environment allows (``bench/cpu-class.sh``), the torch build and thread count,
+    and ``recipe`` (precision, batch size, distillation, model)."""
+    import os
+
+    import torch
+
+    cpu: dict[str, Any] = {"cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                name, _, value = line.partition(":")
+                if name.strip() == "model name":
+                    cpu["model"] = value.strip()
+                elif name.strip() == "flags":
+                    cpu["flags"] = sorted(f for f in value.split() if f.startswith(("avx", "amx")))
+                    break
+    except OSError:
+        pass
+    isa = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+    return {
+        "cpu": cpu,
+        "isa": {k: os.environ.get(k, "") for k in isa},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "recipe": recipe,
+        "format": 1,
+    }
+
+
+def machine_rates(
+    measure: Any, key: dict[str, Any], cache: Any, *, recalibrate: bool = False
+) -> Rates:
+    """This machine's rates from ``cache`` (a folder), else ``measure()`` kept there.
+
+    A second demo reuses the first one's rates: it skips the calibration and, above all,
+    plans the same recipe, so the first run's cached scores and encoder outputs match it (a
+    re-measured rate a few percent off can pick another rung and other clip counts).
+    """
+    import datetime
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from whisper_sv.core.fsutil import atomic_write_text
+
+    text = json.dumps(key, sort_keys=True)
+    path = Path(cache) / f"rates-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    if path.is_file() and not recalibrate:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return dataclasses.replace(Rates(**data["rates"]), cached=True)
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable (an older format): measure again
+    rates = measure()
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    data = {"key": key, "rates": dataclasses.asdict(dataclasses.replace(rates, measured_at=now))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    return rates
 
 
 def calibrate(

@@ -121,6 +121,9 @@ class DemoOptions:
     # Wall-time budget (15m, 900s, 1h; 0: none). Three rates measured on this machine size the
     # recipe (budget.py): the sizes above are the most it runs, the budget may shrink them.
     budget: str = "15m"
+    # Measure the rates again instead of reading this machine's from the cache
+    # (~/.cache/whisper-sv/rates-*.json): after a hardware or load change.
+    recalibrate: bool = False
     train_set: tuple[str, ...] = ()  # further training options, KEY=VALUE (TrainConfig)
 
     def __post_init__(self) -> None:
@@ -311,14 +314,27 @@ def run_demo(options: DemoOptions | None = None) -> DemoResult:
 def size_to_budget(o: DemoOptions, real: list[RealSet]) -> tuple[DemoOptions, Any]:
     """``o`` with the sizes the budget allows on this machine (budget.py), and the plan;
     prints the measured rates and the plan before anything long starts."""
+    from whisper_sv.core.fsutil import cache_dir
     from whisper_sv.core.runtime import resolve_precision
     from whisper_sv.models.references import load_model
-    from whisper_sv.workflows.budget import Sizes, calibrate, parse_budget, plan
+    from whisper_sv.workflows.budget import (
+        Sizes,
+        calibrate,
+        machine_rates,
+        parse_budget,
+        plan,
+        rates_key,
+    )
 
-    model, _ = load_model(o.model)
     precision = resolve_precision(o.precision, cuda=False)
-    rates = calibrate(model, precision=precision, batch_size=o.batch_size, distill=o.distill > 0)
-    del model
+    distill = o.distill > 0
+
+    def measure() -> Any:
+        model, _ = load_model(o.model)
+        return calibrate(model, precision=precision, batch_size=o.batch_size, distill=distill)
+
+    key = rates_key(precision=precision, batch_size=o.batch_size, distill=distill, model=o.model)
+    rates = machine_rates(measure, key, cache_dir(), recalibrate=o.recalibrate)
     work = _workload(o, real)
     # Sizes' fields are DemoOptions fields of the same names.
     names = [f.name for f in dataclasses.fields(Sizes)]
@@ -516,6 +532,9 @@ def fine_tune_guarded(o: DemoOptions, store: Path, run: Path, real: list[RealSet
         "cache_dir": str(cache_dir() / "encoder"),
         "guards": guards,
         "select": o.select,
+        # A candidate that lost a guard is not scored on the rest (general Swedish is first):
+        # the budget's estimate still pays for every guard, the cost of a model that holds.
+        "guard_early_reject": True,
         "timestamp_share": o.timestamp_share,
         "translate_share": o.translate_share,
         # Real clips only: the start model translates them more reliably than synthetic ones,
