@@ -16,6 +16,7 @@ same row encoded alone on the CPU (checked on whisper-base int8), so reuse never
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,14 +64,16 @@ class EncoderCache:
         self.windows = windows
         self.stats = EncoderStats()
         self._rows: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def clear(self) -> None:
         """Forget every kept output and reset the counts."""
-        self._rows.clear()
-        self.stats = EncoderStats()
+        with self._lock:
+            self._rows.clear()
+            self.stats = EncoderStats()
 
     def __call__(self, features: np.ndarray):
         """The encoder output (a ``StorageView``) of a (batch, mels, frames) log-mel array."""
@@ -78,20 +81,21 @@ class EncoderCache:
         if self.windows == 0:
             return self._run(features)
         keys = [window_key(row) for row in features]
-        found = {k: self._rows[k] for k in keys if k in self._rows}
-        for k in found:
-            self._rows.move_to_end(k)
-        missing = list(dict.fromkeys(k for k in keys if k not in found))  # in order, once
+        with self._lock:  # the app may decode from several threads with one model
+            found = {k: self._rows[k] for k in keys if k in self._rows}
+            for k in found:
+                self._rows.move_to_end(k)
+            missing = list(dict.fromkeys(k for k in keys if k not in found))  # in order, once
+            self.stats.reused += len(keys) - len(missing)  # kept, or twice in this batch
         encoded = None
         if missing:
-            first_row = {k: keys.index(k) for k in missing}
-            encoded = self._run(features[[first_row[k] for k in missing]])
+            encoded = self._run(features[[keys.index(k) for k in missing]])
             rows = np.asarray(encoded)  # a view of the CPU output
-            for j, k in enumerate(missing):
-                # A row of a batch is copied, so a kept row does not hold the whole batch.
-                found[k] = rows[j].copy() if len(missing) > 1 else rows[j]
-                self._keep(k, found[k])
-        self.stats.reused += len(keys) - len(missing)
+            with self._lock:
+                for j, k in enumerate(missing):
+                    # A row of a batch is copied: a kept row must not hold the whole batch.
+                    found[k] = rows[j].copy() if len(missing) > 1 else rows[j]
+                    self._keep(k, found[k])
         if encoded is not None and missing == keys:
             return encoded  # all encoded now, in order: the encoder's own output
         import ctranslate2
@@ -99,8 +103,9 @@ class EncoderCache:
         return ctranslate2.StorageView.from_array(np.stack([found[k] for k in keys]))
 
     def _run(self, features: np.ndarray):
-        self.stats.calls += 1
-        self.stats.encoded += len(features)
+        with self._lock:
+            self.stats.calls += 1
+            self.stats.encoded += len(features)
         return self.encode_batch(features)
 
     def _keep(self, key: bytes, row: np.ndarray) -> None:
