@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from whisper_sv.core.audio import SAMPLE_RATE, load_audio
-from whisper_sv.infer.encoder_cache import ENCODER_CACHE_WINDOWS
+from whisper_sv.infer.encoder_reuse import ENCODER_CACHE_WINDOWS
 from whisper_sv.infer.transcriber import Transcriber
 
 LEXIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "lexin-phrases"

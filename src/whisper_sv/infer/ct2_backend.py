@@ -27,7 +27,7 @@ from whisper_sv.infer.backends import (
     tokens_to_segments,
     words_into,
 )
-from whisper_sv.infer.encoder_cache import ENCODER_CACHE_WINDOWS, EncoderCache
+from whisper_sv.infer.encoder_reuse import ENCODER_CACHE_WINDOWS, EncoderCache
 from whisper_sv.infer.repetition import (
     COMPRESSION_RATIO_THRESHOLD,
     compression_ratio,

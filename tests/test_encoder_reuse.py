@@ -1,4 +1,4 @@
-"""infer.encoder_cache: a clip's transcript and its English share one encoder pass.
+"""infer.encoder_reuse: a clip's transcript and its English share one encoder pass.
 
 The real bundled Whisper base decodes real recordings; the encoder calls are counted by
 wrapping the CTranslate2 model's own ``encode``, so a call that bypassed the cache counts too.
@@ -13,7 +13,7 @@ import pytest
 
 from whisper_sv.core.audio import SAMPLE_RATE, load_audio
 from whisper_sv.infer.ct2_backend import Ct2Backend
-from whisper_sv.infer.encoder_cache import EncoderCache, window_key
+from whisper_sv.infer.encoder_reuse import EncoderCache, window_key
 from whisper_sv.infer.transcriber import Transcriber
 
 LEXIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "lexin-phrases"
