@@ -27,6 +27,7 @@ from whisper_sv.infer.backends import (
     tokens_to_segments,
     words_into,
 )
+from whisper_sv.infer.encoder_reuse import ENCODER_CACHE_WINDOWS, EncoderCache
 from whisper_sv.infer.repetition import (
     COMPRESSION_RATIO_THRESHOLD,
     compression_ratio,
@@ -73,7 +74,21 @@ def _cpu_count() -> int:
 
 
 class Ct2Backend(DecoderBackend):
-    def __init__(self, ref: str, device: str, compute_type: str | None, cpu_threads: int) -> None:
+    """faster-whisper's model decoded window by window, its encoder outputs reused.
+
+    ``encoder_cache``: encoder outputs kept for reuse (``EncoderCache``), on CPU only; 0:
+    every pass encodes again. On CUDA the encoder is a small share of the time and rows
+    would have to go through host memory to be stitched, so nothing is kept there.
+    """
+
+    def __init__(
+        self,
+        ref: str,
+        device: str,
+        compute_type: str | None,
+        cpu_threads: int,
+        encoder_cache: int = ENCODER_CACHE_WINDOWS,
+    ) -> None:
         import ctranslate2
         from faster_whisper import WhisperModel
 
@@ -98,6 +113,11 @@ class Ct2Backend(DecoderBackend):
             ) from err
         self.device = device
         self.compute_type = compute_type
+        self.encoder = EncoderCache(self._encode_uncached, encoder_cache if device == "cpu" else 0)
+        if self.encoder.windows:
+            # faster-whisper's long-form loop calls self.encode(features) once per window:
+            # this instance attribute takes the method's place, so those windows are shared.
+            self.model.encode = self._encode_window
 
     def check(self, opts: TranscribeOptions) -> None:
         if not self.model.model.is_multilingual and opts.language != "en":
@@ -113,7 +133,7 @@ class Ct2Backend(DecoderBackend):
 
     def detect_language(self, samples: np.ndarray) -> tuple[str, float]:
         # The same silence-padded log-mel as decoding (decode_windows), one encoder pass.
-        features = self._features(samples[:N_SAMPLES])[None].astype(np.float32)
+        features = self.log_mel(samples[:N_SAMPLES])[None].astype(np.float32)
         token, probability = self.model.model.detect_language(self._encode(features))[0][0]
         return token[2:-2], float(probability)  # "<|sv|>" -> "sv"
 
@@ -162,7 +182,7 @@ class Ct2Backend(DecoderBackend):
                 no_speech_prob=piece.no_speech_prob,
             )
 
-    def _features(self, window: np.ndarray) -> np.ndarray:
+    def log_mel(self, window: np.ndarray) -> np.ndarray:
         """Log-mel of ``window`` padded with silence to 30 s first, as OpenAI's Whisper does.
 
         faster-whisper computes the log-mel of the clip and pads that with zeros, which the
@@ -180,7 +200,7 @@ class Ct2Backend(DecoderBackend):
         faster-whisper's BatchedInferencePipeline batches the windows of one file only; here
         the windows of many files share one encoder and one decoder call. Prompt, suppressed
         tokens, the no-speech rule and the fallback rule are those of
-        ``WhisperModel.transcribe``; the audio is padded before the log-mel (``_features``).
+        ``WhisperModel.transcribe``; the audio is padded before the log-mel (``log_mel``).
         """
         from faster_whisper.tokenizer import Tokenizer
 
@@ -195,7 +215,7 @@ class Ct2Backend(DecoderBackend):
         prompt = self.model.get_prompt(
             tokenizer, self._prompt_tokens(opts.initial_prompt), without_timestamps=False
         )
-        features = np.stack([self._features(w) for w in windows]).astype(np.float32)
+        features = np.stack([self.log_mel(w) for w in windows]).astype(np.float32)
         longest = max(len(w) for w in windows) / SAMPLE_RATE
         max_length = max_length_for(len(prompt), opts, self.model.max_length, longest)
         temps = opts.temperatures()
@@ -268,7 +288,15 @@ class Ct2Backend(DecoderBackend):
         return out
 
     def _encode(self, features: np.ndarray):
-        """The encoder output of a batch of log-mels (kept on the device)."""
+        """The encoder output of a batch of log-mels (kept on the device), reused when the
+        same windows were encoded lately (``self.encoder``)."""
+        return self.encoder(features)
+
+    def _encode_window(self, features: np.ndarray):
+        """``WhisperModel.encode`` through the cache: one (mels, frames) window or a batch."""
+        return self.encoder(features[None] if features.ndim == 2 else features)
+
+    def _encode_uncached(self, features: np.ndarray):
         import ctranslate2
 
         view = ctranslate2.StorageView.from_array(np.ascontiguousarray(features))
