@@ -9,9 +9,10 @@
   decoded in batches, or without VAD decoded 30 s at a time from the last timestamp on.
 
 The language is passed to Whisper (Swedish by default): its language detection guesses wrong
-on short and synthetic Swedish clips. ``language="auto"`` detects it (ct2 backend: one more
-encoder pass over the first 30 s of speech) and the Transcript carries the language found and
-its probability, so a clip in another language says so instead of being read as Swedish.
+on short and synthetic Swedish clips. ``language="auto"`` detects it (ct2 backend: on the
+first 30 s of speech, with no encoder pass of its own when that is also the first window
+decoded: encoder_reuse.py) and the Transcript carries the language found and its
+probability, so a clip in another language says so instead of being read as Swedish.
 
 The speech guard (``speech_guard``) judges every decoded segment before it is kept: text
 where silero VAD finds no speech, windows OpenAI's no-speech rule calls silence, phrases
