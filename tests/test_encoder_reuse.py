@@ -20,20 +20,24 @@ LEXIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "lexin-phrases
 
 
 class CountingEncoder:
-    """The CTranslate2 Whisper model, its ``encode`` calls and windows counted."""
+    """The CTranslate2 model's encoder as the backend calls it, its calls and windows
+    counted (``EncoderCache.encode_batch`` is the real ``Whisper.encode``)."""
 
-    def __init__(self, model) -> None:
-        self.model = model
+    def __init__(self, encode) -> None:
+        self.encode = encode
         self.calls = 0
         self.windows = 0
 
-    def encode(self, features, *args, **kwargs):
+    def __call__(self, features):
         self.calls += 1
         self.windows += features.shape[0]
-        return self.model.encode(features, *args, **kwargs)
+        return self.encode(features)
 
-    def __getattr__(self, name):  # generate, align, detect_language, is_multilingual ...
-        return getattr(self.model, name)
+
+def count_encoder(backend: Ct2Backend) -> CountingEncoder:
+    counter = CountingEncoder(backend.encoder.encode_batch)
+    backend.encoder.encode_batch = counter
+    return counter
 
 
 def counted(windows: int) -> tuple[Transcriber, CountingEncoder]:
@@ -41,9 +45,7 @@ def counted(windows: int) -> tuple[Transcriber, CountingEncoder]:
     transcriber = Transcriber("bundled:base", device="cpu")
     backend = transcriber._impl  # the Ct2Backend: the cache is a property of the backend
     backend.encoder.windows = windows
-    counter = CountingEncoder(backend.model.model)
-    backend.model.model = counter
-    return transcriber, counter
+    return transcriber, count_encoder(backend)
 
 
 def texts(result) -> list[tuple[float, float, str]]:
@@ -97,8 +99,7 @@ def test_long_audio_reuses_the_windows_both_passes_share():
 
 def test_lru_keeps_its_bound_and_stitches_hits_and_misses(tiny_ct2_dir, cv_sentence):
     backend = Ct2Backend(str(tiny_ct2_dir), "cpu", "float32", 1, encoder_cache=2)
-    counter = CountingEncoder(backend.model.model)
-    backend.model.model = counter
+    counter = count_encoder(backend)
     clip = load_audio(cv_sentence)
     # Three different real windows: the clip, its first and its second half.
     features = np.stack(
@@ -122,3 +123,21 @@ def test_lru_keeps_its_bound_and_stitches_hits_and_misses(tiny_ct2_dir, cv_sente
     assert len(off) == 0 and off.stats.calls == 2 and counter.calls == 6
     with pytest.raises(ValueError, match="windows must be an integer >= 0"):
         EncoderCache(cache.encode_batch, windows=-1)
+
+
+def test_a_backend_is_freed_without_waiting_for_the_garbage_collector(tiny_ct2_dir):
+    """The cache and the long-form hook hold the CTranslate2 model, not the backend: no
+    reference cycle keeps a dropped model (and its threads) alive until a collection."""
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        backend = Ct2Backend(str(tiny_ct2_dir), "cpu", "float32", 1)
+        assert backend.encoder.windows > 0
+        alive = weakref.ref(backend), weakref.ref(backend.model)
+        del backend
+        assert [r() for r in alive] == [None, None]
+    finally:
+        gc.enable()

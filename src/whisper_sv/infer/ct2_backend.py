@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -73,6 +74,23 @@ def _cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _encoder_of(whisper: Any) -> Callable[[np.ndarray], Any]:
+    """The encoder of a ``ctranslate2.models.Whisper`` on a (batch, mels, frames) log-mel."""
+
+    def encode(features: np.ndarray):
+        import ctranslate2
+
+        view = ctranslate2.StorageView.from_array(np.ascontiguousarray(features))
+        return whisper.encode(view, to_cpu=False)
+
+    return encode
+
+
+def _window_encoder(cache: EncoderCache) -> Callable[[np.ndarray], Any]:
+    """``WhisperModel.encode`` through ``cache``: one (mels, frames) window or a batch."""
+    return lambda features: cache(features[None] if features.ndim == 2 else features)
+
+
 class Ct2Backend(DecoderBackend):
     """faster-whisper's model decoded window by window, its encoder outputs reused.
 
@@ -113,11 +131,16 @@ class Ct2Backend(DecoderBackend):
             ) from err
         self.device = device
         self.compute_type = compute_type
-        self.encoder = EncoderCache(self._encode_uncached, encoder_cache if device == "cpu" else 0)
+        # Closures over the CTranslate2 model and the cache only, not over self: the backend
+        # and its WhisperModel stay free of reference cycles and are freed as soon as the app
+        # or a test lets go of them (a cycle holds a CTranslate2 model until a collection).
+        self.encoder = EncoderCache(
+            _encoder_of(self.model.model), encoder_cache if device == "cpu" else 0
+        )
         if self.encoder.windows:
             # faster-whisper's long-form loop calls self.encode(features) once per window:
             # this instance attribute takes the method's place, so those windows are shared.
-            self.model.encode = self._encode_window
+            self.model.encode = _window_encoder(self.encoder)
 
     def check(self, opts: TranscribeOptions) -> None:
         if not self.model.model.is_multilingual and opts.language != "en":
@@ -291,16 +314,6 @@ class Ct2Backend(DecoderBackend):
         """The encoder output of a batch of log-mels (kept on the device), reused when the
         same windows were encoded lately (``self.encoder``)."""
         return self.encoder(features)
-
-    def _encode_window(self, features: np.ndarray):
-        """``WhisperModel.encode`` through the cache: one (mels, frames) window or a batch."""
-        return self.encoder(features[None] if features.ndim == 2 else features)
-
-    def _encode_uncached(self, features: np.ndarray):
-        import ctranslate2
-
-        view = ctranslate2.StorageView.from_array(np.ascontiguousarray(features))
-        return self.model.model.encode(view, to_cpu=False)
 
     def _generate(
         self,
