@@ -549,16 +549,18 @@ def test_uploads_over_the_size_limit_are_refused(tiny_ct2_dir, clips):
 # --------------------------------------------------------------------------- nothing left behind
 
 
-def _start_cli_app(model: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
+def _start_cli_app(model: Path, tmp: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """``whisper-sv app`` in a real process whose temporary folder is ``tmp``; (process, URL)
-    once it answers."""
+    once it answers. Its output goes to the file ``log``: a pipe nobody reads while it serves
+    fills up, and the app then blocks on its next log line (its shutdown message included)."""
     from gradio_client import Client
 
     port = free_port()
     env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
     env.pop("GRADIO_TEMP_DIR", None)  # the app's own choice, not this module's fixture
     cmd = [sys.executable, "-m", "whisper_sv", "app", "--model", str(model), "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 120
     while True:
         try:
@@ -567,7 +569,7 @@ def _start_cli_app(model: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
         except Exception:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise AssertionError(proc.stdout.read().decode(errors="replace")) from None
+                raise AssertionError(log.read_text(errors="replace")) from None
             time.sleep(1)
 
 
@@ -580,7 +582,8 @@ def test_a_stopped_app_leaves_no_file_of_a_transcription(tiny_ct2_dir, clips, tm
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    proc, url = _start_cli_app(tiny_ct2_dir, tmp)
+    log = tmp_path / "app.log"
+    proc, url = _start_cli_app(tiny_ct2_dir, tmp, log)
     try:
         result = Client(url, verbose=False).predict(
             handle_file(str(clips["speech"])), api_name="/transcribe"
@@ -593,7 +596,11 @@ def test_a_stopped_app_leaves_no_file_of_a_transcription(tiny_ct2_dir, clips, tm
         assert kept and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in kept)
     finally:
         proc.send_signal(getattr(signal, stop))
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"the app did not stop: {log.read_text()[-3000:]}") from None
     # onnxruntime (faster-whisper's VAD) keeps `.ses` in $TMPDIR: a time and a random id.
     left = [str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name != ".ses"]
     assert left == [], left
