@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -560,7 +561,15 @@ def _start_cli_app(model: Path, tmp: Path, log: Path) -> tuple[subprocess.Popen,
     env.pop("GRADIO_TEMP_DIR", None)  # the app's own choice, not this module's fixture
     cmd = [sys.executable, "-m", "whisper_sv", "app", "--model", str(model), "--port", str(port)]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # Ctrl+C as a terminal sends it: a test run started in the background of a script
+        # inherits SIGINT ignored, and Python then never turns it into KeyboardInterrupt.
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 120
     while True:
         try:
@@ -575,7 +584,6 @@ def _start_cli_app(model: Path, tmp: Path, log: Path) -> tuple[subprocess.Popen,
 
 @pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
 def test_a_stopped_app_leaves_no_file_of_a_transcription(tiny_ct2_dir, clips, tmp_path, stop):
-    import signal
     import stat
 
     from gradio_client import Client, handle_file
