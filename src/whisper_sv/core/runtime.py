@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "cpu_has_native_bf16",
+    "cpu_info",
     "forget_other_precision",
     "gather_objects",
     "resolve_precision",
@@ -66,15 +67,23 @@ def cpu_has_native_bf16() -> bool:
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if isa and isa not in ("ALL", "DEFAULT") and not isa.startswith(BF16_ISAS):
         return False
+    return bool(cpu_info()[1] & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """This CPU's model name and flags from /proc/cpuinfo (Linux; ("", {}) elsewhere)."""
+    name, flags = "", frozenset()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not name:
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    return name, frozenset(value.split())
     except OSError:
         pass
-    return False
+    return name, flags
 
 
 def resolve_precision(precision: str, cuda: bool) -> str:

@@ -258,18 +258,11 @@ def rates_key(**recipe: Any) -> dict[str, Any]:
 
     import torch
 
-    cpu: dict[str, Any] = {"cores": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                name, _, value = line.partition(":")
-                if name.strip() == "model name":
-                    cpu["model"] = value.strip()
-                elif name.strip() == "flags":
-                    cpu["flags"] = sorted(f for f in value.split() if f.startswith(("avx", "amx")))
-                    break
-    except OSError:
-        pass
+    from whisper_sv.core.runtime import cpu_info
+
+    name, flags = cpu_info()
+    vector = sorted(f for f in flags if f.startswith(("avx", "amx")))
+    cpu = {"cores": os.cpu_count(), "model": name, "flags": vector}
     isa = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
     return {
         "cpu": cpu,
