@@ -81,6 +81,7 @@ def test_a_run_whose_guard_regresses_never_becomes_best(
     assert summary["kept_start"] and summary["best"]["step"] == 0
     assert summary["best_validation_any_guards"]["regressed"]
     assert "NO FINE-TUNED MODEL KEPT ITS REAL-SPEECH GUARDS" in caplog.text
+    assert "To try: interpolate: [0.2, 0.3, 0.5]" in caplog.text  # this run had no mixes
     assert "not a candidate for best/" in caplog.text
     assert "best/ is the start model" in (run / "model_card.md").read_text()
     assert "own WER" in (run / "metrics.md").read_text()
@@ -88,6 +89,21 @@ def test_a_run_whose_guard_regresses_never_becomes_best(
     start_model, _ = load_model(str(tiny_model_dir))
     w = "model.decoder.layers.0.fc1.weight"
     assert torch.equal(best.state_dict()[w], start_model.state_dict()[w])
+
+
+def test_the_kept_start_advice_suggests_only_what_the_run_has_not_tried():
+    from whisper_sv.train.selection import kept_start_advice
+
+    plain = kept_start_advice(config())
+    assert "interpolate: [0.2, 0.3, 0.5]" in plain
+    assert "distill: 0.8 (now 0;" in plain
+    assert f"a lower lr (now {config().lr:g})" in plain
+    # The demo's recipe already mixes and distils: smaller mixes and more distillation.
+    demo = kept_start_advice(config(interpolate=(0.3, 0.2), distill=0.5, lr=1e-4))
+    assert "a mix below 0.2, e.g. interpolate: [0.1, 0.2]" in demo
+    assert "distill: 0.8 (now 0.5;" in demo and "lr (now 0.0001)" in demo
+    strong = kept_start_advice(config(interpolate=(0.2,), distill=0.8))
+    assert "distill" not in strong and "interpolate: [0.1, 0.2]" in strong
 
 
 def test_guards_within_tolerance_let_training_win_and_interpolation_is_scored(

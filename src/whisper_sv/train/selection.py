@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GUARDS_JSON", "BestModelSelector", "Decision", "mix_weights"]
+__all__ = ["GUARDS_JSON", "BestModelSelector", "Decision", "kept_start_advice", "mix_weights"]
 
 GUARDS_JSON = "guards.json"
 
@@ -53,6 +53,22 @@ class Decision:
     kept: bool  # the model became best/
     stop_early: bool  # patience or guard_patience ran out: the loop should stop
     regressed: tuple[str, ...]  # GuardCheck.describe() of the guards beyond tolerance
+
+
+def kept_start_advice(cfg: TrainConfig) -> str:
+    """What to change when no fine-tuned model kept its guards, from what this run already
+    did (measured at the demo's sizes: docs/experiments.md, section 9)."""
+    tips = []
+    if not cfg.interpolate:
+        tips.append("interpolate: [0.2, 0.3, 0.5] (mixes with the start weights, WiSE-FT)")
+    else:
+        low = min(cfg.interpolate)
+        tips.append(f"a mix below {low:g}, e.g. interpolate: [{low / 2:g}, {low:g}]")
+    if cfg.distill < 0.8:
+        tips.append(f"distill: 0.8 (now {cfg.distill:g}; distillation toward the start model)")
+    tips.append(f"a lower lr (now {cfg.lr:g})")
+    tips.append("more real speech in the training data")
+    return "; ".join(tips)
 
 
 def mix_weights(
@@ -317,12 +333,11 @@ class BestModelSelector:
             raw = data["best_validation_any_guards"]
             log.warning(
                 "NO FINE-TUNED MODEL KEPT ITS REAL-SPEECH GUARDS: best/ is the start model. The "
-                "best validation model (step %s, WER %s) regressed: %s. Lower the learning "
-                "rate, mix real speech into the training data, or set interpolate: "
-                "[0.25, 0.5, 0.75].",
+                "best validation model (step %s, WER %s) regressed: %s. To try: %s.",
                 raw["step"],
                 score_text(raw["wer"]),
                 "; ".join(raw["regressed"]) or "-",
+                kept_start_advice(self._cfg),
             )
         return data
 
