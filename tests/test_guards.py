@@ -274,3 +274,44 @@ def test_example_guarded_config_loads():
     assert (cfg.distill, cfg.distill_temperature) == (0.5, 2.0)
     assert cfg.guards[0].translate and cfg.translate_share == 0.5
     assert cfg.translate_sources == ("manifest",)
+
+
+def _summary(best_step, note="", kept_start=False, raw_regressed=()):
+    return {
+        "best": {"step": best_step, "note": note, "values": {}},
+        "kept_start": kept_start,
+        "best_validation_any_guards": {"step": 90, "wer": 72.1, "regressed": list(raw_regressed)},
+    }
+
+
+def test_the_verdict_names_best_or_every_candidate_a_guard_refused(tmp_path):
+    from whisper_sv.train.selection_report import (
+        INTERPOLATION_CSV,
+        MixRow,
+        verdict,
+        write_interpolation,
+    )
+
+    lost = "cv-dev WER 43.94 -> 45.00 (+1.06, tolerance 0.5)"
+    also = "lexin-phrases WER 92.45 -> 96.23 (+3.78, tolerance 0.5)"
+    rows = [
+        MixRow(0.2, 99.2, 47.3, {"cv-dev WER": 45.0}, (lost, also)),
+        MixRow(0.3, 96.0, 45.4, {"cv-dev WER": 43.6}, ()),
+    ]
+    write_interpolation(tmp_path, rows, from_step=90)
+    csv_path = tmp_path / INTERPOLATION_CSV
+    # The start model kept: each refused candidate with every guard it lost, the held mix not.
+    raw = "cv-dev WER 43.94 -> 55.71 (+11.77, tolerance 0.5)"
+    text = verdict(_summary(0, kept_start=True, raw_regressed=(raw,)), csv_path)
+    assert text.startswith("best/ is the start model: no fine-tuned model kept every")
+    assert f"step 90 (the best on validation): {raw}; the 0.2 mix: {lost}, {also}." in text
+    assert "0.3 mix" not in text
+    # Nothing beat the start model on validation: no guard is blamed.
+    plain = verdict(_summary(0), tmp_path / "absent.csv")
+    assert plain == "best/ is the start model: no fine-tuned model scored better on validation."
+    # A kept model is named, a mix by its weights.
+    mix = "WiSE-FT interpolation: 0.3 x step 90 + 0.7 x the start model"
+    assert verdict(_summary(90, note=mix), csv_path) == (
+        f"best/ is the {mix}: it kept every real-speech guard."
+    )
+    assert verdict(_summary(125), csv_path).startswith("best/ is step 125: it kept")

@@ -135,9 +135,14 @@ def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir
     assert res.rows[-1].metric == "chrF" and res.rows[-1].before == 100.0
     english = res.rows[-2]
     assert english.metric == "English %" and 0 <= english.after <= 100
-    table = (tmp_path / "demo" / "demo.md").read_text().split("\n\nError types")[0]
+    table, said = (tmp_path / "demo" / "demo.md").read_text().split("\n\n")[:2]
     assert table.startswith("| set | clips | metric | pretrained | fine-tuned | change | 95%")
     assert len(table.strip().splitlines()) == 2 + len(res.rows)
+    # Under the table: what best/ is, as guards.json has it.
+    summary = json.loads((res.run / "guards.json").read_text())
+    assert said == res.verdict and said.startswith("best/ is ")
+    assert ("best/ is the start model" in said) == (summary["best"]["step"] == 0)
+    assert ("Refused: step" in said) == summary["kept_start"]
     # Clip sets carry the paired-bootstrap interval of their change, which holds the change.
     for r in res.rows[:3]:
         assert r.interval is not None and r.interval[0] <= r.after - r.before <= r.interval[1]

@@ -22,6 +22,7 @@ __all__ = [
     "score_text",
     "guard_lines",
     "guard_section",
+    "verdict",
     "write_interpolation",
 ]
 
@@ -148,3 +149,34 @@ def guard_section(data: dict[str, Any], interpolation_md: Path) -> str:
         text = interpolation_md.read_text("utf-8")
         lines += ["### Interpolation with the start model", "", text, ""]
     return "\n".join(lines)
+
+
+def verdict(data: dict[str, Any], interpolation_csv: Path) -> str:
+    """One sentence for a report on what best/ is, from a guards.json summary ``data`` and the
+    interpolation table: when it is the start model, which candidates lost which guard, so a
+    column of "fine-tuned" figures equal to the pretrained ones reads as the decision it is."""
+    import csv
+
+    best = data["best"]
+    if best["step"]:
+        what = f"the {best['note']}" if best["note"] else f"step {best['step']}"
+        return f"best/ is {what}: it kept every real-speech guard."
+    if not data["kept_start"]:
+        return "best/ is the start model: no fine-tuned model scored better on validation."
+    refused = []
+    raw = data["best_validation_any_guards"]
+    if raw.get("regressed"):
+        refused.append(
+            f"step {raw['step']} (the best on validation): {', '.join(raw['regressed'])}"
+        )
+    if interpolation_csv.is_file():
+        with interpolation_csv.open(encoding="utf-8", newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row["regressed"]:
+                    lost = row["regressed"].replace(" | ", ", ")
+                    refused.append(f"the {row['alpha']} mix: {lost}")
+    head = (
+        "best/ is the start model: no fine-tuned model kept every real-speech guard, so the "
+        "fine-tuned column repeats the pretrained one."
+    )
+    return head + (f" Refused: {'; '.join(refused)}." if refused else "")

@@ -183,6 +183,9 @@ class DemoResult:
     rates: str = ""  # this machine's measured rates (budget.Rates.line)
     predicted: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per stage
     total_seconds: float = 0.0  # wall time of the whole demo
+    # What best/ is, and which candidates lost which guard when it is the start model
+    # (selection_report.verdict; "" without guards)
+    verdict: str = ""
 
     @property
     def relative_reduction(self) -> float:
@@ -306,6 +309,7 @@ def run_demo(options: DemoOptions | None = None) -> DemoResult:
         rates=sized.rates.line(),
         predicted=sized.seconds,
         total_seconds=round(time.perf_counter() - t0, 1),
+        verdict=_verdict(run),
     )
     _write_report(out, res)
     return res
@@ -772,13 +776,25 @@ def _sample_transcript(source: Any, out: Path, run: Path) -> tuple[str, str]:
     return item.sentence, Transcriber(str(run)).transcribe(wav).text
 
 
+def _verdict(run: Path) -> str:
+    """What best/ is (selection_report.verdict); "" for a run without guards."""
+    from whisper_sv.train.selection import GUARDS_JSON
+    from whisper_sv.train.selection_report import INTERPOLATION_CSV, verdict
+
+    path = run / GUARDS_JSON
+    if not path.is_file():
+        return ""
+    return verdict(json.loads(path.read_text(encoding="utf-8")), run / INTERPOLATION_CSV)
+
+
 def _write_report(out: Path, res: DemoResult) -> None:
     """``demo.json`` and ``demo.md`` in ``out``; the table printed too."""
     report = {k: v for k, v in dataclasses.asdict(res).items() if k != "run"}
     report.update(run=str(res.run), relative_reduction=res.relative_reduction)
     report["rows"] = [{**dataclasses.asdict(r), "change": r.change} for r in res.rows]
     (out / "demo.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), "utf-8")
-    errors = "\n\nError types, pretrained -> fine-tuned:\n\n" + res.error_table()
+    verdict = f"\n\n{res.verdict}" if res.verdict else ""
+    errors = verdict + "\n\nError types, pretrained -> fine-tuned:\n\n" + res.error_table()
     timing = (
         f"\n\nRecipe: {res.plan}\n\nRates: {res.rates}\n\n"
         f"Time ({res.total_seconds / 60:.1f} min):\n\n{res.time_table()}"
