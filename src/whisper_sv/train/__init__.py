@@ -9,6 +9,7 @@ from whisper_sv import lazy_exports
 
 _WHERE = {
     "average_checkpoints": "averaging",
+    "best_verdict": "selection",
     "chrf": "guards",
     "english_share": "guards",
     "evaluate_model": "averaging",
@@ -27,6 +28,7 @@ _WHERE = {
 }
 __all__ = [
     "average_checkpoints",
+    "best_verdict",
     "chrf",
     "english_share",
     "evaluate_model",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from whisper_sv.core.run_folder import RunFolder
@@ -29,6 +30,7 @@ from whisper_sv.train.selection_report import (
     MixRow,
     guard_section,
     score_text,
+    verdict,
     write_interpolation,
 )
 
@@ -41,7 +43,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GUARDS_JSON", "BestModelSelector", "Decision", "kept_start_advice", "mix_weights"]
+__all__ = [
+    "GUARDS_JSON",
+    "BestModelSelector",
+    "Decision",
+    "best_verdict",
+    "kept_start_advice",
+    "mix_weights",
+]
 
 GUARDS_JSON = "guards.json"
 
@@ -53,6 +62,17 @@ class Decision:
     kept: bool  # the model became best/
     stop_early: bool  # patience or guard_patience ran out: the loop should stop
     regressed: tuple[str, ...]  # GuardCheck.describe() of the guards beyond tolerance
+
+
+def best_verdict(run: Path) -> str:
+    """One sentence on what RUN's best/ is (:func:`selection_report.verdict`, from
+    RUN/guards.json and RUN/interpolation.csv); "" for a run without guards."""
+    import json
+
+    path = run / GUARDS_JSON
+    if not path.is_file():
+        return ""
+    return verdict(json.loads(path.read_text(encoding="utf-8")), run / INTERPOLATION_CSV)
 
 
 def kept_start_advice(cfg: TrainConfig) -> str:

@@ -264,6 +264,7 @@ class _Stages:
 def run_demo(options: DemoOptions | None = None) -> DemoResult:
     """Run the whole job; see the module docstring. Prints progress; returns the figures."""
     from whisper_sv.data.store import FeatureStore
+    from whisper_sv.train import best_verdict
 
     o = options or DemoOptions()
     out = Path(o.out)
@@ -309,7 +310,7 @@ def run_demo(options: DemoOptions | None = None) -> DemoResult:
         rates=sized.rates.line(),
         predicted=sized.seconds,
         total_seconds=round(time.perf_counter() - t0, 1),
-        verdict=_verdict(run),
+        verdict=best_verdict(run),
     )
     _write_report(out, res)
     return res
@@ -774,17 +775,6 @@ def _sample_transcript(source: Any, out: Path, run: Path) -> tuple[str, str]:
     wav = out / "test-clip.wav"
     sf.write(wav, source.load(item), SAMPLE_RATE)
     return item.sentence, Transcriber(str(run)).transcribe(wav).text
-
-
-def _verdict(run: Path) -> str:
-    """What best/ is (selection_report.verdict); "" for a run without guards."""
-    from whisper_sv.train.selection import GUARDS_JSON
-    from whisper_sv.train.selection_report import INTERPOLATION_CSV, verdict
-
-    path = run / GUARDS_JSON
-    if not path.is_file():
-        return ""
-    return verdict(json.loads(path.read_text(encoding="utf-8")), run / INTERPOLATION_CSV)
 
 
 def _write_report(out: Path, res: DemoResult) -> None:
