@@ -28,7 +28,9 @@ import dataclasses
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -275,7 +277,11 @@ def rates_key(**recipe: Any) -> dict[str, Any]:
 
 
 def machine_rates(
-    measure: Any, key: dict[str, Any], cache: Any, *, recalibrate: bool = False
+    measure: Callable[[], Rates],
+    key: dict[str, Any],
+    cache: Path,
+    *,
+    recalibrate: bool = False,
 ) -> Rates:
     """This machine's rates from ``cache`` (a folder), else ``measure()`` kept there.
 
@@ -286,12 +292,11 @@ def machine_rates(
     import datetime
     import hashlib
     import json
-    from pathlib import Path
 
     from whisper_sv.core.fsutil import atomic_write_text
 
     text = json.dumps(key, sort_keys=True)
-    path = Path(cache) / f"rates-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    path = cache / f"rates-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     if path.is_file() and not recalibrate:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

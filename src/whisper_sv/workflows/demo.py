@@ -184,7 +184,7 @@ class DemoResult:
     predicted: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per stage
     total_seconds: float = 0.0  # wall time of the whole demo
     # What best/ is, and which candidates lost which guard when it is the start model
-    # (selection_report.verdict; "" without guards)
+    # (train.best_verdict; "" without guards)
     verdict: str = ""
 
     @property
@@ -323,6 +323,7 @@ def size_to_budget(o: DemoOptions, real: list[RealSet]) -> tuple[DemoOptions, An
     from whisper_sv.core.runtime import resolve_precision
     from whisper_sv.models.references import load_model
     from whisper_sv.workflows.budget import (
+        Rates,
         Sizes,
         calibrate,
         machine_rates,
@@ -334,7 +335,7 @@ def size_to_budget(o: DemoOptions, real: list[RealSet]) -> tuple[DemoOptions, An
     precision = resolve_precision(o.precision, cuda=False)
     distill = o.distill > 0
 
-    def measure() -> Any:
+    def measure() -> Rates:
         model, _ = load_model(o.model)
         return calibrate(model, precision=precision, batch_size=o.batch_size, distill=distill)
 
