@@ -136,3 +136,143 @@ def test_l2sp_and_distill_keep_a_run_closer_to_the_start(tmp_path, store, tiny_m
     assert runs["plain"] > 0
     assert runs["l2sp"] < runs["plain"]
     assert runs["distill"] < runs["plain"]
+
+
+def test_anchor_rows_take_the_teachers_distribution_alone(tiny_model_dir, processor):
+    """Anchor rows (anchor_sources) add only their KL: at the start weights (student ==
+    teacher) an all-anchor batch has zero loss whatever its labels, and a mixed batch's loss
+    is the other rows' scaled cross-entropy, averaged over every labelled token."""
+    import torch.nn.functional as F
+
+    from whisper_sv.train.objective import Objective
+    from whisper_sv.train.setup import load_model
+
+    cfg = config(distill=0.4, distill_temperature=2.0)
+    model = load_model(tiny_model_dir, cfg)
+    objective = Objective(cfg, model)
+    batch = _batch(model, processor)
+    every = torch.tensor([True, True])
+    loss, ce = objective(model, model, batch, _run, every)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6) and ce.item() > 0
+    first = torch.tensor([False, True])
+    loss, _ = objective(model, model, batch, _run, first)
+    logits = model(use_cache=False, **batch).logits
+    labels = batch["labels"]
+    row0 = F.cross_entropy(logits[0].float(), labels[0], reduction="sum")
+    tokens = int((labels != -100).sum())
+    assert loss.item() == pytest.approx(0.6 * row0.item() / tokens, rel=1e-4)
+    with torch.no_grad():  # a changed student: the anchor row's KL now counts
+        bias = model.get_decoder().layers[-1].fc2.bias
+        bias.add_(torch.randn(bias.shape, generator=torch.Generator().manual_seed(2)))
+    loss_moved, _ = objective(model, model, batch, _run, every)
+    assert loss_moved.item() > 1e-3
+
+
+def test_train_only_freezes_every_parameter_its_patterns_miss(tiny_model_dir):
+    from whisper_sv.train.setup import load_model, trainable_params
+
+    model = load_model(tiny_model_dir, config(train_only=("encoder_attn",)))
+    names = list(trainable_params(model))
+    # The cross-attention and its layer norm, in every decoder layer; nothing else.
+    assert names and all("encoder_attn" in n and ".decoder." in n for n in names)
+    assert any(n.endswith("encoder_attn.k_proj.weight") for n in names)
+    with pytest.raises(ValueError, match="matches no trainable parameter"):
+        load_model(tiny_model_dir, config(train_only=("no_such_module",)))
+
+
+def test_config_names_the_fix_for_bad_train_only_and_anchor_values():
+    from whisper_sv.train.run import TrainConfig
+
+    with pytest.raises(ValueError, match="not a regular expression"):
+        TrainConfig(train_only=("encoder_attn(",))
+    with pytest.raises(ValueError, match="use lora_targets"):
+        TrainConfig(train_only=("fc1",), lora_rank=4)
+    with pytest.raises(ValueError, match="set distill > 0"):
+        TrainConfig(anchor_sources=("synthetic",), freeze_encoder=True)
+    with pytest.raises(ValueError, match="cache_encoder: true"):
+        TrainConfig(anchor_sources=("synthetic",), distill=0.5, freeze_encoder=False)
+
+
+def test_the_encoder_started_and_finished_at_a_layer_is_the_whole_encoder(tiny_model_dir):
+    """What is cached for encoder_top_layers (the hidden states entering the first trained
+    layer) and what a step runs from there give the encoder's own output."""
+    from whisper_sv.train.encoder_cache import finish_encoder, start_encoder
+    from whisper_sv.train.setup import load_model
+
+    model = load_model(tiny_model_dir, config()).eval()
+    encoder = model.get_encoder()
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(2, model.config.num_mel_bins, 3000, generator=g)
+    with torch.no_grad():
+        whole = encoder(feats).last_hidden_state
+        for cut in range(len(encoder.layers) + 1):
+            part = start_encoder(encoder, feats, cut)
+            got = finish_encoder(encoder, part, cut)
+            torch.testing.assert_close(got, whole, rtol=1e-5, atol=1e-5)
+        assert torch.equal(start_encoder(encoder, feats), whole)
+
+
+def test_encoder_top_layers_train_the_top_of_the_encoder_and_freeze_decoder_keeps_it(
+    tiny_model_dir,
+):
+    from whisper_sv.train.setup import load_model, trainable_params
+
+    model = load_model(tiny_model_dir, config(encoder_top_layers=1))
+    top = len(model.get_encoder().layers) - 1
+    names = list(trainable_params(model))
+    encoder_names = [n for n in names if ".encoder." in n]
+    assert any(f"encoder.layers.{top}.fc1" in n for n in encoder_names)
+    assert all(f"encoder.layers.{top}." in n or "encoder.layer_norm" in n for n in encoder_names)
+    assert any(".decoder." in n for n in names)
+    only = load_model(tiny_model_dir, config(encoder_top_layers=1, freeze_decoder=True))
+    assert all(".encoder." in n for n in trainable_params(only))
+    lora = load_model(
+        tiny_model_dir,
+        config(
+            encoder_top_layers=1, freeze_decoder=True, lora_rank=2, lora_targets=("q_proj", "fc1")
+        ),
+    )
+    adapted = {n.split(".lora_")[0] for n in trainable_params(lora) if "lora_" in n}
+    assert {a.split(f"encoder.layers.{top}.")[-1] for a in adapted} == {"self_attn.q_proj", "fc1"}
+    with pytest.raises(ValueError, match="has only"):
+        load_model(tiny_model_dir, config(encoder_top_layers=99))
+
+
+def test_config_names_the_fix_for_bad_encoder_choices():
+    from whisper_sv.train.run import TrainConfig
+
+    with pytest.raises(ValueError, match="set freeze_encoder: true"):
+        TrainConfig(encoder_top_layers=2)
+    with pytest.raises(ValueError, match="leaves nothing to train"):
+        TrainConfig(freeze_encoder=True, freeze_decoder=True)
+    with pytest.raises(ValueError, match="use one of them"):
+        TrainConfig(freeze_encoder=True, encoder_top_layers=1, decoder_top_layers=1)
+
+
+def test_a_run_with_a_trained_encoder_top_moves_only_that_layer_of_the_encoder(
+    tmp_path, store, tiny_model_dir
+):
+    """Cached lower-layer outputs, the top layer run at each step and evaluation, and the
+    teacher's own top layer for distillation: the run trains, the lower encoder stays."""
+    from safetensors.torch import load_file
+
+    from whisper_sv.train.run import train
+
+    result = train(
+        store,
+        tmp_path / "run",
+        model=str(tiny_model_dir),
+        config=config(encoder_top_layers=1, distill=0.5, max_steps=3, eval_steps=3, lr=3e-3),
+        progress=False,
+    )
+    assert result.step == 3 and result.best_wer is not None
+    start = load_file(tiny_model_dir / "model.safetensors")
+    best = load_file(tmp_path / "run" / "best" / "model.safetensors")
+    if result.best_step == 0:  # best/ is the start model: compare the last checkpoint
+        ckpt = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
+        best = {**start, **load_file(ckpt / "trainable.safetensors")}
+    moved = {k for k in start if k in best and not torch.equal(start[k], best[k])}
+    top = max(int(k.split(".")[3]) for k in start if k.startswith("model.encoder.layers."))
+    assert any(k.startswith(f"model.encoder.layers.{top}.") for k in moved)
+    assert not any(k.startswith("model.encoder.layers.") and f".{top}." not in k for k in moved)
+    assert not any(k.startswith("model.encoder.conv") for k in moved)

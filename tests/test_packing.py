@@ -131,7 +131,9 @@ def test_window_matches_whisper_extractor_on_the_joined_audio(chirp_store, proce
     assert labels[:4] == clips[0]["labels"][:4].tolist()  # the prompt, once
     assert labels[-1] == tok.convert_tokens_to_ids("<|endoftext|>")
     text = tok.decode(labels, skip_special_tokens=True)
-    assert text == " ".join(meta[i]["text"] for i in window)
+    # The joined texts after a space, as Whisper writes (the first word's token has it too).
+    assert text == " " + " ".join(meta[i]["text"] for i in window)
+    assert tok.convert_ids_to_tokens(labels[4]).startswith("Ġ")
 
 
 # --------------------------------------------------------------------------- training

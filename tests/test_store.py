@@ -92,7 +92,9 @@ def test_round_trip(small_store, processor):
         assert row["input_features"].dtype == np.float16
         assert row["input_features"].shape == (80, N_FRAMES)
         np.testing.assert_allclose(row["input_features"].astype(np.float32), ref, atol=F16_TOL)
-        assert row["labels"] == tok(sentence).input_ids
+        # After a space, as Whisper writes its transcripts (FeatureConfig.prefix_space).
+        assert row["labels"] == tok(" " + sentence).input_ids
+        assert tok.convert_ids_to_tokens(row["labels"][4]).startswith("Ġ")
         assert tok.convert_ids_to_tokens(row["labels"][:4]) == [
             "<|startoftranscript|>",
             "<|sv|>",
@@ -311,3 +313,59 @@ def test_check_processor_refuses_another_tokenizer(small_store, processor):
         store.check_processor(processor)
     store.config = dataclasses.replace(store.config, tokenizer="")  # older stores: not recorded
     store.check_processor(processor)
+
+
+def test_labels_are_written_as_whisper_writes_a_sentence(tmp_path, processor):
+    """A lowercase transcript without punctuation is labelled "Tvättar håret." after a space;
+    a written sentence keeps its own form; --no-sentence-case keeps the text as given."""
+    audio = speechlike(1.2, 5)
+    clips = {"train": [("a", "tvättar håret", audio), ("b", "Hej då, Anna!", audio)]}
+    tok = processor.tokenizer
+    for case, expected in ((True, [" Tvättar håret.", " Hej då, Anna!"]), (False, None)):
+        out = tmp_path / f"case-{case}"
+        options = BuildOptions(progress=False, sentence_case=case)
+        build_store(ArraySource(clips), out, options, processor=processor)
+        rows = list(FeatureStore(out).rows("train"))
+        texts = [tok.decode(r["labels"], skip_special_tokens=True) for r in rows]
+        assert texts == (expected or [" tvättar håret", " Hej då, Anna!"])
+        assert [r["text"] for r in rows] == [t.strip() for t in texts]
+
+
+def test_a_store_made_before_the_label_choices_reads_as_made(small_store):
+    """Manifests written before prefix_space and sentence_case existed hold neither: such
+    a store was tokenized from the bare text, and says so."""
+    from whisper_sv.data.feature_config import FeatureConfig
+
+    out, _, _ = small_store
+    config = FeatureStore(out).config.to_dict()
+    old = {k: v for k, v in config.items() if k not in ("prefix_space", "sentence_case")}
+    read = FeatureConfig.from_dict(old)
+    assert read.prefix_space is False and read.sentence_case is False
+    assert read.hash() != FeatureStore(out).config.hash()
+
+
+def test_store_id_changes_with_the_labels_of_the_same_clips(tmp_path, processor):
+    """Two stores of the same clips with other transcripts have the same shard names and
+    rows; their ids must differ, or the encoder cache (which keeps labels) mixes them up."""
+    from whisper_sv.data.store import store_id
+
+    audio = speechlike(1.0, 7)
+    ids = []
+    for text in ("Ett.", "Två."):
+        out = tmp_path / text
+        build_store(
+            ArraySource({"train": [("x", text, audio)]}),
+            out,
+            BuildOptions(progress=False),
+            processor=processor,
+        )
+        ids.append(store_id(FeatureStore(out)))
+    assert ids[0] != ids[1]
+    out = tmp_path / "Ett."
+    build_store(
+        ArraySource({"train": [("x", "Ett.", audio)]}),
+        out,
+        BuildOptions(progress=False),
+        processor=processor,
+    )
+    assert store_id(FeatureStore(out)) == ids[0]  # a re-run over the finished store: the same

@@ -160,3 +160,22 @@ def test_scores_under_each_normaliser():
     assert got["orthographic"].wer == pytest.approx(75.0)  # Det/det, 3/tre, katter./katter
     assert got["whisper_basic"].wer == pytest.approx(25.0)  # 3/tre
     assert got["kblab_swedish"].wer == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tvättar håret", "Tvättar håret."),
+        ("  mössa ", "Mössa."),
+        ("Tvättar håret", "Tvättar håret"),  # written with a capital: as it is
+        ("tvättar håret.", "tvättar håret."),  # punctuated: as it is
+        ("är du där?", "är du där?"),
+        ("t-shirt", "t-shirt"),  # a hyphen is punctuation: the writer chose this form
+        ("ålder 3", "Ålder 3."),
+        ("", ""),
+    ],
+)
+def test_sentence_case(text, expected):
+    from whisper_sv.core.text import sentence_case
+
+    assert sentence_case(text) == expected

@@ -61,7 +61,7 @@ def add_features_command(sub: argparse._SubParsersAction) -> None:
     option_flag(p, B, "workers", metavar="N")
     option_flag(p, B, "shard", type=IndexOfCount(), metavar="I/N")
     option_flag(p, B, "shard_size", metavar="N")
-    for name in ("language", "task", "normalize_text"):
+    for name in ("language", "task", "normalize_text", "sentence_case"):
         option_flag(p, B, name)
     option_flag(p, B, "max_duration_s", "--max-duration", metavar="S")
     option_flag(p, B, "max_label_tokens", metavar="N")

@@ -319,6 +319,15 @@ def wer_change_interval(
 # OpenAI's loop rule on text (whisper's and faster-whisper's compression_ratio_threshold):
 # zlib compresses a loop far better than speech. One definition for the decoder's loop guard
 # and the training guards.
+def sentence_case(text: str) -> str:
+    """``text`` as Whisper writes a sentence when it is written in lowercase without
+    punctuation ("tvättar håret" -> "Tvättar håret."); any other text as it is."""
+    t = text.strip()
+    if not t or t != t.lower() or any(not (c.isalnum() or c.isspace()) for c in t):
+        return t
+    return t[0].upper() + t[1:] + "."
+
+
 COMPRESSION_RATIO_THRESHOLD = 2.4
 
 

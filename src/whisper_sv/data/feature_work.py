@@ -69,13 +69,15 @@ REASONS = (
 
 
 def label_ids(tokenizer: Any, texts: Sequence[str], config: FeatureConfig) -> list[list[int]]:
-    """Token ids ``<|startoftranscript|><|lang|><|task|><|notimestamps|> text <|endoftext|>``."""
+    """Token ids ``<|startoftranscript|><|lang|><|task|><|notimestamps|> text <|endoftext|>``,
+    the text after a space when ``config.prefix_space`` (as Whisper writes it)."""
     tokenizer.set_prefix_tokens(
         language=config.language, task=config.task, predict_timestamps=False
     )
     if not texts:
         return []
-    return [list(ids) for ids in tokenizer(list(texts)).input_ids]
+    lead = " " if config.prefix_space else ""
+    return [list(ids) for ids in tokenizer([lead + t for t in texts]).input_ids]
 
 
 # --------------------------------------------------------------------------- options
@@ -95,6 +97,9 @@ class BuildOptions:
     language: str = "sv"  # language token of the labels
     task: str = "transcribe"  # task token of the labels
     normalize_text: bool = False  # tokenize text.normalize(sentence) instead of the sentence
+    # Label a lowercase transcript without punctuation as a sentence, as Whisper writes one
+    # ("tvättar håret" -> "Tvättar håret."; FeatureConfig.sentence_case)
+    sentence_case: bool = True
     max_duration_s: float = 30.0  # reject longer clips
     max_label_tokens: int = 448  # reject longer label sequences
     # Augmentation, applied to augment_splits only, recorded per row.
@@ -134,6 +139,7 @@ class BuildOptions:
             language=self.language,
             task=self.task,
             normalize_text=self.normalize_text,
+            sentence_case=self.sentence_case,
             max_duration_s=self.max_duration_s,
             max_label_tokens=self.max_label_tokens,
         )
@@ -428,6 +434,8 @@ def check_texts(job: ShardJob, tokenizer: Any, config: FeatureConfig) -> None:
             job.early[pos] = DroppedClip("non-UTF-8 sentence", "transcript holds undecodable bytes")
             continue
         text = textmod.normalize(sentence) if config.normalize_text else sentence.strip()
+        if config.sentence_case and not config.normalize_text:
+            text = textmod.sentence_case(text)
         if not text:
             detail = "no transcript" if not sentence.strip() else "nothing left after normalisation"
             job.early[pos] = DroppedClip("empty sentence", detail)

@@ -10,8 +10,9 @@ sentences) spends that work on speech: ~6 clips of 4 s for the price of one.
 A window's log-mel is what Whisper's extractor gives for the joined audio: clips are placed
 one after another, values are clamped to the window's floor (its loudest frame minus 8 log
 units, i.e. the largest per-clip floor), and the rest is padded with that floor. Its label
-is the prompt, the clips' texts joined by spaces and tokenised again (BPE tokens carry their
-leading space), then ``<|endoftext|>``.
+is the prompt, the clips' texts joined by spaces and tokenised again after a leading space
+(BPE tokens carry their leading space, and Whisper's transcripts start with one), then
+``<|endoftext|>``.
 
 A share of windows (``timestamp_share``) is labelled in Whisper's timestamped form instead,
 each clip between the timestamps of its start and end in the window. Trained on transcripts
@@ -189,7 +190,8 @@ class PackedRows:
             ids = self._timestamped_ids(index, [p.shape[1] for p in parts])
             labels = prompt[: PROMPT_LENGTH - 1] + ids
         else:
-            ids = self.tokenizer.encode(self.window_text(index), add_special_tokens=False)
+            # After a space, as Whisper writes (FeatureConfig.prefix_space says why).
+            ids = self.tokenizer.encode(" " + self.window_text(index), add_special_tokens=False)
             labels = prompt + list(ids)
         labels = self._previous_text(index, len(labels) + 1) + labels
         return {

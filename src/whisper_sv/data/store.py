@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from whisper_sv.core.audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE
-from whisper_sv.core.fsutil import atomic_write_bytes
+from whisper_sv.core.fsutil import atomic_write_bytes, file_digest
 from whisper_sv.data.feature_config import FeatureConfig, StoreError, tokenizer_identity
 
 if TYPE_CHECKING:
@@ -253,6 +253,7 @@ def write_manifest(
             "shards": [],
         }
         speakers: dict[str, int] = {}
+        known = {s["file"]: s for s in old.get("splits", {}).get(split, {}).get("shards", [])}
         for path in files:
             info = read_shard_info(path)
             if want and info.get("config_hash") != want:
@@ -269,7 +270,7 @@ def write_manifest(
             for rid, audio, reason, detail in info["rejects"]:
                 rejects.append(Reject(split, rid, audio, reason, detail))
                 entry["reasons"][reason] = entry["reasons"].get(reason, 0) + 1
-            entry["shards"].append({"file": path.name, "rows": int(info["rows"])})
+            entry["shards"].append(_shard_entry(path, int(info["rows"]), known.get(path.name)))
         entry["seconds"] = round(entry["seconds"], 3)
         entry["hours"] = round(entry["seconds"] / 3600, 4)
         entry["speakers"] = len(speakers)
@@ -640,11 +641,36 @@ def open_store(path: str | os.PathLike) -> FeatureStore:
     return store
 
 
+def _shard_entry(path: Path, rows: int, old: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A shard's manifest entry: name, rows and the sha256 of its bytes (taken from ``old``,
+    the previous manifest's entry, while the file's size and time are the same: each shard is
+    read once)."""
+    st = path.stat()
+    same = (
+        old is not None and old.get("bytes") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns
+    )
+    digest = old["sha256"] if same and old.get("sha256") else file_digest(path)
+    return {
+        "file": path.name,
+        "rows": rows,
+        "bytes": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "sha256": digest,
+    }
+
+
 def store_id(store: FeatureStore) -> str:
-    """Identity of a store's content: feature config hash + every shard and its row count."""
+    """Identity of a store's content: feature config hash + every shard's name, rows and bytes
+    (sha256). The bytes count: two stores of the same clips with other texts have the same
+    names and rows, and caches keyed by this id (encoder outputs with their labels) would
+    otherwise hand one store's labels to the other."""
     m = store.manifest
+    keys = ("file", "rows", "sha256")
     data = {
         "config": store.config.hash(),
-        "splits": {s: m["splits"][s].get("shards", []) for s in store.splits()},
+        "splits": {
+            s: [{k: e[k] for k in keys if k in e} for e in m["splits"][s].get("shards", [])]
+            for s in store.splits()
+        },
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -67,6 +68,14 @@ class TrainConfig:
     # what is trained
     freeze_encoder: bool = False  # train the decoder only (4.0 s vs 9.5 s a step on CPU)
     cache_encoder: bool = True  # with freeze_encoder: encode each clip once, reuse (1.65 s/step)
+    # With freeze_encoder: the top N encoder layers (and its final layer norm) train after all,
+    # the layers below stay frozen. The acoustics of new speakers and microphones live in the
+    # encoder; with cache_encoder the frozen layers' output is what is cached, and a step runs
+    # only the top N layers (LoRA adapters there when lora_rank > 0). 0: the encoder is frozen.
+    encoder_top_layers: int = 0
+    # Keep the decoder as it was (its Swedish: vocabulary, spelling, when a sentence ends) and
+    # adapt only the encoder's top layers (encoder_top_layers).
+    freeze_decoder: bool = False
     train_embeddings: bool = True  # train the tied 51865 x d token embeddings / output layer
     # Join up to N training clips into one 30 s window (1: off). Short clips leave most of
     # Whisper's fixed 30 s window as padding, yet the encoder and the cross-attention pay for
@@ -79,6 +88,12 @@ class TrainConfig:
     # Train only the top N decoder layers and the decoder's layer norms (embeddings, lower
     # layers and encoder frozen); 0: the whole decoder (and encoder unless frozen).
     decoder_top_layers: int = 0
+    # Train only the parameters whose names match one of these regular expressions (searched
+    # in names such as model.decoder.layers.3.encoder_attn.k_proj.weight), on top of the
+    # choices above; e.g. [encoder_attn] trains the decoder's cross-attention, the part that
+    # reads the encoder's acoustics, and leaves the decoder's language model as it was.
+    # (): no further restriction.
+    train_only: tuple[str, ...] = ()
     # regularisation
     dropout: float = 0.0  # Whisper's dropout (residual and attention), as in its config
     # L2-SP (Li et al. 2018, "Explicit inductive bias for transfer learning"): a penalty
@@ -90,6 +105,12 @@ class TrainConfig:
     # (soft targets at distill_temperature), the rest the labels' cross-entropy. 0: off.
     distill: float = 0.0
     distill_temperature: float = 1.0  # softens both distributions; the KL is scaled by T^2
+    # Windows whose clips all come from these sources (the store's source column, e.g.
+    # synthetic) are trained on the start model's next-token distribution alone (the KL of
+    # distill, no label loss): an anchor that holds what the model does on voices and speech
+    # unlike the labelled ones, instead of teaching their labels. Needs distill > 0 and the
+    # cached-encoder path (freeze_encoder + cache_encoder).
+    anchor_sources: tuple[str, ...] = ()
     spec_augment: bool = False  # SpecAugment masking of the log-mel in training
     mask_time_prob: float = 0.05  # SpecAugment: share of frames masked
     mask_time_length: int = 10  # SpecAugment: frames per time mask
@@ -151,6 +172,8 @@ class TrainConfig:
         object.__setattr__(self, "guards", tuple(GuardSpec.coerce(g) for g in self.guards))
         object.__setattr__(self, "interpolate", tuple(float(a) for a in self.interpolate))
         object.__setattr__(self, "translate_sources", tuple(self.translate_sources))
+        object.__setattr__(self, "train_only", tuple(self.train_only))
+        object.__setattr__(self, "anchor_sources", tuple(self.anchor_sources))
         _validate(self)
 
     @property
@@ -202,11 +225,42 @@ def _validate(c: TrainConfig) -> None:
         not (c.decoder_top_layers and c.lora_rank),
         "decoder_top_layers and lora_rank both choose what is trained: set one of them to 0",
     )
+    need(
+        c.encoder_top_layers >= 0,
+        f"encoder_top_layers must be >= 0 (got {c.encoder_top_layers}); 0 keeps the encoder frozen",
+    )
+    need(
+        not c.encoder_top_layers or c.freeze_encoder,
+        "encoder_top_layers trains the top of an otherwise frozen encoder: set freeze_encoder: "
+        "true (freeze_encoder: false trains the whole encoder)",
+    )
+    need(
+        not c.freeze_decoder or c.encoder_top_layers,
+        "freeze_decoder leaves nothing to train: set encoder_top_layers (e.g. 2) as well",
+    )
+    need(
+        not (c.encoder_top_layers and c.decoder_top_layers),
+        "encoder_top_layers and decoder_top_layers both choose what is trained: use one of them",
+    )
+    need(
+        not (c.train_only and c.lora_rank),
+        "train_only and lora_rank both choose what is trained: use lora_targets with LoRA",
+    )
+    for pattern in c.train_only:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            need(False, f"train_only pattern {pattern!r} is not a regular expression: {err}")
     need(c.l2sp >= 0, f"l2sp must be >= 0 (got {c.l2sp}); 0 turns it off, e.g. 0.01")
     need(0 <= c.distill < 1, f"distill must be in [0, 1) (got {c.distill}); 0 is off, e.g. 0.5")
     need(
         c.distill_temperature > 0,
         f"distill_temperature must be > 0 (got {c.distill_temperature}), e.g. 1 or 2",
+    )
+    need(
+        not c.anchor_sources or (c.distill > 0 and c.uses_encoder_cache),
+        "anchor_sources train on the start model's distribution (distill) from cached encoder "
+        "outputs: set distill > 0, freeze_encoder: true and cache_encoder: true",
     )
     for name in ("mask_time_prob", "mask_feature_prob"):
         v = getattr(c, name)

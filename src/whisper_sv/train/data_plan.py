@@ -19,7 +19,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RankBatches", "StreamOrder", "train_steps", "train_units", "train_windows"]
+__all__ = [
+    "RankBatches",
+    "StreamOrder",
+    "anchor_windows",
+    "train_steps",
+    "train_units",
+    "train_windows",
+]
 
 
 class StreamOrder:
@@ -132,6 +139,26 @@ def with_translation_windows(
     windows, added = add_single_windows(windows, offsets, chosen)
     log.info("%d train clips also get a window of their own for translation", len(added))
     return windows, added
+
+
+def anchor_windows(
+    store: FeatureStore,
+    cfg: TrainConfig,
+    windows: list[list[int]] | None,
+    translate_windows: list[int],
+) -> np.ndarray:
+    """Per training item (window, or clip when unpacked): whether it is an anchor, trained on
+    the start model's distribution alone: every clip of it from ``cfg.anchor_sources``. A
+    translation window never is (its label is the start model's English already)."""
+    n = len(windows) if windows is not None else store.num_rows("train")
+    if not cfg.anchor_sources:
+        return np.zeros(n, dtype=bool)
+    sources = [m["source"] for m in store.metadata("train", columns=("source",))]
+    clip = np.array([s in cfg.anchor_sources for s in sources], dtype=bool)
+    out = clip.copy() if windows is None else np.array([clip[w].all() for w in windows])
+    out[list(translate_windows)] = False
+    log.info("%d of %d training windows are anchors (start model's distribution only)", out.sum(), n)
+    return out
 
 
 def train_units(store: FeatureStore, cfg: TrainConfig) -> int:

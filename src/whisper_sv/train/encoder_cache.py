@@ -2,7 +2,9 @@
 
 With the encoder frozen its outputs do not change, so each clip is encoded once and the
 outputs are kept on disk (float16, memory-mapped); a step then costs the decoder alone
-(see docs/facts.md).
+(see docs/facts.md). When the top layers of the encoder train (``encoder_top_layers``), what
+is cached is the output of the frozen layers below them (``upto``: the input of the first
+trained layer), and :func:`finish_encoder` runs the rest at each step and evaluation.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Encoded", "encode_clips", "model_fingerprint"]
+__all__ = ["Encoded", "encode_clips", "finish_encoder", "model_fingerprint", "start_encoder"]
 
 
 @dataclass
@@ -45,6 +47,35 @@ def model_fingerprint(folder: Path) -> list[Any]:
     ]
 
 
+def start_encoder(encoder: Any, features: Any, upto: int | None = None) -> Any:
+    """The encoder's hidden states entering layer ``upto`` (None: its output, as
+    ``encoder(features).last_hidden_state``). features: (batch, n_mels, 3000)."""
+    if upto is None:
+        return encoder(features).last_hidden_state
+    import torch.nn.functional as F
+
+    x = F.gelu(encoder.conv1(features))
+    x = F.gelu(encoder.conv2(x)).permute(0, 2, 1)
+    x = x + encoder.embed_positions.weight[: x.shape[1]]
+    for layer in encoder.layers[:upto]:
+        x = _layer(layer, x)
+    return x
+
+
+def finish_encoder(encoder: Any, hidden: Any, start: int) -> Any:
+    """The encoder's output from the hidden states entering layer ``start``
+    (:func:`start_encoder` with ``upto=start``): layers ``start..`` and the final layer norm.
+    hidden: (batch, frames, d_model)."""
+    for layer in encoder.layers[start:]:
+        hidden = _layer(layer, hidden)
+    return encoder.layer_norm(hidden)
+
+
+def _layer(layer: Any, hidden: Any) -> Any:
+    out = layer(hidden, None)
+    return out[0] if isinstance(out, tuple) else out  # older transformers return a tuple
+
+
 def encode_clips(
     model: WhisperForConditionalGeneration,
     dataset: Any,
@@ -56,12 +87,16 @@ def encode_clips(
     accelerator: Any,
     progress: bool,
     desc: str,
+    upto: int | None = None,
 ) -> Encoded:
-    """Encoder outputs of ``dataset[indices]``, computed once (all processes share the work).
+    """Encoder outputs of ``dataset[indices]``, computed once (all processes share the work);
+    with ``upto``, the hidden states entering encoder layer ``upto`` (:func:`start_encoder`).
 
     Cached under ``folder/encoder-<hash of key>/``: a later run (a resume, another trial of a
     search) with the same model, store and clips reads them back instead of encoding again.
     """
+    if upto is not None:
+        key = {**key, "upto": upto}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     cache = folder / f"encoder-{digest[:16]}"
     done = cache / "done.json"
@@ -77,7 +112,7 @@ def encode_clips(
         np.lib.format.open_memmap(cache / "hidden.npy", mode="w+", dtype=np.float16, shape=shape)
     accelerator.wait_for_everyone()
     labels = _encode_share(
-        base, dataset, indices, cache / "hidden.npy", batch_size, accelerator, progress, desc
+        base, dataset, indices, cache / "hidden.npy", batch_size, accelerator, progress, desc, upto
     )
     merged: dict[int, list[int]] = {}
     for part in gather_objects(accelerator, labels):
@@ -110,6 +145,7 @@ def _encode_share(
     accelerator: Any,
     progress: bool,
     desc: str,
+    upto: int | None = None,
 ) -> dict[int, list[int]]:
     """Encode this process's share of ``indices`` (every ``world``-th) into the memory-mapped
     ``path``; return the label ids of the clips it did, by position in ``indices``."""
@@ -134,7 +170,7 @@ def _encode_share(
     with torch.no_grad(), accelerator.autocast():
         for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
             feats = batch["input_features"].to(accelerator.device)
-            out = encoder(feats).last_hidden_state
+            out = start_encoder(encoder, feats, upto)
             rows = mine[pos : pos + len(feats)]
             hidden[rows[0] : rows[-1] + 1 : world] = out.float().cpu().numpy().astype(np.float16)
             for r, lab in zip(rows, batch["labels"], strict=True):

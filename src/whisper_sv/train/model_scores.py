@@ -19,7 +19,7 @@ import numpy as np
 
 from whisper_sv.core.runtime import gather_objects, unwrap_base
 from whisper_sv.data.store import pad_labels
-from whisper_sv.train.encoder_cache import Encoded, encode_clips
+from whisper_sv.train.encoder_cache import Encoded, encode_clips, finish_encoder
 from whisper_sv.train.scoring import EvalResult, Evaluator, finish_eval
 
 if TYPE_CHECKING:
@@ -68,6 +68,10 @@ class ModelScorer:
         n_val = len(self._val_set) if self._val_set is not None else 0
         self._val_indices = list(range(min(n_val, cfg.eval_limit) if cfg.eval_limit else n_val))
         self._val_enc: Encoded | None = None
+        # Cached hidden states enter this encoder layer (encoder_top_layers); None: they are
+        # the frozen encoder's output.
+        layers = len(unwrap_base(model).get_encoder().layers)
+        self._cut = layers - cfg.encoder_top_layers if cfg.encoder_top_layers else None
 
     @property
     def has_validation(self) -> bool:
@@ -88,6 +92,7 @@ class ModelScorer:
                 accelerator=self._acc,
                 progress=progress,
                 desc="encoding validation clips",
+                upto=self._cut,
             )
         if self._guards is not None:
             self._guards.encode(lambda g: self._encode_guard(g, key, cache_root, progress))
@@ -107,6 +112,7 @@ class ModelScorer:
             accelerator=self._acc,
             progress=progress,
             desc=f"encoding guard {guard.spec.name}",
+            upto=self._cut,
         )
 
     def scores(
@@ -177,6 +183,8 @@ class ModelScorer:
             idx = mine[s : s + bs]
             hidden = torch.from_numpy(np.stack([enc.hidden[i] for i in idx]))
             hidden = hidden.to(acc.device, dtype=torch.float32)
+            if self._cut is not None:
+                hidden = finish_encoder(unwrap_base(base).get_encoder(), hidden, self._cut)
             labels = pad_labels([enc.labels[i] for i in idx])
             parts.append(evaluator.batch(base, hidden, labels))
         return parts

@@ -51,9 +51,18 @@ class Objective:
         """Whether the loss is the cross-entropy alone."""
         return not self.l2sp and not self.distill
 
-    def __call__(self, model: Any, base: Any, inputs: dict[str, Any], forward: Any) -> tuple:
+    def __call__(
+        self,
+        model: Any,
+        base: Any,
+        inputs: dict[str, Any],
+        forward: Any,
+        anchor: torch.Tensor | None = None,
+    ) -> tuple:
         """``forward(net, inputs)`` runs a network on the batch; ``base`` is ``model``
-        unwrapped (its parameter names are the anchor's)."""
+        unwrapped (its parameter names are the anchor's). ``anchor``: (batch,) bool, rows
+        trained on the teacher's distribution alone (TrainConfig.anchor_sources); the
+        cross-entropy returned is then the other rows'."""
         out = forward(model, inputs)
         ce = out.loss
         loss = ce
@@ -62,11 +71,31 @@ class Objective:
 
             with torch.no_grad():
                 soft = forward(self.teacher, inputs).logits
-            kl = distillation_kl(out.logits, soft, inputs["labels"], self.temperature)
+            labels = inputs["labels"]
+            if anchor is not None and bool(anchor.any()):
+                return self._anchored(out.logits, soft, labels, anchor.to(labels.device)), ce
+            kl = distillation_kl(out.logits, soft, labels, self.temperature)
             loss = (1.0 - self.distill) * ce + self.distill * kl
         if self.anchor:
             loss = loss + 0.5 * self.l2sp * _sq_distance(base, self.anchor)
         return loss, ce
+
+
+    def _anchored(self, logits: Any, soft: Any, labels: Any, anchor: Any) -> Any:
+        """The loss with anchor rows: per labelled token, ``(1 - distill) * CE + distill * KL``
+        on the other rows and the KL alone on anchor rows, averaged over every token."""
+        import torch
+        import torch.nn.functional as F
+
+        mask = labels != IGNORE
+        t = self.temperature
+        s_log = F.log_softmax(logits[mask].float() / t, dim=-1)
+        t_log = F.log_softmax(soft[mask].float() / t, dim=-1)
+        kl = F.kl_div(s_log, t_log, log_target=True, reduction="none").sum(-1) * t * t
+        ce = F.cross_entropy(logits[mask].float(), labels[mask], reduction="none")
+        is_anchor = anchor[:, None].expand_as(labels)[mask]
+        per_token = torch.where(is_anchor, kl, (1.0 - self.distill) * ce + self.distill * kl)
+        return per_token.mean()
 
 
 def distillation_kl(

@@ -42,7 +42,7 @@ from whisper_sv.core.run_folder import RunFolder
 from whisper_sv.core.runtime import forget_other_precision, resolve_precision, seed_everything
 from whisper_sv.data.store import open_store, store_id
 from whisper_sv.train.config import RESUMABLE_KEYS, TrainConfig, TrainResult, planned_steps
-from whisper_sv.train.data_plan import train_windows, with_translation_windows
+from whisper_sv.train.data_plan import anchor_windows, train_windows, with_translation_windows
 from whisper_sv.train.export import export_run
 from whisper_sv.train.scoring import EvalResult, evaluate_dataset, greedy_decode
 from whisper_sv.train.setup import adamw, load_model, lr_lambda, trainable_params
@@ -208,6 +208,7 @@ def train(
         progress=progress and main,
         windows=windows,
         translate_windows=translate_windows,
+        anchors=anchor_windows(store, cfg, windows, translate_windows),
     )
     return trainer.fit(_resume(trainer, run, resume))
 

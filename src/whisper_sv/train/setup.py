@@ -55,8 +55,8 @@ def load_model(folder: Path, cfg: TrainConfig) -> WhisperForConditionalGeneratio
         from peft import LoraConfig, get_peft_model
 
         targets: str | list[str] = list(cfg.lora_targets)
-        if cfg.freeze_encoder:  # adapters in the decoder only: the encoder stays as it was
-            targets = r".*decoder.*\.(" + "|".join(cfg.lora_targets) + r")$"
+        if cfg.freeze_encoder:  # adapters where training happens: decoder, encoder top layers
+            targets = _lora_pattern(cfg, len(model.get_encoder().layers))
         lora = LoraConfig(
             r=cfg.lora_rank,
             lora_alpha=cfg.lora_alpha,
@@ -68,15 +68,48 @@ def load_model(folder: Path, cfg: TrainConfig) -> WhisperForConditionalGeneratio
     else:
         if cfg.freeze_encoder:
             model.get_encoder().requires_grad_(False)
+            if cfg.encoder_top_layers:
+                _train_encoder_top(model, cfg.encoder_top_layers)
+        if cfg.freeze_decoder:
+            model.get_decoder().requires_grad_(False)
+            model.proj_out.requires_grad_(False)
         if not cfg.train_embeddings:
             # Tied with proj_out: 26.6 M of base's 72.6 M parameters, a large share of the
             # AdamW update and of the output layer's weight gradient.
             model.get_decoder().embed_tokens.requires_grad_(False)
         if cfg.decoder_top_layers:
             _train_top_layers(model, cfg.decoder_top_layers)
+        if cfg.train_only:
+            _train_only(model, cfg.train_only)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def _lora_pattern(cfg: TrainConfig, encoder_layers: int) -> str:
+    """The LoRA target modules of a run with a frozen encoder: ``lora_targets`` in the decoder
+    (unless freeze_decoder) and in the top ``encoder_top_layers`` encoder layers."""
+    names = "(" + "|".join(cfg.lora_targets) + ")"
+    where = [] if cfg.freeze_decoder else [r".*decoder\..*"]
+    if cfg.encoder_top_layers:
+        top = range(_encoder_cut(cfg.encoder_top_layers, encoder_layers), encoder_layers)
+        where.append(r".*encoder\.layers\.(" + "|".join(map(str, top)) + r")(\..*)?")
+    return "(" + "|".join(where) + r")\." + names + "$"
+
+
+def _encoder_cut(top: int, layers: int) -> int:
+    """The first trained encoder layer when the top ``top`` of ``layers`` train."""
+    if top > layers:
+        raise ValueError(f"encoder_top_layers {top}: the model's encoder has only {layers} layers")
+    return layers - top
+
+
+def _train_encoder_top(model: Any, n: int) -> None:
+    """The top ``n`` encoder layers and the encoder's final layer norm train again."""
+    encoder = model.get_encoder()
+    for layer in encoder.layers[_encoder_cut(n, len(encoder.layers)) :]:
+        layer.requires_grad_(True)
+    encoder.layer_norm.requires_grad_(True)
 
 
 def _train_top_layers(model: Any, n: int) -> None:
@@ -94,6 +127,22 @@ def _train_top_layers(model: Any, n: int) -> None:
     for name, module in decoder.named_modules():
         if name.endswith("layer_norm"):
             module.requires_grad_(True)
+
+
+def _train_only(model: Any, patterns: tuple[str, ...]) -> None:
+    """Freeze every parameter whose name matches none of ``patterns``."""
+    import re
+
+    kept = 0
+    for name, p in model.named_parameters():
+        if not any(re.search(pat, name) for pat in patterns):
+            p.requires_grad_(False)
+        kept += int(p.requires_grad)
+    if not kept:
+        raise ValueError(
+            f"train_only {list(patterns)} matches no trainable parameter; names look like "
+            "model.decoder.layers.0.encoder_attn.k_proj.weight"
+        )
 
 
 def set_train_mode(model: Any, cfg: TrainConfig) -> None:

@@ -25,11 +25,17 @@ import numpy as np
 from whisper_sv.core.fsutil import newer
 from whisper_sv.core.run_folder import RunFolder
 from whisper_sv.core.run_metrics import MetricsRow
+from whisper_sv.core.runtime import unwrap_base
 from whisper_sv.data.store import pad_labels
 from whisper_sv.train.checkpoints import TrainState
 from whisper_sv.train.config import TrainConfig, TrainResult
 from whisper_sv.train.data_plan import RankBatches, StreamOrder
-from whisper_sv.train.encoder_cache import Encoded, encode_clips, model_fingerprint
+from whisper_sv.train.encoder_cache import (
+    Encoded,
+    encode_clips,
+    finish_encoder,
+    model_fingerprint,
+)
 from whisper_sv.train.guard_scores import make_run_guards
 from whisper_sv.train.model_scores import ModelScorer, Scores
 from whisper_sv.train.objective import Objective
@@ -70,6 +76,7 @@ class Trainer:
         progress: bool,
         windows: list[list[int]] | None = None,
         translate_windows: Sequence[int] = (),
+        anchors: np.ndarray | None = None,
     ) -> None:
         self.cfg, self.run, self.store = cfg, run, store
         self.processor, self.model = processor, model
@@ -84,6 +91,8 @@ class Trainer:
         self.train_set = store.torch_dataset("train")
         self.windows = windows
         self.translate_windows = list(translate_windows)
+        # Per training item: trained on the start model's distribution alone (anchor_sources)
+        self.anchors = anchors if anchors is not None and anchors.any() else None
         if windows is not None:
             from whisper_sv.data.packing import PackedRows
 
@@ -106,6 +115,10 @@ class Trainer:
             offsets = np.array([0, len(self.train_set)], dtype=np.int64)
         self.order = StreamOrder(offsets, cfg.seed)
         self.cache_root = Path(cfg.cache_dir) if cfg.cache_dir else run.path / "cache"
+        # The first trained encoder layer (encoder_top_layers): cached hidden states enter it,
+        # and every forward pass runs the encoder from there. None: the encoder is frozen.
+        layers = len(accelerator.unwrap_model(model).get_encoder().layers)
+        self.encoder_cut = layers - cfg.encoder_top_layers if cfg.encoder_top_layers else None
         self.train_enc: Encoded | None = None
         self._make_parts(has_val)
         self.objective = Objective(cfg, accelerator.unwrap_model(model))
@@ -180,6 +193,7 @@ class Trainer:
             accelerator=self.acc,
             progress=self.progress,
             desc="encoding train windows" if self.windows else "encoding train clips",
+            upto=self.encoder_cut,
         )
         self.scorer.encode(key, self.cache_root, progress=self.progress)
         if self.translate_windows:
@@ -195,6 +209,7 @@ class Trainer:
                 accelerator=self.acc,
                 language=self.store.config.language,
                 batch_size=self.cfg.eval_batch_size,
+                encoder_from=self.encoder_cut,
             )
 
     def _micro_batches(self, cursor: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -213,10 +228,13 @@ class Trainer:
             for idx in sampler:
                 hidden = torch.from_numpy(np.stack([enc.hidden[i] for i in idx]))
                 labels = pad_labels([enc.labels[i] for i in idx])
-                yield {
+                batch = {
                     "hidden": hidden.to(device, dtype=torch.float32, non_blocking=True),
                     **self._targets(labels.to(device)),
                 }
+                if self.anchors is not None:
+                    batch["anchor"] = torch.from_numpy(self.anchors[idx]).to(device)
+                yield batch
             return
         workers = self.cfg.num_workers
         if workers < 0:
@@ -249,7 +267,9 @@ class Trainer:
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(the loss to minimise, the labels' cross-entropy) of one micro-batch."""
-        inputs = {k: v for k, v in batch.items() if k not in ("hidden", "input_features")}
+        inputs = {
+            k: v for k, v in batch.items() if k not in ("hidden", "input_features", "anchor")
+        }
         if "hidden" in batch:
             inputs["encoder_outputs"] = (batch["hidden"],)
         else:
@@ -257,9 +277,15 @@ class Trainer:
 
         def run(net: Any, x: dict[str, Any]) -> Any:
             with self.acc.autocast():  # the teacher is not prepared by accelerate
+                if self.encoder_cut is not None:  # each network runs its own encoder top
+                    encoder = unwrap_base(net).get_encoder()
+                    hidden = finish_encoder(encoder, batch["hidden"], self.encoder_cut)
+                    x = {**x, "encoder_outputs": (hidden,)}
                 return net(use_cache=False, **x)
 
-        return self.objective(self.model, self.acc.unwrap_model(self.model), inputs, run)
+        return self.objective(
+            self.model, self.acc.unwrap_model(self.model), inputs, run, batch.get("anchor")
+        )
 
     def fit(self, resumed_from: int) -> TrainResult:
         """Train until the planned step (or early stopping); then best/, card and export."""

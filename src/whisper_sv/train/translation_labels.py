@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from whisper_sv.core import run_folder as registry
+from whisper_sv.core.runtime import unwrap_base
 from whisper_sv.core.text import COMPRESSION_RATIO_THRESHOLD, compression_ratio
+from whisper_sv.train.encoder_cache import finish_encoder
 from whisper_sv.train.guards import is_english
 from whisper_sv.train.scoring import Evaluator, greedy_decode, prompt_ids
 
@@ -40,8 +42,10 @@ def translation_labels(
     language: str,
     device: Any,
     batch_size: int = 16,
+    encoder_from: int | None = None,
 ) -> dict[int, list[int]]:
-    """{index: translate-task label} for the ``chosen`` rows of the encoder outputs ``hidden``.
+    """{index: translate-task label} for the ``chosen`` rows of the encoder outputs ``hidden``
+    (with ``encoder_from``: the hidden states entering that encoder layer, finished here).
 
     Greedy, bounded by 1.5x the row's Swedish label plus 10 tokens; a row whose English is
     empty, a loop (compression ratio > 2.4), cut off by the budget, or not English keeps its
@@ -60,6 +64,8 @@ def translation_labels(
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         h = torch.from_numpy(np.stack([hidden[i] for i in idx])).to(device, dtype=torch.float32)
+        if encoder_from is not None:
+            h = finish_encoder(unwrap_base(model).get_encoder(), h, encoder_from)
         budget = min(440 - len(prompt), int(1.5 * max(len(labels[i]) for i in idx)) + 10)
         ids = greedy_decode(
             model,
@@ -97,6 +103,7 @@ def label_translation_windows(
     accelerator: Any,
     language: str,
     batch_size: int,
+    encoder_from: int | None = None,
 ) -> None:
     """Label the translation windows ``chosen`` of the cached training windows ``enc`` (one
     clip each, ``translate_share`` of the clips: data_plan.with_translation_windows) with the
@@ -122,6 +129,7 @@ def label_translation_windows(
                 language=language,
                 device=acc.device,
                 batch_size=batch_size,
+                encoder_from=encoder_from,
             )
         if acc.is_main_process:
             registry.write_text_atomic(path, json.dumps(made))

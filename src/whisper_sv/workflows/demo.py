@@ -125,10 +125,13 @@ class DemoOptions:
     # (~/.cache/whisper-sv/rates-*.json): after a hardware or load change.
     recalibrate: bool = False
     train_set: tuple[str, ...] = ()  # further training options, KEY=VALUE (TrainConfig)
+    speed: tuple[float, ...] = ()  # speed perturbation factors of the training clips (BuildOptions)
 
     def __post_init__(self) -> None:
-        if min(self.train_clips, self.validation_clips, self.test_clips) < 1:
-            raise ValueError("train_clips, validation_clips and test_clips must be >= 1")
+        if min(self.validation_clips, self.test_clips) < 1 or self.train_clips < 0:
+            raise ValueError(
+                "validation_clips and test_clips must be >= 1, train_clips >= 0 (0: real speech only)"
+            )
         if min(self.max_steps, self.eval_steps, self.batch_size, self.pack_clips) < 1:
             raise ValueError("max_steps, eval_steps, batch_size and pack_clips must be >= 1")
         if min(self.guard_clips, self.long_form_s, self.long_form_guard_s) < 0:
@@ -397,12 +400,15 @@ def build_training_store(o: DemoOptions, path: Path, real: list[RealSet]) -> Any
 
         tsv = path.parent / "real" / "train.tsv"
         rows = [line for p in parts for line in p.read_text("utf-8").splitlines()[1:]]
+
         tsv.write_text("\n".join(["path\tsentence\tgroup", *rows]) + "\n", encoding="utf-8")
         real_source = ManifestSource(tsv, ManifestOptions(split="train"))
         source = MixSource(
             [MixPart("syn", source), MixPart("real", real_source, repeat=o.real_repeat)]
         )
-    summary = build_store(source, path, BuildOptions(model=o.model, workers=o.workers, seed=o.seed))
+    summary = build_store(
+        source, path, BuildOptions(model=o.model, workers=o.workers, seed=o.seed, speed=o.speed)
+    )
     print(summary.table())
     return source
 
