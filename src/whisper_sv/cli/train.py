@@ -205,7 +205,7 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
     )
     special = {
         "precision": {"choices": ("auto", "fp32", "bf16", "fp16")},
-        "select": {"choices": ("validation", "validation+guards")},
+        "select": {"choices": ("validation", "validation+guards", "guards")},
     }
     for field in dataclasses.fields(DemoOptions):
         if field.name != "train_set":

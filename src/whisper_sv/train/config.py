@@ -140,9 +140,11 @@ class TrainConfig:
     # empty instead of paid for (select "validation+guards" counts them at the start values).
     guard_early_reject: bool = False
     # What best/ minimises among the models within the guards' tolerances: "validation" (the
-    # validation WER) or "validation+guards" (the mean of the validation WER and every guard's
-    # WER: a proxy validation set no longer outvotes the real speech).
-    select: Literal["validation", "validation+guards"] = "validation"
+    # validation WER), "validation+guards" (the mean of the validation WER and every guard's
+    # WER: a proxy validation set no longer outvotes the real speech) or "guards" (the guards'
+    # WERs alone: for a run whose validation split is not what it learns, e.g. synthetic
+    # speech kept only as a distillation anchor).
+    select: Literal["validation", "validation+guards", "guards"] = "validation"
     # Weight-space interpolation with the start model (WiSE-FT, Wortsman et al. 2022): after
     # training, w = a * fine-tuned + (1 - a) * start for each a here, scored on validation and
     # guards; the best one within the guards' tolerances becomes best/ if it beats the rest.

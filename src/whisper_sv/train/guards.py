@@ -220,11 +220,13 @@ def regressions(
 
 
 def selection_score(select: str, wer: float, values: Mapping[str, float]) -> float:
-    """What ``best/`` minimises (``TrainConfig.select``): the validation WER, or with
-    ``"validation+guards"`` the mean of it and every guard's WER column."""
+    """What ``best/`` minimises (``TrainConfig.select``): the validation WER; with
+    ``"validation+guards"`` the mean of it and every guard's WER column; with ``"guards"``
+    the mean of the guards' WER columns alone (the validation WER when there are none)."""
     if select == "validation":
         return wer
-    wers = [wer, *(v for c, v in values.items() if c.endswith(WER_SUFFIX))]
+    guards = [v for c, v in values.items() if c.endswith(WER_SUFFIX)]
+    wers = guards if select == "guards" and guards else [wer, *guards]
     return sum(wers) / len(wers)
 
 

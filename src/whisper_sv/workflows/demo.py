@@ -181,7 +181,7 @@ class DemoResult:
     sample_reference: str  # one test clip's transcript ...
     sample_hypothesis: str  # ... and what the exported model heard
     seconds: dict[str, float]  # wall time per stage
-    rows: tuple[DemoRow, ...] = ()  # every scored set, the synthetic test first
+    rows: tuple[DemoRow, ...] = ()  # every scored set: real speech first, synthetic last
     plan: str = ""  # the recipe the budget chose, and its predicted time (budget.Plan.line)
     rates: str = ""  # this machine's measured rates (budget.Rates.line)
     predicted: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds per stage
@@ -745,9 +745,10 @@ def _rows(
             errors = [error_types(a.references, s.hypotheses).shares() for s in (b, a)]
         return DemoRow(name, a.n, "WER %", b.wer, a.wer, b.cer, a.cer, band, *(errors or ()))
 
-    rows = [row("synthetic test, unseen voices", "synthetic")]
-    # General Swedish (out of domain) first: the row that says whether the run may be used.
-    rows += [row(r.label, r.name) for r in sorted(real, key=lambda r: r.domain != "out")]
+    # Real speech leads: the held-out parts of the training speakers (what the fine-tune is
+    # for), then general Swedish (out of domain: whether the run may be used), then long-form
+    # and English; synthetic speech is a means, and its row comes last.
+    rows = [row(r.label, r.name) for r in sorted(real, key=lambda r: r.domain == "out")]
     if "long-form" in after:
         b, a = before["long-form"], after["long-form"]
         name = (
@@ -768,6 +769,7 @@ def _rows(
         rows.append(DemoRow(name, a.n, "English %", b.english, a.english or 0.0))
         name = f"translate: {r.name} held out, the run's English vs the pretrained model's"
         rows.append(DemoRow(name, a.n, "chrF", 100.0, a.chrf))
+    rows.append(row("synthetic test, unseen voices", "synthetic"))
     return tuple(rows)
 
 

@@ -87,7 +87,7 @@ def read_demo(folder: Path, name: str, description: str, *, before: bool = False
     return GeneralRow(
         name=name,
         description=description,
-        synthetic=rows[0][side],
+        synthetic=_find(rows, "synthetic")[side],
         general=general[side] if general else None,
         general_interval=None if before or not general else _pair(general.get("interval")),
         in_domain=in_domain,
