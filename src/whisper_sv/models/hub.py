@@ -155,28 +155,28 @@ def cached_revisions(repo_id: str) -> list[str]:
     return sorted({r for rev in _cached_repo_revisions(repo_id) for r in rev.refs})
 
 
-def _cached_repo_revisions(repo_id: str) -> list:
-    from huggingface_hub import scan_cache_dir
+def _scan_hub_cache() -> list:
+    """The hub cache's repos (``CachedRepoInfo``); none when there is no cache."""
+    from huggingface_hub import constants, scan_cache_dir
 
     try:
-        info = scan_cache_dir()
+        # The folder snapshot_download reads (constants.HF_HUB_CACHE at call time):
+        # scan_cache_dir's own default is a copy taken when it was first imported.
+        return list(scan_cache_dir(constants.HF_HUB_CACHE).repos)
     except Exception:  # no hub cache at all (CacheNotFound) or an unreadable one
         return []
-    repos = [r for r in info.repos if r.repo_type == "model" and r.repo_id == repo_id]
+
+
+def _cached_repo_revisions(repo_id: str) -> list:
+    repos = [r for r in _scan_hub_cache() if r.repo_type == "model" and r.repo_id == repo_id]
     return [rev for repo in repos for rev in repo.revisions]
 
 
 def cached_hub_models() -> list[str]:
     """Every Whisper model the hub cache holds, as references: ``ORG/NAME`` for the default
     branch, ``ORG/NAME@REF`` for other branches and tags; sorted."""
-    from huggingface_hub import scan_cache_dir
-
-    try:
-        info = scan_cache_dir()
-    except Exception:  # no hub cache at all (CacheNotFound) or an unreadable one
-        return []
     found = set()
-    for repo in info.repos:
+    for repo in _scan_hub_cache():
         if repo.repo_type != "model":
             continue
         for rev in repo.revisions:
