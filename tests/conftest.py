@@ -307,3 +307,76 @@ def tiny_store(tmp_path_factory, processor, tiny_model_dir) -> Path:
         source, out, BuildOptions(model=str(tiny_model_dir), progress=False), processor=processor
     )
     return out
+
+
+# --------------------------------------------------------------------------- hub caches
+# Hub models at a revision, offline: a hub cache in the hub client's own layout (hubcache.py)
+# with a CTranslate2-only default branch and a transformers-only "subtitle" tag, as KBLab
+# ships KB-Whisper's style variants.
+
+TINY_HUB = "sv-test/whisper-tiny"  # the tiny random Whisper
+BASE_HUB = "sv-test/whisper-base"  # the bundled Whisper base's weights
+
+
+@dataclass(frozen=True)
+class HubCache:
+    """A hub cache folder and the commit each ``ORG/NAME@REF`` of it stands for."""
+
+    path: Path  # what HF_HUB_CACHE names
+    commits: dict[str, str]  # "ORG/NAME@REF" -> commit hash
+
+
+def use_hub_cache(monkeypatch, hub: HubCache) -> HubCache:
+    """Make ``hub`` the hub cache of this test and of the processes it starts."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub.path))  # child processes (tune's trials)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub.path))  # read once at import
+    return hub
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_cache(tmp_path_factory, tiny_model_dir, tiny_ct2_dir) -> HubCache:
+    from hubcache import add_revision, model_files
+
+    path = tmp_path_factory.mktemp("hub")
+    commits = {
+        f"{TINY_HUB}@main": add_revision(path, TINY_HUB, model_files(tiny_ct2_dir), ["main"]),
+        f"{TINY_HUB}@subtitle": add_revision(
+            path, TINY_HUB, model_files(tiny_model_dir), ["subtitle"]
+        ),
+    }
+    return HubCache(path, commits)
+
+
+@pytest.fixture
+def tiny_hub(tiny_hub_cache, monkeypatch, tmp_path) -> HubCache:
+    """The tiny hub cache in use, with an empty whisper-sv cache (conversions start afresh)."""
+    monkeypatch.setenv("WHISPER_SV_CACHE", str(tmp_path / "whisper-sv-cache"))
+    return use_hub_cache(monkeypatch, tiny_hub_cache)
+
+
+@pytest.fixture(scope="session")
+def base_hub_cache(tmp_path_factory) -> HubCache:
+    """BASE_HUB's default branch: the bundled weights in CTranslate2 only."""
+    from hubcache import add_revision, model_files
+
+    from whisper_sv.models.conversion import bundled_ct2_dir
+
+    path = tmp_path_factory.mktemp("hub-base")
+    commit = add_revision(path, BASE_HUB, model_files(bundled_ct2_dir()), ["main"])
+    return HubCache(path, {f"{BASE_HUB}@main": commit})
+
+
+@pytest.fixture(scope="session")
+def base_hub_subtitle(base_hub_cache) -> HubCache:
+    """BASE_HUB with a "subtitle" tag too: the bundled weights in transformers only (the
+    bundled model's conversion, made once per whisper-sv cache)."""
+    from hubcache import add_revision, model_files
+
+    from whisper_sv.models.references import transformers_dir
+
+    hf = transformers_dir("bundled:base")
+    files = model_files(hf, skip=["ct2_config.json"])  # our converter's note, not a hub file
+    commit = add_revision(base_hub_cache.path, BASE_HUB, files, ["subtitle"])
+    return HubCache(base_hub_cache.path, {**base_hub_cache.commits, f"{BASE_HUB}@subtitle": commit})

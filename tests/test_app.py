@@ -103,12 +103,43 @@ def test_model_picker_lists_bundled_and_runs(tmp_path):
         (runs / name / "config.yaml").write_text("model: bundled:base\n")
     (runs / "half-written").mkdir()  # no config.yaml, no best/: not a run
     (runs / "notes.txt").write_text("x")
-    chat = ChatApp(AppOptions(runs_dir=str(runs)))
+    chat = ChatApp(AppOptions(runs_dir=str(runs), hub_models=False))  # this machine's hub cache
     choices = chat.model_choices()
     assert choices[0] == ("bundled:base", "bundled:base")
     assert [label for label, _ in choices[1:]] == ["run: a-run", "run: b-run"]
     assert Path(choices[1][1]) == runs / "a-run"
-    assert ChatApp(AppOptions(runs_dir=str(tmp_path / "none"))).model_choices() == choices[:1]
+    none = AppOptions(runs_dir=str(tmp_path / "none"), hub_models=False)
+    assert ChatApp(none).model_choices() == choices[:1]
+
+
+def test_the_app_serves_hub_models_from_the_hub_cache(tiny_hub, clips, tmp_path, capsys):
+    """``app --model ORG/NAME@REVISION`` and the picker: every Whisper model of the hub cache
+    is listed at each cached branch and tag, and a transformers-only revision is served by
+    the ct2 backend after one conversion, offline."""
+    from conftest import TINY_HUB
+
+    subtitle = f"{TINY_HUB}@subtitle"
+    chat = ChatApp(AppOptions(runs_dir=None))
+    hub = [c for c in chat.model_choices() if c[0].startswith("hub: ")]
+    assert hub == [(f"hub: {TINY_HUB}", TINY_HUB), (f"hub: {subtitle}", subtitle)]
+    last = list(chat.run(str(clips["speech"]), None, subtitle, "none"))[-1]
+    assert not last.error and last.swedish
+    assert f"· model hub: {subtitle}" in render_markdown(last)
+    chat.close()
+    commit = tiny_hub.commits[subtitle]
+    converted = tmp_path / "whisper-sv-cache" / "hub" / "models--sv-test--whisper-tiny"
+    assert (converted / f"{commit}-ct2" / "model.bin").is_file()
+    assert ChatApp(AppOptions(runs_dir=None, hub_models=False)).model_choices() == [
+        ("bundled:base", "bundled:base")
+    ]
+    # --model is loaded before the page opens; here into a Space, which serves model/ only.
+    space = tmp_path / "space"
+    assert cli.main(["app", "--model", subtitle, "--export-space", str(space)]) == 0
+    model_bin = (converted / f"{commit}-ct2" / "model.bin").read_bytes()
+    assert (space / "model" / "model.bin").read_bytes() == model_bin
+    assert "hub_models=False" in (space / "app.py").read_text()
+    assert cli.main(["app", "--model", f"{TINY_HUB}@strict"]) == 2
+    assert "not available offline" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- requests

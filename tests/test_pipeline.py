@@ -184,6 +184,56 @@ def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir
     assert (res.run / "guards.json").is_file()
 
 
+def test_demo_starts_from_a_hub_model_and_its_guards_score_that_model_first(
+    tmp_path, tiny_hub, sv_words_dir, capsys
+):
+    """``demo --model ORG/NAME@REVISION`` offline: the baseline and every guard's step-0
+    value are that model's scores, the out-of-domain guard holds, the card names it."""
+    from conftest import TINY_HUB
+
+    ref = f"{TINY_HUB}@subtitle"
+    real = _small_real_sets(tmp_path / "real", sv_words_dir.parent)
+    out = tmp_path / "demo"
+    small = {
+        "--train-clips": 8,
+        "--validation-clips": 2,
+        "--test-clips": 2,
+        "--batch-size": 4,
+        "--max-steps": 1,
+        "--warmup-steps": 0,
+        "--eval-steps": 1,
+        "--workers": 1,
+        "--guard-clips": 2,
+        "--real-test-clips": 2,
+        "--long-form-s": 0,
+        "--long-form-guard-s": 0,
+        "--mixes": 0.5,
+        "--budget": 0,
+    }
+    argv = ["demo", "--out", str(out), "--model", ref, "--real-data", str(real)]
+    argv += [str(x) for kv in small.items() for x in kv] + ["--no-guard-translation"]
+    assert main(argv) == 0
+    assert f"baseline: {ref} on the test sets" in capsys.readouterr().out
+    run = out / "run"
+    summary = json.loads((run / "guards.json").read_text())
+    assert summary["domains"]["cv-dev"] == "out" and set(summary["guards"]) == {
+        "cv-dev",
+        "lexin-phrases",
+        "sv-words",
+    }
+    # The start model is scored first: its guard values are step 0 of the run's table.
+    from whisper_sv.core.run_metrics import read_metrics_csv
+
+    step0 = read_metrics_csv(run / "metrics.csv")[0]
+    assert step0.step == 0 and summary["start"]["cv-dev WER"] == step0.extra["cv-dev WER"]
+    card = (run / "model_card.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert (front["base_model"], front["base_model_revision"]) == (TINY_HUB, "subtitle")
+    commit = tiny_hub.commits[ref]
+    assert f"Fine-tuned from `{ref}` (hub commit `{commit}`)" in card
+    assert "out of domain" in card and str(tmp_path) not in card
+
+
 def test_demo_without_real_speech_has_synthetic_rows_only(
     tmp_path, tiny_model_dir, capsys, monkeypatch
 ):
@@ -224,11 +274,17 @@ def test_second_demo_reads_the_scores_and_encoder_outputs_it_made(
     assert second.rows == first.rows and "no budget" in second.plan
 
 
+@pytest.mark.parametrize("start", ["folder", "hub"])
 def test_pipeline_refuses_to_promote_a_run_that_lost_its_guards(
-    tmp_path, tiny_model_dir, tiny_model, capsys
+    tmp_path, tiny_model_dir, tiny_model, capsys, start, request
 ):
+    """The guards judge a run the same way whatever it started from: a model folder, or a
+    hub model at a revision (``ORG/NAME@REVISION``, here the tiny model's weights)."""
     import soundfile as sf
-    from conftest import ToySource, own_output_store
+    from conftest import TINY_HUB, ToySource, own_output_store
+
+    if start == "hub":
+        request.getfixturevalue("tiny_hub")
 
     model, processor = tiny_model
     guard = own_output_store(tmp_path / "guard", processor, model)
@@ -245,6 +301,8 @@ def test_pipeline_refuses_to_promote_a_run_that_lost_its_guards(
     data.update(
         source=f"manifest:{tmp_path / 'toy.tsv'}", source_options={}, eval_split="validation"
     )
+    if start == "hub":
+        data["model"] = f"{TINY_HUB}@subtitle"
     data["train"] = {
         **TINY_TRAIN,
         "max_steps": 6,
@@ -268,6 +326,11 @@ def test_pipeline_refuses_to_promote_a_run_that_lost_its_guards(
     forced = _stages(capsys.readouterr().out)
     assert "forced" in forced["promote"] and " ran " in forced["export"]
     assert (run / "ct2" / "model.bin").is_file()
+    card = yaml.safe_load((run / "model_card.md").read_text().split("---")[1])
+    if start == "hub":
+        assert (card["base_model"], card["base_model_revision"]) == (TINY_HUB, "subtitle")
+    else:  # a local folder is no hub model
+        assert card.get("base_model") is None
 
 
 def test_promotion_needs_an_out_of_domain_guard(tmp_path):

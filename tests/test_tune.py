@@ -349,6 +349,29 @@ def test_cli_reports_space_errors(tiny_store, tmp_path, capsys):
     assert "explicit values" in capsys.readouterr().err
 
 
+def test_a_study_starts_its_trials_from_a_hub_model_offline(tiny_hub, tiny_store, tmp_path):
+    """``tune --model ORG/NAME@REVISION``: each trial, a child ``whisper-sv train``, loads the
+    hub model from the hub cache (the CTranslate2-only default branch, converted once)."""
+    from conftest import TINY_HUB
+
+    from whisper_sv.cli.main import main
+
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {type: float, values: [1e-3]}\n")
+    base = tmp_path / "train.yaml"
+    base.write_text(yaml.safe_dump(TINY_TRAIN))
+    study = tmp_path / "study"
+    argv = ["tune", "--features", str(tiny_store), "--space", str(space), "--out", str(study)]
+    argv += ["--sampler", "grid", "--model", TINY_HUB, "--config", str(base), "--steps", "2"]
+    assert main([*argv, "--evals", "1", "--no-progress"]) == 0
+    (trial,) = sorted((study / "trials").glob("0000*/config.yaml"))
+    info = yaml.safe_load(trial.read_text())
+    assert info["model"] == TINY_HUB
+    assert info["model_origin"]["commit"] == tiny_hub.commits[f"{TINY_HUB}@main"]
+    card = yaml.safe_load((trial.parent / "model_card.md").read_text().split("---")[1])
+    assert card["base_model"] == TINY_HUB
+
+
 def test_trial_process_is_stopped_when_pruned_or_out_of_time(tiny_store, tiny_model_dir, tmp_path):
     from whisper_sv.core.config import dump_options
     from whisper_sv.tune.runner import run_training as _run_training

@@ -52,6 +52,9 @@ class AppOptions:
     # Folders whose runs the model picker lists ("runs": train's usual place, "demo-out": the
     # demo's run); a run folder itself may be given too. None: no runs.
     runs_dir: str | tuple[str, ...] | None = ("runs", "demo-out")
+    # The picker also lists every Whisper model in the Hugging Face hub cache (HF_HUB_CACHE),
+    # at each cached branch and tag (ORG/NAME@REVISION); they load offline
+    hub_models: bool = True
     host: str = "127.0.0.1"  # interface to bind; 0.0.0.0 exposes the app to the network
     port: int = 7860  # TCP port, 1-65535
     max_file_size: str = "200mb"  # largest upload Gradio accepts: a number and b/kb/mb/gb

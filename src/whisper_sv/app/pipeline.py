@@ -79,9 +79,12 @@ class RequestPipeline:
         self.downloads = downloads  # where the reply's SRT / VTT / TXT files are written
         self._transcribers: dict[str, Transcriber] = {}
         self._lock = threading.Lock()
+        self._hub: list[str] | None = None  # the hub cache's Whisper models, read on first use
 
     def model_choices(self) -> list[tuple[str, str]]:
-        """(label, reference) of the bundled model, every run found, and ``model``."""
+        """(label, reference) of the bundled model, every run found, every Whisper model in
+        the hub cache (each cached branch and tag, e.g. KB-Whisper's ``subtitle``), and
+        ``model``."""
         choices = [(DEFAULT_MODEL, DEFAULT_MODEL)]
         seen = set()
         for folder in self.options.run_folders():
@@ -89,9 +92,18 @@ class RequestPipeline:
                 if run.resolve() not in seen:
                     seen.add(run.resolve())
                     choices.append((f"run: {_run_label(run)}", str(run)))
+        choices += [(f"hub: {ref}", ref) for ref in self._hub_models()]
         if self.options.model not in [ref for _, ref in choices]:
             choices.append((_model_label(self.options.model), self.options.model))
         return choices
+
+    def _hub_models(self) -> list[str]:
+        # Read once: the picker is built per request, a scan of the hub cache walks every repo.
+        if self._hub is None:
+            from whisper_sv.models import cached_hub_models
+
+            self._hub = cached_hub_models() if self.options.hub_models else []
+        return self._hub
 
     def model_label(self, ref: str) -> str:
         return next((label for label, r in self.model_choices() if r == ref), _model_label(ref))
@@ -362,4 +374,12 @@ def declared_duration(path: str) -> float:
 
 
 def _model_label(ref: str) -> str:
+    from whisper_sv.models import resolve
+
+    try:
+        kind = resolve(ref).kind
+    except ValueError:
+        kind = None
+    if kind == "hub":
+        return f"hub: {ref}"  # the whole id and revision: the name alone says too little
     return ref if ref.startswith("bundled:") else Path(ref).name or ref

@@ -37,6 +37,7 @@ from whisper_sv.app.chat import AppOptions, serve  # noqa: E402
 OPTIONS = AppOptions(
     model=str(HERE / "model"),
     runs_dir=None,
+    hub_models=False,  # the Space serves model/ only
     # Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere else the app stays on this machine.
     host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
     port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),

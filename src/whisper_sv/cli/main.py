@@ -381,6 +381,7 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
         action=Replace,
         metavar="DIR",
     )
+    option_flag(p, A, "hub_models")
     option_flag(p, A, "host")
     option_flag(p, A, "port")
     option_flag(p, A, "translator", choices=("whisper", "google", "none"))
@@ -420,9 +421,12 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_app(args: argparse.Namespace) -> int:
     from whisper_sv.app import chat as app
-    from whisper_sv.models.references import resolve
+    from whisper_sv.models import ct2_dir, resolve
 
-    resolve(args.model)  # a bad reference fails here, before anything starts
+    if resolve(args.model).kind == "hub":  # a bad reference fails here, before anything starts
+        # A hub model not cached offline fails now, in one line, rather than in the page; a
+        # transformers-only revision is converted for faster-whisper before the page opens.
+        ct2_dir(args.model)
     options = options_from(app.AppOptions, args)
     if options.runs_dir != app.AppOptions().runs_dir:  # given with --runs: each must be there
         missing = [d for d in options.run_folders() if not Path(d).is_dir()]

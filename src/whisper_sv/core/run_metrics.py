@@ -24,6 +24,7 @@ __all__ = [
     "extra_columns",
     "metrics_csv",
     "metrics_markdown",
+    "card_path",
     "model_card",
     "plot_curves",
     "read_metrics_csv",
@@ -208,22 +209,39 @@ def model_card(
     best_step: int | None,
     best_wer: float | None,
     language: str = "sv",
+    title: str | None = None,
+    base_model: str | None = None,
+    base_model_revision: str | None = None,
+    home: str | os.PathLike | None = None,
 ) -> str:
     """``model_card.md``: what was trained on what, with which settings, and how well.
 
-    ``data``: per-split clip counts and hours (``{"train": {"clips": 120, "hours": 0.2}}``).
+    ``model``: the start model as the card's first sentence names it (Markdown), ``title`` its
+    short name for the heading. ``base_model``: the hub id of the start model, which the hub
+    links the card to (it must be a hub model id, so a revision goes in
+    ``base_model_revision``); None for a local model. ``data``: per-split clip counts and
+    hours (``{"train": {"clips": 120, "hours": 0.2}}``). A card is published: the store and
+    every absolute path among the settings are shown relative to ``home`` (the folder that
+    holds the run) when inside it, else by their last two parts (:func:`card_path`).
     """
+    from huggingface_hub import ModelCardData
+
+    metadata = ModelCardData(
+        language=language,
+        library_name="transformers",
+        tags=["whisper", "automatic-speech-recognition", "whisper-sv"],
+        base_model=base_model,
+        **({"base_model_revision": base_model_revision} if base_model_revision else {}),
+    )
+    base = Path(home) if home is not None else None
     lines = [
         "---",
-        f"language: {language}",
-        "library_name: transformers",
-        "tags: [whisper, automatic-speech-recognition, whisper-sv]",
-        f"base_model: {model}",
+        metadata.to_yaml().rstrip(),
         "---",
         "",
-        f"# Whisper fine-tuned for Swedish ({Path(model).name or model})",
+        f"# Whisper fine-tuned for Swedish ({title or model})",
         "",
-        f"Fine-tuned from `{model}` on the feature store `{store}`.",
+        f"Fine-tuned from {model} on the feature store `{card_path(store, base)}`.",
         "",
     ]
     if best_wer is not None:
@@ -239,7 +257,7 @@ def model_card(
         lines.append(f"| {split} | {info.get('clips', '-')} | {hours_text} |")
     lines += ["", "## Training settings", "", "| option | value |", "|---|---|"]
     for key, value in settings.items():
-        lines.append(f"| {key} | {value} |")
+        lines.append(f"| {key} | {_card_value(value, base)} |")
     lines += ["", "## Results", "", metrics_markdown(rows).rstrip(), ""]
     lines += [
         "## Use",
@@ -252,3 +270,29 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def card_path(path: str | os.PathLike, home: Path | None) -> str:
+    """``path`` as a published card shows it: relative to ``home`` when inside it, else its
+    last two parts (``cv-dev/manifest.tsv``: an absolute path names a folder of this machine
+    only, a bare ``manifest.tsv`` says too little); relative paths as they are."""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(path)
+    if home is not None:
+        root = Path(os.path.abspath(home))
+        if p.is_relative_to(root) and p != root:
+            return p.relative_to(root).as_posix()
+    return Path(*p.parts[1:][-2:]).as_posix() if len(p.parts) > 1 else p.name
+
+
+def _card_value(value: Any, home: Path | None) -> Any:
+    """A setting with every absolute path in it (also inside lists and mappings) shown by
+    :func:`card_path`."""
+    if isinstance(value, str):
+        return card_path(value, home) if os.path.isabs(value) else value
+    if isinstance(value, dict):
+        return {k: _card_value(v, home) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_card_value(v, home) for v in value)
+    return value

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -248,17 +249,21 @@ def _ct2_sources(folder: Path) -> list[Path]:
     return [f for f in files if f.is_file()]
 
 
-def cached_transformers_from_ct2(ct2_folder: Path, name: str | None = None) -> Path:
-    """The cached transformers conversion of ``ct2_folder`` (converted on first use)."""
-    out = cache_dir() / (name or f"ct2-{ct2_folder.name}-{_path_key(ct2_folder)}-hf")
+def cached_transformers_from_ct2(
+    ct2_folder: Path, name: str | None = None, *, out: Path | None = None
+) -> Path:
+    """The cached transformers conversion of ``ct2_folder`` (converted on first use), in
+    ``out`` (default: the cache folder ``name``, else one named after the source's path)."""
+    if out is None:
+        out = cache_dir() / (name or f"ct2-{ct2_folder.name}-{_path_key(ct2_folder)}-hf")
     if _cache_valid(out, _ct2_sources(ct2_folder), "ct2-to-hf"):
         return out
-    import time
-
     t0 = time.perf_counter()
     log.info("converting %s to transformers format in %s", ct2_folder, out)
     convert_ct2_to_transformers(ct2_folder, out)
-    log.info("converted in %.1f s", time.perf_counter() - t0)
+    log.info(
+        "converted to transformers in %.1f s (once: cached in %s)", time.perf_counter() - t0, out
+    )
     return out
 
 
@@ -316,10 +321,17 @@ def _hf_sources(folder: Path) -> list[Path]:
     return [f for f in files if f.is_file()]
 
 
-def cached_ct2_from_transformers(hf_folder: Path) -> Path:
-    """The cached float16 CTranslate2 export of a transformers folder (exported on first use)."""
-    out = cache_dir() / f"hf-{hf_folder.name}-{_path_key(hf_folder)}-ct2"
+def cached_ct2_from_transformers(hf_folder: Path, *, out: Path | None = None) -> Path:
+    """The cached float16 CTranslate2 export of a transformers folder (exported on first use),
+    in ``out`` (default: a cache folder named after the source's path)."""
+    if out is None:
+        out = cache_dir() / f"hf-{hf_folder.name}-{_path_key(hf_folder)}-ct2"
     if _cache_valid(out, _hf_sources(hf_folder), "hf-to-ct2"):
         return out
+    t0 = time.perf_counter()
     log.info("exporting %s to CTranslate2 in %s", hf_folder, out)
-    return export_ct2(hf_folder, out)
+    export_ct2(hf_folder, out)
+    log.info(
+        "converted to CTranslate2 in %.1f s (once: cached in %s)", time.perf_counter() - t0, out
+    )
+    return out

@@ -7,10 +7,13 @@ Every command takes a model reference (``--model REF``) and hands it to :func:`r
 - a local transformers folder (``config.json`` + ``model.safetensors``);
 - a local CTranslate2 folder (``model.bin`` + ``tokenizer.json``);
 - a training run folder (``config.yaml`` + ``best/``; ``ct2/`` if exported);
-- a hub id such as ``openai/whisper-small`` (only when online).
+- a hub model ``ORG/NAME`` or ``ORG/NAME@REVISION`` (a branch, tag or commit), such as
+  ``KBLab/kb-whisper-small@subtitle``: from the hub cache (offline too), else downloaded once.
 
 :func:`ct2_dir` and :func:`transformers_dir` turn any of them into a local folder that the
-faster-whisper or the transformers backend loads offline, converting (and caching) as needed.
+faster-whisper or the transformers backend loads offline, converting (and caching) as needed:
+a hub revision that ships transformers weights only is converted once to CTranslate2, one that
+ships CTranslate2 weights only once to transformers (for training), each cached by its commit.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from whisper_sv.models.conversion import (
     cached_transformers_from_ct2,
 )
 from whisper_sv.models.folders import is_ct2_dir, is_transformers_dir
-from whisper_sv.models.hub import hub_snapshot
+from whisper_sv.models.hub import HubModel, hub_snapshot, parse_hub_ref
 from whisper_sv.models.processor import processor_from_dir
 
 if TYPE_CHECKING:
@@ -43,7 +46,8 @@ VALID_FORMS = (
     "a transformers folder (config.json + model.safetensors)",
     "a CTranslate2 folder (model.bin + tokenizer.json)",
     "a training run folder (config.yaml + best/)",
-    "a hub id such as openai/whisper-small (online only)",
+    "a hub model ORG/NAME[@REVISION] such as KBLab/kb-whisper-small@subtitle (a branch, "
+    "tag or commit; from the hub cache offline, downloaded once online)",
 )
 
 
@@ -54,6 +58,7 @@ class ModelRef:
     ref: str  # what the user wrote
     kind: ModelKind  # which of the valid forms it is
     path: Path | None  # the local folder (None for bundled and hub)
+    hub: HubModel | None = None  # the hub model and revision (kind "hub" only)
 
 
 def resolve(ref: str | ModelRef = DEFAULT_MODEL) -> ModelRef:
@@ -86,20 +91,14 @@ def resolve(ref: str | ModelRef = DEFAULT_MODEL) -> ModelRef:
             f"{ref!r} is a file; pass its folder instead. Valid forms: " + "; ".join(VALID_FORMS)
         )
     local_parent = p.parent != Path(".") and p.parent.is_dir()  # "runs/my-runn": a typo
-    if _looks_like_hub_id(ref) and not local_parent:
-        return ModelRef(ref=ref, kind="hub", path=None)
+    hub = parse_hub_ref(ref)
+    if hub is not None and not local_parent:
+        return ModelRef(ref=ref, kind="hub", path=None, hub=hub)
     if local_parent:
         raise ValueError(f"no such folder: {ref!r} (not in {str(p.parent)!r}); check the name")
     raise ValueError(
         f"model {ref!r} not found; a model reference is one of: " + "; ".join(VALID_FORMS)
     )
-
-
-def _looks_like_hub_id(ref: str) -> bool:
-    # "owner/name": letters, digits, - _ . only; no leading "." or "~" (those are paths).
-    parts = ref.split("/")
-    ok = all(p and p[0].isalnum() and all(c.isalnum() or c in "-_." for c in p) for p in parts)
-    return ok and len(parts) == 2
 
 
 def load_processor(ref: str | ModelRef = DEFAULT_MODEL) -> WhisperProcessor:
@@ -150,8 +149,11 @@ def transformers_dir(ref: str | ModelRef = DEFAULT_MODEL) -> Path:
         return cached_transformers_from_ct2(bundled_ct2_dir(), name="bundled-base-hf")
     if mref.kind == "ct2":
         return cached_transformers_from_ct2(mref.path)
-    folder = hub_snapshot(mref.ref)
-    return folder if is_transformers_dir(folder) else cached_transformers_from_ct2(folder)
+    snap = hub_snapshot(mref.hub or mref.ref)
+    if is_transformers_dir(snap.folder):
+        return snap.folder
+    # A CTranslate2-only revision is trained in transformers: converted once per commit.
+    return cached_transformers_from_ct2(snap.folder, out=snap.converted_dir("hf"))
 
 
 def ct2_dir(ref: str | ModelRef = DEFAULT_MODEL) -> Path:
@@ -168,7 +170,9 @@ def ct2_dir(ref: str | ModelRef = DEFAULT_MODEL) -> Path:
         return cached_ct2_from_transformers(mref.path / "best")
     if mref.kind == "transformers":
         return cached_ct2_from_transformers(mref.path)
-    folder = hub_snapshot(mref.ref)
-    if is_ct2_dir(folder) and (folder / "tokenizer.json").is_file():
-        return folder
-    return cached_ct2_from_transformers(folder)
+    snap = hub_snapshot(mref.hub or mref.ref)
+    if is_ct2_dir(snap.folder) and (snap.folder / "tokenizer.json").is_file():
+        return snap.folder
+    # A transformers-only revision (KB-Whisper's "subtitle") is served by faster-whisper after
+    # one conversion, cached by its commit.
+    return cached_ct2_from_transformers(snap.folder, out=snap.converted_dir("ct2"))

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -152,7 +153,7 @@ def train(
     (:data:`RESUMABLE_KEYS` may change). Every check happens before the model loads.
     Under ``torchrun --nproc_per_node N`` each process runs this same call (data-parallel).
     """
-    from whisper_sv.models.references import load_processor, resolve, transformers_dir
+    from whisper_sv.models import load_processor, model_origin, resolve, transformers_dir
 
     cfg = config or TrainConfig()
     run = RunFolder(out)
@@ -180,11 +181,14 @@ def train(
     # A local model is recorded by absolute path: the run folder must work from any cwd.
     recorded = str(mref.path) if mref.path is not None else mref.ref
     info = _run_info(recorded, model_dir, store, cfg, max_steps)
+    # What the card names: a hub model's id, revision and the commit it stood for today.
+    info["model_origin"] = asdict(model_origin(mref))
     info["precision"] = precision
     info["world_size"] = accelerator.num_processes
     if old_info is not None:
         _check_same_run(old_info, info, run.path)
         info["model"] = old_info.get("model", info["model"])
+        info["model_origin"] = old_info.get("model_origin", info["model_origin"])
     if main:
         run.recover()
         run.write_config(info)

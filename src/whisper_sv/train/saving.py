@@ -130,10 +130,17 @@ def model_card(
     state: TrainState,
     processes: int,
     guard_section: str | None,
+    home: Path | None = None,
 ) -> str:
     """RUN/model_card.md's text: the run's data, settings and metrics, and ``guard_section``
-    (the best-model selector's guards and interpolation, Markdown) before "## Use"."""
+    (the best-model selector's guards and interpolation, Markdown) before "## Use".
+
+    The start model is named as ``info["model_origin"]`` recorded it when the run began (a
+    hub model with its revision and commit); ``home`` is the folder holding the run, which
+    paths on the card are shown relative to.
+    """
     from whisper_sv.core.config import to_dict
+    from whisper_sv.models import ModelOrigin, model_origin
 
     splits = store.manifest.get("splits", {})
     data = {
@@ -144,8 +151,15 @@ def model_card(
     settings["steps done"] = state.step
     settings["processes"] = processes
     settings["precision"] = info.get("precision")
+    recorded = info.get("model_origin")
+    # Runs begun before origins were recorded name their model by reference only.
+    origin = ModelOrigin(**recorded) if recorded else model_origin(str(info["model"]))
     card = run_metrics.model_card(
-        model=str(info["model"]),
+        model=origin.markdown(),
+        title=origin.title,
+        base_model=origin.hub_id,
+        base_model_revision=origin.revision,
+        home=home,
         store=str(info["features"]),
         data=data,
         settings=settings,

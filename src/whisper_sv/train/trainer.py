@@ -540,6 +540,7 @@ class Trainer:
                 state=st,
                 processes=acc.num_processes,
                 guard_section=self.selector.card_section(),
+                home=run.path.parent,
             )
             run.reports.write_model_card(card)
             if self.cfg.export_ct2 and not newer(run.ct2_dir, run.best_dir):
