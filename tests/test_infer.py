@@ -449,22 +449,29 @@ def test_real_model_long_audio_vad(sv_words_dir):
 
 @pytest.mark.slow
 def test_real_model_never_loops_on_synthetic_speech():
-    # Greedy decoding without the guard loops on clip 30 of this split ("En annan ljuvlig
-    # aftonklänning ...": 12x its reference); with the guard no hypothesis is over 3x its
-    # reference. That clip and every fourth one are checked: unguarded, no other clip of the
-    # 40 passes 1.8x, so the rest would prove nothing more for their 30 s of decoding.
+    # Greedy decoding without the guard loops on some clips of this split, and which ones
+    # depends on the CPU's kernels: clip 8 ("Sosa, lu-lu-lu-lu...", 4.9x its reference) under
+    # AVX512, clip 30 (12x) on an earlier machine, none past 3x under AVX2 on an AMD EPYC.
+    # So the test finds them here: every clip is decoded unguarded, and each one past 1.8x
+    # plus every fourth clip must stay within 3x its reference with the guard.
     from whisper_sv.data.sources.synthetic import SyntheticOptions, SyntheticSource
 
     source = SyntheticSource(SyntheticOptions(train=0, validation=0, test=40))
     items = list(source.items("test"))
     transcriber = Transcriber("bundled:base")
-    looping = items[30]
-    unguarded = transcriber.transcribe(source.load(looping), TranscribeOptions(loop_guard=False))
-    # If this fails the split changed: find the clip that loops unguarded and name it here.
-    assert len(unguarded.text) > 3 * len(looping.sentence), (looping.sentence, unguarded.text)
-    for item in [looping, *items[::4]]:
+    ratios = {}
+    for item in items:
+        unguarded = transcriber.transcribe(source.load(item), TranscribeOptions(loop_guard=False))
+        ratios[item.id] = len(unguarded.text) / len(item.sentence)
+    checked = [it for it in items if ratios[it.id] > 1.8] + items[::4]
+    for item in checked:
         text = transcriber.transcribe(source.load(item)).text
-        assert len(text) <= 3 * len(item.sentence), (item.sentence, text)
+        assert len(text) <= 3 * len(item.sentence), (item.sentence, ratios[item.id], text)
+    if max(ratios.values()) <= 3:
+        pytest.skip(
+            f"no clip loops unguarded on this CPU (longest {max(ratios.values()):.1f}x its "
+            "reference): the guard was checked, but had no loop to stop"
+        )
 
 
 # ------------------------------------------------------------------ loop guard

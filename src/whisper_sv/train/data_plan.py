@@ -157,7 +157,9 @@ def anchor_windows(
     clip = np.array([s in cfg.anchor_sources for s in sources], dtype=bool)
     out = clip.copy() if windows is None else np.array([clip[w].all() for w in windows])
     out[list(translate_windows)] = False
-    log.info("%d of %d training windows are anchors (start model's distribution only)", out.sum(), n)
+    log.info(
+        "%d of %d training windows are anchors (start model's distribution only)", out.sum(), n
+    )
     return out
 
 

@@ -80,7 +80,6 @@ class Objective:
             loss = loss + 0.5 * self.l2sp * _sq_distance(base, self.anchor)
         return loss, ce
 
-
     def _anchored(self, logits: Any, soft: Any, labels: Any, anchor: Any) -> Any:
         """The loss with anchor rows: per labelled token, ``(1 - distill) * CE + distill * KL``
         on the other rows and the KL alone on anchor rows, averaged over every token."""

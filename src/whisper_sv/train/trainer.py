@@ -267,9 +267,7 @@ class Trainer:
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(the loss to minimise, the labels' cross-entropy) of one micro-batch."""
-        inputs = {
-            k: v for k, v in batch.items() if k not in ("hidden", "input_features", "anchor")
-        }
+        inputs = {k: v for k, v in batch.items() if k not in ("hidden", "input_features", "anchor")}
         if "hidden" in batch:
             inputs["encoder_outputs"] = (batch["hidden"],)
         else:

@@ -197,7 +197,9 @@ def ladder(asked: Sizes) -> list[Sizes]:
         rungs.append(
             dataclasses.replace(
                 rungs[2],
-                train_clips=max(160, 40 * round(asked.train_clips * scale / 40)) if asked.train_clips else 0,
+                train_clips=max(160, 40 * round(asked.train_clips * scale / 40))
+                if asked.train_clips
+                else 0,
                 max_steps=steps,
                 eval_steps=steps,
                 guard_clips=min(rungs[2].guard_clips, 48),
