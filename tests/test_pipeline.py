@@ -165,7 +165,9 @@ def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir
     assert "out of domain" in (res.run / "model_card.md").read_text()
     assert "Error types" in (tmp_path / "demo" / "demo.md").read_text()
     assert guards["long-form"]["long_form"] == 10
-    assert config["train"]["select"] == "validation+guards"
+    # Real speech leads: best/ is chosen by the guards alone, LoRA on every decoder linear.
+    assert config["train"]["select"] == "guards"
+    assert config["train"]["lora_rank"] == 16 and "fc1" in config["train"]["lora_targets"]
     # Translation is guarded on the phrases, and kept by real clips trained on English.
     assert [n for n, g in guards.items() if g.get("translate")] == ["lexin-phrases"]
     assert config["train"]["translate_share"] == 0.5
@@ -250,6 +252,29 @@ def test_demo_without_real_speech_has_synthetic_rows_only(
     assert "2 test clips" in res.plan and res.predicted and res.total_seconds > 0
     # The rates were measured now, and kept for the next demo on this machine.
     assert "measured in" in res.rates and len(list((tmp_path / "cache").glob("rates-*"))) == 1
+
+
+def test_real_speech_only_falls_back_to_synthetic_when_no_real_speech_is_found(
+    tmp_path, tiny_model_dir, caplog, monkeypatch
+):
+    from whisper_sv.data.store import FeatureStore
+    from whisper_sv.workflows import demo
+
+    monkeypatch.setenv("WHISPER_SV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(demo, "SYNTHETIC_FALLBACK", 6)
+    res = _tiny_demo(
+        tmp_path,
+        tiny_model_dir,
+        train_clips=0,
+        test_clips=2,
+        max_steps=1,
+        warmup_steps=0,
+        real_data="none",
+        budget="0",
+    )
+    assert "training on 6 synthetic sentences instead" in caplog.text
+    assert len(FeatureStore(tmp_path / "demo" / "store").metadata("train")) == 6
+    assert (res.run / "best").is_dir()
 
 
 def test_second_demo_reads_the_scores_and_encoder_outputs_it_made(

@@ -286,3 +286,30 @@ def test_translation_windows_come_only_from_the_named_sources(store):
         windows, added = with_translation_windows(train_windows(fs, cfg), fs, cfg)
         assert len(added) == expected
         assert all(len(windows[i]) == 1 for i in added)
+
+
+def test_mixes_start_from_a_trained_step_when_early_rejection_left_guards_unscored(
+    tmp_path, store, own_guard, tiny_model_dir, caplog
+):
+    """select: guards with early rejection: every trained step loses the first guard, so the
+    second is never scored and counts as the start model's value, which ranks each trained
+    step below step 0. The WiSE-FT mixes must still start from a trained step: a mix of the
+    start model with itself is the start model."""
+    import csv
+
+    from whisper_sv.train.run import train
+
+    guards = tuple(
+        {"name": name, "path": str(own_guard), "split": "validation"} for name in ("a", "b")
+    )
+    cfg = config(guards=guards, select="guards", guard_early_reject=True, interpolate=(0.5,))
+    run = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="whisper_sv"):
+        train(store, run, model=str(tiny_model_dir), config=cfg)
+    summary = json.loads((run / "guards.json").read_text())
+    source = summary["best_validation_any_guards"]["step"]
+    assert source > 0
+    assert f"interpolation 0.50 x step {source}:" in caplog.text
+    assert "x step 0:" not in caplog.text
+    mixes = list(csv.DictReader((run / "interpolation.csv").open()))
+    assert [float(m["alpha"]) for m in mixes] == [0.5]

@@ -210,11 +210,14 @@ class BestModelSelector:
     def _track_guards(
         self, step: int, wer: float | None, checks: list[GuardCheck], score: float | None
     ) -> bool:
-        """Keep the best model by selection score whatever the guards say (WiSE-FT starts from
-        it), warn loudly when a better model is refused; whether guard_patience ran out."""
+        """Keep the best trained model by selection score whatever the guards say (WiSE-FT
+        starts from it), warn loudly when a better model is refused; whether guard_patience
+        ran out. Step 0, the start model, is never the source: its mixes are itself, and with
+        early rejection a trained step that lost a guard can rank below it."""
         st, cfg = self._state, self._cfg
         raw = st.raw_best_score if st.raw_best_score is not None else st.raw_best_wer
-        if wer is not None and score is not None and (raw is None or score < raw):
+        better = raw is None or (score is not None and score < raw)
+        if step > 0 and wer is not None and score is not None and better:
             st.raw_best_wer, st.raw_best_step, st.raw_best_score = wer, step, score
             if self._start_weights is not None:
                 self._raw_best_weights = self._saver.trainable_copy()
