@@ -969,6 +969,53 @@ def test_cancel_marks_a_running_reply_only(tiny_app):
     assert tiny_app.cancelled(done)[0] == done  # a finished reply is left as it is
 
 
+def test_cancel_frees_the_app_at_once_even_on_a_one_byte_a_second_link(
+    tiny_ct2_dir, clips, trickle
+):
+    """Cancel stops the job's download (not only its reply): the chat handler ends within
+    2 s, the server sees the connection closed, and the next job is answered."""
+    chat = ChatApp(AppOptions(model=str(tiny_ct2_dir), runs_dir=None, link_hosts=(trickle.host,)))
+    link = f"http://{trickle.host}/slow.wav"
+    states: list = []
+    job = threading.Thread(
+        target=lambda: states.extend(chat.chat(link, [], None, "none", page="p1")), daemon=True
+    )
+    job.start()
+    assert trickle.started.wait(60), "the link's download never reached the local server"
+    start = time.monotonic()
+    shown, _ = chat.cancelled([{"role": "assistant", "content": "x\n\n*⏳ Downloading*"}], "p1")
+    assert "Cancelled" in shown[-1]["content"]
+    job.join(10)
+    took = time.monotonic() - start
+    assert not job.is_alive(), "the cancelled job was still running 10 s after Cancel"
+    assert took < 2, f"the cancelled job ended {took:.1f} s after Cancel (the bound is 2 s)"
+    last = states[-1][0][-1]["content"]
+    assert last.endswith("*⏹️ Cancelled.*") and "⏳" not in last, last
+    assert states[-1][3]["visible"] is False  # the Cancel button goes with the job
+    assert trickle.gone.wait(10), "the download went on after Cancel: the server still sends"
+    # The next job of the same page runs and is answered; Cancel without a job is harmless.
+    chat.cancelled([], "p1")
+    after = list(chat.chat({"files": [str(clips["speech"])]}, [], None, "none", page="p1"))
+    assert "**Svenska** · stockholm.wav" in after[-1][0][-1]["content"]
+    chat.close()
+
+
+def test_a_cancelled_request_stops_between_segments(tiny_ct2_dir, clips):
+    """Cancelled while transcribing: no segment after the cancel, and the reply says so."""
+    chat = ChatApp(AppOptions(model=str(tiny_ct2_dir), runs_dir=None))
+    cancel = threading.Event()
+    states = []
+    for state in chat.run(str(clips["speech"]), None, None, "whisper", cancel=cancel):
+        states.append(state)
+        if state.status.startswith("Transcribing"):
+            cancel.set()
+    last = states[-1]
+    assert last.cancelled and not last.status and not last.files and not last.english
+    assert all(not s.english for s in states)  # the translation never started
+    assert "\n\n*⏹️ Cancelled.*" in render_markdown(last)
+    chat.close()
+
+
 def test_a_run_not_checked_on_translation_translates_with_its_start_model(
     tmp_path, tiny_ct2_dir, tiny_model_dir, clips
 ):
