@@ -380,3 +380,54 @@ def base_hub_subtitle(base_hub_cache) -> HubCache:
     files = model_files(hf, skip=["ct2_config.json"])  # our converter's note, not a hub file
     commit = add_revision(base_hub_cache.path, BASE_HUB, files, ["subtitle"])
     return HubCache(base_hub_cache.path, {**base_hub_cache.commits, f"{BASE_HUB}@subtitle": commit})
+
+
+class Trickle:
+    """A local HTTP server whose every path sends a WAV's first bytes, then one byte a second
+    (a link that never times out a read); ``gone`` is set when the client hangs up."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.gone = threading.Event()
+        self.started = threading.Event()
+        trickle = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                self.send_response(200)
+                self.send_header("Content-Type", "audio/wav")
+                self.send_header("Content-Length", str(1_000_000))
+                self.end_headers()
+                trickle.started.set()
+                try:
+                    self.wfile.write(b"RIFF")
+                    for _ in range(3_600):  # an hour, unless the client goes first
+                        self.wfile.flush()
+                        if trickle.closed.wait(1.0):
+                            return
+                        self.wfile.write(b"\0")
+                except OSError:  # the client went away
+                    trickle.gone.set()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.closed = threading.Event()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def trickle():
+    """A :class:`Trickle` server for one test."""
+    server = Trickle()
+    yield server
+    server.close()

@@ -6,6 +6,7 @@ import functools
 import socket
 import tempfile
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -347,3 +348,49 @@ def test_yt_dlp_runs_youtube_extractors_only(two_servers, tmp_path):
     with pytest.raises(LinkError, match="no audio or video found"):
         links.download_link(f"http://{other}/tone.wav", tmp_path, LinkOptions(), None)
     assert hits == []
+
+
+# --------------------------------------------------------------------------- slow links
+
+
+def _fetch_in_thread(url: str, options: LinkOptions, cancel: threading.Event | None = None):
+    """fetch_audio in a thread; (thread, dict with "error" or "audio" once it ends)."""
+    done: dict = {}
+
+    def work() -> None:
+        try:
+            done["audio"] = links.fetch_audio(url, options, cancel=cancel)
+        except LinkError as err:
+            done["error"] = err
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread, done
+
+
+def test_a_cancelled_download_of_a_one_byte_a_second_link_stops_at_once(trickle):
+    options = LinkOptions(allowed_hosts=(trickle.host,), timeout_s=20)
+    cancel = threading.Event()
+    thread, done = _fetch_in_thread(f"http://{trickle.host}/slow.wav", options, cancel)
+    assert trickle.started.wait(60), "the download never reached the local server"
+    start = time.monotonic()
+    cancel.set()
+    thread.join(10)
+    took = time.monotonic() - start
+    # The watch polls every CANCEL_POLL_S (0.2 s); 2 s leaves room for a loaded CPU.
+    assert not thread.is_alive(), "the download went on 10 s after its cancel event was set"
+    assert took < 2, f"the download stopped {took:.1f} s after cancel (the bound is 2 s)"
+    assert isinstance(done.get("error"), links.DownloadCancelled), done
+    assert trickle.gone.wait(10), "the server kept its connection: the socket was not closed"
+
+
+def test_a_link_that_sends_one_byte_a_second_is_stopped_by_the_total_deadline(trickle):
+    # Each read gets a byte within its 20 s timeout, so only the total deadline stops it.
+    options = LinkOptions(allowed_hosts=(trickle.host,), timeout_s=20, deadline_s=2)
+    start = time.monotonic()
+    thread, done = _fetch_in_thread(f"http://{trickle.host}/slow.wav", options)
+    thread.join(30)
+    took = time.monotonic() - start
+    assert not thread.is_alive(), "the download was still running 30 s into a 2 s deadline"
+    assert "took longer than 2 s" in str(done.get("error")), done
+    assert took < 2 + 10, f"a 2 s deadline ended the download after {took:.1f} s"

@@ -14,6 +14,7 @@ Safe by default: binds 127.0.0.1, limits upload size and audio length, queues re
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,7 @@ from whisper_sv.app.pipeline import (
     find_runs,
     upload_folder,
 )
-from whisper_sv.app.render import Reply, plain_text, render_markdown
+from whisper_sv.app.render import CANCELLED, Reply, plain_text, render_markdown
 from whisper_sv.app.space import export_space
 from whisper_sv.infer import links
 
@@ -79,6 +80,9 @@ class ChatApp:
         self.options = options or AppOptions()
         self.downloads = DownloadFiles()
         self.pipeline = RequestPipeline(self.options, self.downloads)
+        # The cancel event of each page's running job, by the page's key (``chat(page=)``).
+        self._jobs: dict[str, threading.Event] = {}
+        self._jobs_lock = threading.Lock()
 
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, reference) of the bundled model, every run found, and ``model``."""
@@ -102,7 +106,7 @@ class ChatApp:
     ) -> Iterator[Reply]:
         """Transcribe (and translate) one file or link, yielding the reply as it grows.
 
-        ``choices``: ``language``, ``quality`` and ``initial_prompt``, as
+        ``choices``: ``language``, ``quality``, ``initial_prompt`` and ``cancel``, as
         :meth:`RequestPipeline.run` takes them; never raises (a failure is the last state's
         ``error``).
         """
@@ -122,8 +126,13 @@ class ChatApp:
         translator: str | None,
         language: str | None = None,
         quality: str | None = None,
+        page: str | None = None,
     ) -> Iterator[tuple[list, None, dict, dict]]:
-        """Chat handler: yields (history, input box value, downloads update, cancel update)."""
+        """Chat handler: yields (history, input box value, downloads update, cancel update).
+
+        ``page``: the key of the browser page sending it; :meth:`cancelled` with the same key
+        stops the job at its next step.
+        """
         import gradio as gr
 
         history = list(history or [])
@@ -146,16 +155,33 @@ class ChatApp:
             return
         user = {"path": file} if file else link
         history.append({"role": "user", "content": user})
-        states = self.run(file, link, model, translator, language=language, quality=quality)
-        for reply in states:
-            shown = [*history, {"role": "assistant", "content": render_markdown(reply)}]
-            files_shown = gr.update(value=reply.files or None, visible=bool(reply.files))
-            yield shown, None, files_shown, gr.update(visible=bool(reply.status))
+        cancel = threading.Event()
+        if page:
+            with self._jobs_lock:
+                self._jobs[page] = cancel
+        choices = {"language": language, "quality": quality, "cancel": cancel}
+        try:
+            for reply in self.run(file, link, model, translator, **choices):
+                shown = [*history, {"role": "assistant", "content": render_markdown(reply)}]
+                files_shown = gr.update(value=reply.files or None, visible=bool(reply.files))
+                yield shown, None, files_shown, gr.update(visible=bool(reply.status))
+        finally:
+            if page:
+                with self._jobs_lock:
+                    if self._jobs.get(page) is cancel:
+                        del self._jobs[page]
 
-    def cancelled(self, history: list | None) -> tuple[list, dict]:
-        """Cancel handler: the last reply, if still running, says it was cancelled."""
+    def cancelled(self, history: list | None, page: str | None = None) -> tuple[list, dict]:
+        """Cancel handler: the job of ``page`` stops at its next step (a download within a
+        fraction of a second, decoding at the next segment) and ends with a cancelled reply;
+        the last reply, if still running, says so at once."""
         import gradio as gr
 
+        if page:
+            with self._jobs_lock:
+                job = self._jobs.get(page)
+            if job is not None:
+                job.set()
         history = list(history or [])
         if history and history[-1].get("role") == "assistant":
             content = history[-1].get("content")
@@ -163,7 +189,7 @@ class ChatApp:
                 content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
             if isinstance(content, str) and "⏳" in content:
                 kept = content.rsplit("\n\n*⏳", 1)[0]
-                history[-1] = {"role": "assistant", "content": kept + "\n\n*⏹️ Cancelled.*"}
+                history[-1] = {"role": "assistant", "content": f"{kept}\n\n{CANCELLED}"}
         return history, gr.update(visible=False)
 
     def transcribe_api(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from typing import TYPE_CHECKING
 
 from whisper_sv.app.api import API_TASKS, upload_only_file
@@ -75,19 +76,26 @@ def build_blocks(app: ChatApp) -> gr.Blocks:
             elem_id="downloads",
         )
         build_live(app, model)  # the Live mode: microphone captions (app/live.py)
-        job = box.submit(
+        # A key per open page (a callable value: one per page load), so Cancel stops the
+        # job of its own page.
+        page = gr.State(lambda: uuid.uuid4().hex)
+        box.submit(
             app.chat,
-            [box, chatbot, model, translator, language, quality],
+            [box, chatbot, model, translator, language, quality, page],
             [chatbot, box, downloads, cancel],
             api_visibility="private",
             concurrency_id=CONCURRENCY_ID,
             concurrency_limit=app.options.concurrency_limit,
         )
+        # Cancel sets the job's cancel event; the job ends itself within a fraction of a
+        # second (or at the next segment) with a normal last message. Not Gradio's
+        # `cancels=` (issue 35): it left the download running, and beside a CPU load the
+        # input box's status tracker sometimes stayed on "Error" after its /cancel, covering
+        # the send button so the page took no next job.
         cancel.click(
             app.cancelled,
-            chatbot,
+            [chatbot, page],
             [chatbot, cancel],
-            cancels=[job],
             api_visibility="private",
             queue=False,
         )

@@ -68,7 +68,8 @@ class AppOptions:
     timestamps_after_s: float = 30.0  # audio longer than this is shown with timestamps
     # hosts links may come from (HOST or HOST:PORT), and those of $WHISPER_SV_LINK_HOSTS
     link_hosts: tuple[str, ...] = links.YOUTUBE_HOSTS
-    link_timeout_s: float = 20.0  # network timeout of link downloads, seconds
+    link_timeout_s: float = 20.0  # network timeout of each read of a link download, seconds
+    link_deadline_s: float = 600.0  # a link download that takes longer is stopped, seconds
     allow_private_links: bool = False  # links may reach private and loopback addresses (a LAN)
     uploads_per_hour: int = 200  # uploads one client address may make an hour (off on loopback)
     upload_mb_per_hour: float = 2_000.0  # megabytes one client may upload an hour (same rule)
@@ -104,6 +105,7 @@ class AppOptions:
             allowed_hosts=self.link_hosts,
             max_duration_s=self.max_duration_s,
             timeout_s=self.link_timeout_s,
+            deadline_s=self.link_deadline_s,
             allow_private=self.allow_private_links,
         )
 

@@ -130,8 +130,14 @@ class RequestPipeline:
         language: str | None = None,
         quality: str | None = None,
         initial_prompt: str | None = None,
+        cancel: threading.Event | None = None,
     ) -> Iterator[Reply]:
         """Transcribe (and translate) one file or link, yielding the reply as it grows.
+
+        ``cancel``: once set, the request stops at its next step (the download within
+        :data:`~whisper_sv.infer.links.CANCEL_POLL_S`, decoding and translation at the next
+        segment) and its last state is ``cancelled``. It is set when the request ends, however
+        it ends (a generator closed early included), so nothing the request started outlives it.
 
         Never raises: a failure ends the stream with ``reply.error`` set. Each state is a
         snapshot, so a caller may keep them all. ``file`` is trusted (any path on this
@@ -147,9 +153,16 @@ class RequestPipeline:
             initial_prompt=(initial_prompt or "").strip() or None,
         )
         reply = Reply(source=Path(file).name if file else (link or ""), language=request.language)
+        cancel = cancel if cancel is not None else threading.Event()
         try:
-            for state in self._run(reply, file, link, request):
+            for state in self._run(reply, file, link, request, cancel):
+                if cancel.is_set():
+                    break
                 yield state.snapshot()
+            if cancel.is_set():
+                # What a step left half done (no audio after a stopped download) is no error.
+                reply.status, reply.error, reply.files, reply.cancelled = "", "", [], True
+                yield reply.snapshot()
         except Exception as err:  # the last line of defence: a sentence, not a traceback
             log.exception("request failed: %s", reply.source)
             reply.status = ""
@@ -157,9 +170,16 @@ class RequestPipeline:
                 f"Something went wrong ({type(err).__name__}); the server log has the details."
             )
             yield reply.snapshot()
+        finally:
+            cancel.set()  # stops a download still running in its thread
 
     def _run(
-        self, reply: Reply, file: str | None, link: str | None, request: Request
+        self,
+        reply: Reply,
+        file: str | None,
+        link: str | None,
+        request: Request,
+        cancel: threading.Event,
     ) -> Iterator[Reply]:
         if request.model not in [ref for _, ref in self.model_choices()]:
             reply.error = f"Unknown model {request.model!r}; pick one from the list."
@@ -171,7 +191,10 @@ class RequestPipeline:
             return
         # 1. The audio, as a 16 kHz array.
         audio = None
-        states = self._read_file(reply, file) if file else self._fetch(reply, link) if link else ()
+        if file:
+            states = self._read_file(reply, file)
+        else:
+            states = self._fetch(reply, link, cancel) if link else ()
         for state in states:
             if isinstance(state, np.ndarray):
                 audio = state
@@ -296,8 +319,11 @@ class RequestPipeline:
             except translate.TranslationUnavailable as err:
                 reply.translation_note = str(err)
 
-    def _fetch(self, reply: Reply, link: str) -> Iterator[np.ndarray | None]:
-        """Download ``link`` in a thread, yielding None with progress, then the audio."""
+    def _fetch(
+        self, reply: Reply, link: str, cancel: threading.Event
+    ) -> Iterator[np.ndarray | None]:
+        """Download ``link`` in a thread, yielding None with progress, then the audio (nothing
+        once ``cancel`` is set: the thread then stops within ``links.CANCEL_POLL_S``)."""
         done: dict[str, Any] = {}
         fraction = [0.0]
 
@@ -307,6 +333,7 @@ class RequestPipeline:
                     link,
                     self.options.link_options(),
                     on_progress=lambda f: fraction.__setitem__(0, f),
+                    cancel=cancel,
                 )
             except links.LinkError as err:
                 done["error"] = err
@@ -318,7 +345,9 @@ class RequestPipeline:
         while worker.is_alive():
             reply.status = f"Downloading the audio… {fraction[0]:.0%}"
             yield None
-            worker.join(0.5)
+            worker.join(links.CANCEL_POLL_S)
+            if cancel.is_set():
+                return
         if "crash" in done:
             raise done["crash"]
         if "error" in done:

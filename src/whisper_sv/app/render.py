@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from whisper_sv.infer.transcriber import Dropped, Segment
 
 __all__ = [
+    "CANCELLED",
     "Reply",
     "clock",
     "escape_md",
@@ -45,6 +46,7 @@ class Reply:
     error: str = ""  # a failure, in words; nothing else is shown then
     files: list[str] = field(default_factory=list)  # SRT / VTT / TXT to download
     timestamps: bool = False  # long audio: segments with their times
+    cancelled: bool = False  # stopped by the user; what was done by then is shown
 
     def snapshot(self) -> Reply:
         """A copy that later changes to this one do not touch."""
@@ -67,6 +69,9 @@ class Reply:
         if self.translator == "google":
             return self.english_text
         return "\n".join(s.text.strip() for s in self.english if s.text.strip())
+
+
+CANCELLED = "*⏹️ Cancelled.*"  # the last line of a cancelled reply
 
 
 def render_markdown(reply: Reply) -> str:
@@ -93,14 +98,15 @@ def render_markdown(reply: Reply) -> str:
     if reply.dropped:
         parts.append(_dropped_line(reply.dropped, "of the transcript"))
     by = f" · model {escape_md(reply.translation_model)}" if reply.translation_model else ""
-    if reply.translator == "whisper" and (reply.english or not reply.status):
+    done = not reply.status and not reply.cancelled
+    if reply.translator == "whisper" and (reply.english or done):
         parts.append("**English** · Whisper (offline)" + by)
         if reply.translation_note:  # the English came from another model than the transcript
             parts.append(f"ℹ️ {escape_md(reply.translation_note)}")
         parts.append(_lines(reply.english, reply.timestamps) or "…")
         if reply.english_dropped:
             parts.append(_dropped_line(reply.english_dropped, "of the English"))
-    elif reply.translator == "google" and not reply.status:
+    elif reply.translator == "google" and done:
         parts.append("**English** · Google Translate (online)")
         if reply.translation_note:
             parts.append(f"⚠️ {escape_md(reply.translation_note)}")
@@ -108,6 +114,8 @@ def render_markdown(reply: Reply) -> str:
             parts.append(escape_md(reply.english_text) or "…")
     if reply.status:
         parts.append(f"*⏳ {reply.status}*")
+    elif reply.cancelled:
+        parts.append(CANCELLED)
     elif not reply.swedish:
         parts.append("*No speech found.*")
     if any(_unsure(w) for s in [*reply.swedish, *reply.english] for w in s.words):

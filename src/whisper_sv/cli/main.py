@@ -402,6 +402,7 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
         metavar="HOST",
     )
     option_flag(p, A, "link_timeout_s", "--link-timeout", metavar="S")
+    option_flag(p, A, "link_deadline_s", "--link-deadline", metavar="S")
     option_flag(
         p,
         A,

@@ -13,18 +13,24 @@ link-local and other non-public addresses are refused unless allowed, see
 a second DNS answer cannot swap it.
 
 Only the audio is fetched, into a temporary folder that is removed before :func:`fetch_audio`
-returns. Length and size are checked before the download where the site says them, and again
+returns. ``timeout_s`` bounds each network read and ``deadline_s`` the whole download: a link
+that sends one byte a second never times out a read, so only a total deadline frees the
+worker. A ``cancel`` event stops a download within :data:`CANCEL_POLL_S`. Length and size are checked before the download where the site says them, and again
 after it. Every failure is a :class:`LinkError` whose message can be shown to the user as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import ipaddress
 import logging
 import os
 import re
 import socket
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +56,7 @@ PRIVATE_ENV = "WHISPER_SV_LINK_PRIVATE"  # "1": private/loopback addresses allow
 # yt-dlp extractors that may run (regexes on extractor names): YouTube's, never "generic".
 YOUTUBE_EXTRACTORS: tuple[str, ...] = (r"youtube(:.*)?",)
 MAX_REDIRECTS = 5  # hops followed on direct media links, each one checked
+CANCEL_POLL_S = 0.2  # a cancelled or overdue download is stopped within this many seconds
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class LinkOptions:
     max_duration_s: float = 3_600.0  # longer recordings are refused (before download if known)
     max_bytes: int = 200 * 1024 * 1024  # larger downloads are refused / aborted
     timeout_s: float = 20.0  # network timeout of each request, seconds
+    deadline_s: float = 600.0  # the whole download (all redirects and reads), seconds
     allow_private: bool = (
         False  # private/loopback/link-local addresses too; + $WHISPER_SV_LINK_PRIVATE
     )
@@ -71,8 +79,9 @@ class LinkOptions:
             raise ValueError("allowed_hosts must be a tuple of host names, not one string")
         for entry in self.allowed_hosts:
             check_host_entry(entry)
-        if self.max_duration_s <= 0 or self.max_bytes <= 0 or self.timeout_s <= 0:
-            raise ValueError("max_duration_s, max_bytes and timeout_s must all be > 0")
+        limits = (self.max_duration_s, self.max_bytes, self.timeout_s, self.deadline_s)
+        if min(limits) <= 0:
+            raise ValueError("max_duration_s, max_bytes, timeout_s and deadline_s must all be > 0")
 
     def hosts(self) -> tuple[str, ...]:
         """The allowed hosts, lower case, with those of $WHISPER_SV_LINK_HOSTS added."""
@@ -128,6 +137,10 @@ def check_host_entry(entry: str) -> str:
 
 class LinkError(ValueError):
     """A link that cannot be used; the message is meant for the user."""
+
+
+class DownloadCancelled(LinkError):
+    """The download was stopped by its ``cancel`` event."""
 
 
 @dataclass(frozen=True)
@@ -189,21 +202,25 @@ def fetch_audio(
     options: LinkOptions | None = None,
     *,
     on_progress: Callable[[float], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> LinkAudio:
     """Download the audio of ``url`` and decode it; the downloaded file is deleted.
 
     ``on_progress`` gets the fraction downloaded (0..1) now and then. Raises LinkError for a
-    bad, disallowed, private, unreachable, too long or too large link, or one whose file is
-    not audio.
+    bad, disallowed, private, unreachable, too long, too large or too slow link (over
+    ``options.deadline_s``), or one whose file is not audio; DownloadCancelled once
+    ``cancel`` is set (within :data:`CANCEL_POLL_S`).
     """
     options = options or LinkOptions()
     url = check_link(url, options)
+    stop = _Stop(cancel, options.deadline_s)
     with tempfile.TemporaryDirectory(prefix="whisper-sv-link-") as folder:
         if _is_youtube(url):
             _resolve_checked(urlsplit(url).hostname or "", options)
-            path, title = download_link(url, Path(folder), options, on_progress)
+            path, title = download_link(url, Path(folder), options, on_progress, stop)
         else:
-            path, title = _direct_download(url, Path(folder), options, on_progress)
+            path, title = _direct_download(url, Path(folder), options, on_progress, stop)
+        stop.check()
         try:
             audio = load_audio(path, name=title)
         except AudioError as err:
@@ -216,16 +233,59 @@ def fetch_audio(
     return LinkAudio(audio=audio, url=url, title=title, duration=seconds)
 
 
+class _Stop:
+    """Why a download must stop now: its ``cancel`` event, or its total deadline."""
+
+    def __init__(self, cancel: threading.Event | None, deadline_s: float) -> None:
+        self.cancel = cancel
+        self.deadline_s = deadline_s
+        self.deadline = time.monotonic() + deadline_s
+
+    def reason(self) -> LinkError | None:
+        if self.cancel is not None and self.cancel.is_set():
+            return DownloadCancelled("the download was cancelled")
+        if time.monotonic() > self.deadline:
+            return LinkError(
+                f"the download took longer than {self.deadline_s:g} s; "
+                "the site sends too slowly, try again later"
+            )
+        return None
+
+    def check(self) -> None:
+        """Raise the reason to stop, if there is one."""
+        if (err := self.reason()) is not None:
+            raise err
+
+    def watch(self, sock: socket.socket) -> Callable[[], None]:
+        """Shut ``sock`` down as soon as there is a reason to stop (a read blocked on a slow
+        site then returns at once); returns the function that ends the watch."""
+        done = threading.Event()
+
+        def run() -> None:
+            while not done.wait(CANCEL_POLL_S):
+                if self.reason() is not None:
+                    with contextlib.suppress(OSError):  # already closed
+                        sock.shutdown(socket.SHUT_RDWR)
+                    return
+
+        threading.Thread(target=run, name="link-watch", daemon=True).start()
+        return done.set
+
+
 def download_link(
     url: str,
     folder: Path,
     options: LinkOptions,
     on_progress: Callable[[float], None] | None,
+    stop: _Stop | None = None,
 ) -> tuple[Path, str]:
     """(path of the downloaded audio file in ``folder``, title)."""
     import yt_dlp
 
+    stop = stop or _Stop(None, options.deadline_s)
+
     def hook(status: dict) -> None:
+        stop.check()  # raised inside yt-dlp, which ends the download
         total = status.get("total_bytes") or status.get("total_bytes_estimate")
         if on_progress and status.get("status") == "downloading" and total:
             on_progress(min(1.0, status.get("downloaded_bytes", 0) / total))
@@ -254,7 +314,10 @@ def download_link(
             info = ydl.extract_info(url, download=False)
             check_info(info, options)
             info = ydl.process_ie_result(info, download=True)
+    except LinkError:
+        raise
     except yt_dlp.utils.DownloadError as err:
+        stop.check()  # yt-dlp wraps the hook's exception: the reason is ours
         raise LinkError(explain_ytdlp_error(str(err), url)) from err
     except yt_dlp.utils.YoutubeDLError as err:  # other yt-dlp failures, same treatment
         raise LinkError(explain_ytdlp_error(str(err), url)) from err
@@ -311,9 +374,12 @@ def _direct_download(
     folder: Path,
     options: LinkOptions,
     on_progress: Callable[[float], None] | None,
+    stop: _Stop | None = None,
 ) -> tuple[Path, str]:
     """A media file fetched hop by hop: each redirect target is checked like the first link."""
+    stop = stop or _Stop(None, options.deadline_s)
     for hop in range(MAX_REDIRECTS + 1):
+        stop.check()
         try:
             url = check_link(url, options)
         except LinkError as err:
@@ -322,7 +388,10 @@ def _direct_download(
             raise LinkError(f"the link redirects elsewhere: {err}") from err
         parts = urlsplit(url)
         conn = _connection(url, options)
+        unwatch = response = None
         try:
+            conn.connect()
+            unwatch = stop.watch(conn.sock)
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             conn.request("GET", path, headers={"User-Agent": "whisper-sv", "Accept": "*/*"})
             response = conn.getresponse()
@@ -330,15 +399,20 @@ def _direct_download(
             if response.status in (301, 302, 303, 307, 308) and location:
                 url = urljoin(url, location)
                 continue
-            return _save_body(response, url, folder, options, on_progress)
-        except OSError as err:  # refused, timed out, TLS failure
+            return _save_body(response, url, folder, options, on_progress, stop)
+        except (OSError, http.client.HTTPException) as err:  # refused, timed out, TLS, cut off
+            stop.check()  # a socket shut by the watch: cancelled or over the deadline
             raise LinkError(f"cannot reach {parts.hostname}: {_reason(err)}") from err
         finally:
+            if unwatch is not None:
+                unwatch()
+            if response is not None:  # it holds the socket open until closed itself
+                response.close()
             conn.close()
     raise LinkError(f"too many redirects (more than {MAX_REDIRECTS})")
 
 
-def _reason(err: OSError) -> str:
+def _reason(err: OSError | http.client.HTTPException) -> str:
     if isinstance(err, TimeoutError):
         return "the site did not answer in time"
     if isinstance(err, ConnectionRefusedError):
@@ -347,7 +421,7 @@ def _reason(err: OSError) -> str:
 
 
 def _save_body(
-    response, url: str, folder: Path, options: LinkOptions, on_progress
+    response, url: str, folder: Path, options: LinkOptions, on_progress, stop: _Stop
 ) -> tuple[Path, str]:
     """Write a 200 response's body to ``folder`` (size-limited); other statuses: LinkError."""
     if response.status != 200:
@@ -368,13 +442,19 @@ def _save_body(
     target = folder / "download"
     done = 0
     with open(target, "wb") as out:
-        while chunk := response.read(1 << 16):
+        # read1: what has arrived (one receive), not a full 64 kB: a slow site is checked
+        # against the deadline and the cancel event between receives.
+        while chunk := response.read1(1 << 16):
+            stop.check()
             done += len(chunk)
             if done > options.max_bytes:
                 raise LinkError(f"the file is larger than the limit of {_mb(options.max_bytes)}")
             out.write(chunk)
             if on_progress and total:
                 on_progress(min(1.0, done / total))
+    stop.check()  # a socket shut by the watch ends the body early: say why
+    if total and done < total:
+        raise LinkError(f"the site stopped sending after {_mb(done)} of {_mb(total)}")
     if on_progress:
         on_progress(1.0)
     return target, Path(name).stem or name
