@@ -152,10 +152,10 @@ def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir
     guards = {g["name"]: g for g in config["train"]["guards"]}
     assert set(guards) == {"lexin-phrases", "sv-words", "cv-dev", "long-form"}
     # General Swedish: cv-dev guards whole, out of domain, with its own tolerance; its row
-    # comes right after the synthetic one, with error types; no clip of it is trained on.
+    # comes right after the in-domain ones, with error types; no clip of it is trained on.
     assert (guards["cv-dev"]["domain"], guards["cv-dev"]["tolerance"]) == ("out", 0.5)
     assert guards["lexin-phrases"]["domain"] == "in" and guards["lexin-phrases"]["tolerance"] < 0
-    general = res.rows[1]
+    general = res.rows[2]
     assert general.name.startswith("general Swedish: cv-dev") and general.clips == 5
     assert set(general.errors_after) == {"substitutions", "deletions", "insertions", "length"}
     assert sum(general.errors_after[k] for k in ("substitutions", "deletions", "insertions")) == (
@@ -165,9 +165,7 @@ def test_demo_runs_end_to_end_with_real_guards_and_rows(tmp_path, tiny_model_dir
     assert "out of domain" in (res.run / "model_card.md").read_text()
     assert "Error types" in (tmp_path / "demo" / "demo.md").read_text()
     assert guards["long-form"]["long_form"] == 10
-    # Real speech leads: best/ is chosen by the guards alone, LoRA on every decoder linear.
-    assert config["train"]["select"] == "guards"
-    assert config["train"]["lora_rank"] == 16 and "fc1" in config["train"]["lora_targets"]
+    assert config["train"]["select"] == "validation+guards" and config["train"]["lora_rank"] == 0
     # Translation is guarded on the phrases, and kept by real clips trained on English.
     assert [n for n, g in guards.items() if g.get("translate")] == ["lexin-phrases"]
     assert config["train"]["translate_share"] == 0.5
@@ -254,7 +252,7 @@ def test_demo_without_real_speech_has_synthetic_rows_only(
     assert "measured in" in res.rates and len(list((tmp_path / "cache").glob("rates-*"))) == 1
 
 
-def test_real_speech_only_falls_back_to_synthetic_when_no_real_speech_is_found(
+def test_real_speech_only_falls_back_to_synthetic_and_lora_adapts_the_decoder(
     tmp_path, tiny_model_dir, caplog, monkeypatch
 ):
     from whisper_sv.data.store import FeatureStore
@@ -271,10 +269,17 @@ def test_real_speech_only_falls_back_to_synthetic_when_no_real_speech_is_found(
         warmup_steps=0,
         real_data="none",
         budget="0",
+        lora_rank=4,
+        sentence_case=True,
     )
     assert "training on 6 synthetic sentences instead" in caplog.text
-    assert len(FeatureStore(tmp_path / "demo" / "store").metadata("train")) == 6
+    store = FeatureStore(tmp_path / "demo" / "store")
+    assert len(store.metadata("train")) == 6 and store.config.sentence_case
     assert (res.run / "best").is_dir()
+    # LoRA on every linear layer of the decoder, at the rank asked.
+    train = yaml.safe_load((res.run / "config.yaml").read_text())["train"]
+    assert train["lora_rank"] == 4
+    assert set(train["lora_targets"]) == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
 
 
 def test_second_demo_reads_the_scores_and_encoder_outputs_it_made(

@@ -89,7 +89,7 @@ def build_blocks(app: ChatApp) -> gr.Blocks:
         )
         # Cancel sets the job's cancel event; the job ends itself within a fraction of a
         # second (or at the next segment) with a normal last message. Not Gradio's
-        # `cancels=` (issue 35): it left the download running, and beside a CPU load the
+        # `cancels=`: it left the download running, and beside a CPU load the
         # input box's status tracker sometimes stayed on "Error" after its /cancel, covering
         # the send button so the page took no next job.
         cancel.click(

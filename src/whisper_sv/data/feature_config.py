@@ -55,9 +55,10 @@ class FeatureConfig:
     # A transcript written in lowercase without punctuation ("tvättar håret", as word lists and
     # normalised corpora are) is labelled as Whisper writes a sentence ("Tvättar håret."); any
     # other is left as it is. Trained on lowercase labels, the model learned to drop capitals
-    # and full stops on every kind of speech (text.sentence_case). Stores made before this
-    # field read as False.
-    sentence_case: bool = True
+    # and full stops on every kind of speech (text.sentence_case). Off by default: it helped
+    # LoRA on cv-dev (44.4 vs 45.7) and hurt the whole decoder (56.4 vs 52.0), one run each
+    # (docs/experiments.md, section 10). Stores made before this field read as False.
+    sentence_case: bool = False
     tokenizer: str = ""  # identity of the tokenizer: tokenizer_identity() of its vocabulary
 
     def __post_init__(self) -> None:

@@ -99,7 +99,7 @@ class BuildOptions:
     normalize_text: bool = False  # tokenize text.normalize(sentence) instead of the sentence
     # Label a lowercase transcript without punctuation as a sentence, as Whisper writes one
     # ("tvättar håret" -> "Tvättar håret."; FeatureConfig.sentence_case)
-    sentence_case: bool = True
+    sentence_case: bool = False
     max_duration_s: float = 30.0  # reject longer clips
     max_label_tokens: int = 448  # reject longer label sequences
     # Augmentation, applied to augment_splits only, recorded per row.

@@ -315,6 +315,7 @@ class BestModelSelector:
         raw_values = (raw or {}).get("extra", {})
         best_checks = self.regressions(st.best_guards) if st.best_guards else []
         guarded = self._guard_names is not None
+        raw_regressed = [c.describe() for c in self.regressions(raw_values)]
         return {
             "guards": self._guard_names or [],
             # Whether each guard hears the training speakers ("in") or others ("out"), and the
@@ -334,11 +335,11 @@ class BestModelSelector:
                 "step": st.raw_best_step,
                 "wer": st.raw_best_wer,
                 "values": raw_values,
-                "regressed": [c.describe() for c in self.regressions(raw_values)],
+                "regressed": raw_regressed,
             },
-            # best/ is the start model although a fine-tuned model scored better on
-            # validation: every such model regressed on a guard.
-            "kept_start": guarded and st.best_step == 0 and st.raw_best_step not in (None, 0),
+            # best/ is the start model and the best trained model regressed on a guard (a
+            # trained model that simply scored worse than the start is no refusal).
+            "kept_start": guarded and st.best_step == 0 and bool(raw_regressed),
             "regressed": [c.describe() for c in best_checks],
             "tasks": ["transcribe"]
             + (["translate"] if any(g.translate for g in cfg.guards) else []),
