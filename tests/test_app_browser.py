@@ -167,6 +167,9 @@ def send_file(page, path: Path) -> None:
 
 
 def send_text(page, text: str) -> None:
+    """Type ``text`` in the input box and send it, once the box takes a message (a reply can
+    show its last text while its job is still ending; Enter is ignored until then)."""
+    input_ready(page)
     page.locator("#input textarea").fill(text)
     page.locator("#input textarea").press("Enter")
 
