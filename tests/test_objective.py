@@ -96,15 +96,33 @@ def test_top_layers_only_trains_the_top_decoder_layers_and_layer_norms(tiny_mode
         load_model(tiny_model_dir, config(decoder_top_layers=99))
 
 
-def test_config_names_the_fix_for_bad_anti_forgetting_values():
+# Each bad choice of training options, and the words of the fix its error names.
+BAD_CONFIGS = [
+    ({"distill": 1.0}, "distill must be in"),
+    ({"l2sp": -1}, "l2sp must be >= 0"),
+    ({"decoder_top_layers": 1, "lora_rank": 4}, "set one of them to 0"),
+    ({"train_only": ("encoder_attn(",)}, "not a regular expression"),
+    ({"train_only": ("fc1",), "lora_rank": 4}, "use lora_targets"),
+    ({"anchor_sources": ("synthetic",), "freeze_encoder": True}, "set distill > 0"),
+    (
+        {"anchor_sources": ("synthetic",), "distill": 0.5, "freeze_encoder": False},
+        "cache_encoder: true",
+    ),
+    ({"encoder_top_layers": 2}, "set freeze_encoder: true"),
+    ({"freeze_encoder": True, "freeze_decoder": True}, "leaves nothing to train"),
+    (
+        {"freeze_encoder": True, "encoder_top_layers": 1, "decoder_top_layers": 1},
+        "use one of them",
+    ),
+]
+
+
+@pytest.mark.parametrize(("changes", "fix"), BAD_CONFIGS)
+def test_config_names_the_fix(changes, fix):
     from whisper_sv.train.run import TrainConfig
 
-    with pytest.raises(ValueError, match="distill must be in"):
-        TrainConfig(distill=1.0)
-    with pytest.raises(ValueError, match="l2sp must be >= 0"):
-        TrainConfig(l2sp=-1)
-    with pytest.raises(ValueError, match="set one of them to 0"):
-        TrainConfig(decoder_top_layers=1, lora_rank=4)
+    with pytest.raises(ValueError, match=fix):
+        TrainConfig(**changes)
 
 
 def _distance(run: Path, start: Path) -> float:
@@ -180,19 +198,6 @@ def test_train_only_freezes_every_parameter_its_patterns_miss(tiny_model_dir):
         load_model(tiny_model_dir, config(train_only=("no_such_module",)))
 
 
-def test_config_names_the_fix_for_bad_train_only_and_anchor_values():
-    from whisper_sv.train.run import TrainConfig
-
-    with pytest.raises(ValueError, match="not a regular expression"):
-        TrainConfig(train_only=("encoder_attn(",))
-    with pytest.raises(ValueError, match="use lora_targets"):
-        TrainConfig(train_only=("fc1",), lora_rank=4)
-    with pytest.raises(ValueError, match="set distill > 0"):
-        TrainConfig(anchor_sources=("synthetic",), freeze_encoder=True)
-    with pytest.raises(ValueError, match="cache_encoder: true"):
-        TrainConfig(anchor_sources=("synthetic",), distill=0.5, freeze_encoder=False)
-
-
 def test_the_encoder_started_and_finished_at_a_layer_is_the_whole_encoder(tiny_model_dir):
     """What is cached for encoder_top_layers (the hidden states entering the first trained
     layer) and what a step runs from there give the encoder's own output."""
@@ -236,17 +241,6 @@ def test_encoder_top_layers_train_the_top_of_the_encoder_and_freeze_decoder_keep
     assert {a.split(f"encoder.layers.{top}.")[-1] for a in adapted} == {"self_attn.q_proj", "fc1"}
     with pytest.raises(ValueError, match="has only"):
         load_model(tiny_model_dir, config(encoder_top_layers=99))
-
-
-def test_config_names_the_fix_for_bad_encoder_choices():
-    from whisper_sv.train.run import TrainConfig
-
-    with pytest.raises(ValueError, match="set freeze_encoder: true"):
-        TrainConfig(encoder_top_layers=2)
-    with pytest.raises(ValueError, match="leaves nothing to train"):
-        TrainConfig(freeze_encoder=True, freeze_decoder=True)
-    with pytest.raises(ValueError, match="use one of them"):
-        TrainConfig(freeze_encoder=True, encoder_top_layers=1, decoder_top_layers=1)
 
 
 def test_a_run_with_a_trained_encoder_top_moves_only_that_layer_of_the_encoder(
