@@ -29,7 +29,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Encoded", "encode_clips", "finish_encoder", "model_fingerprint", "start_encoder"]
+__all__ = [
+    "Encoded",
+    "encode_clips",
+    "finish_encoder",
+    "first_trained_layer",
+    "model_fingerprint",
+    "start_encoder",
+]
 
 
 @dataclass
@@ -45,6 +52,12 @@ def model_fingerprint(folder: Path) -> list[Any]:
     return [str(folder.resolve())] + [
         [f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files
     ]
+
+
+def first_trained_layer(encoder: Any, top_layers: int) -> int | None:
+    """The encoder layer cached hidden states enter when its top ``top_layers`` train
+    (``TrainConfig.encoder_top_layers``); None when the whole encoder is frozen."""
+    return len(encoder.layers) - top_layers if top_layers else None
 
 
 def start_encoder(encoder: Any, features: Any, upto: int | None = None) -> Any:

@@ -19,7 +19,12 @@ import numpy as np
 
 from whisper_sv.core.runtime import gather_objects, unwrap_base
 from whisper_sv.data.store import pad_labels
-from whisper_sv.train.encoder_cache import Encoded, encode_clips, finish_encoder
+from whisper_sv.train.encoder_cache import (
+    Encoded,
+    encode_clips,
+    finish_encoder,
+    first_trained_layer,
+)
 from whisper_sv.train.scoring import EvalResult, Evaluator, finish_eval
 
 if TYPE_CHECKING:
@@ -70,8 +75,7 @@ class ModelScorer:
         self._val_enc: Encoded | None = None
         # Cached hidden states enter this encoder layer (encoder_top_layers); None: they are
         # the frozen encoder's output.
-        layers = len(unwrap_base(model).get_encoder().layers)
-        self._cut = layers - cfg.encoder_top_layers if cfg.encoder_top_layers else None
+        self._cut = first_trained_layer(unwrap_base(model).get_encoder(), cfg.encoder_top_layers)
 
     @property
     def has_validation(self) -> bool:

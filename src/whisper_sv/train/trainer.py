@@ -34,6 +34,7 @@ from whisper_sv.train.encoder_cache import (
     Encoded,
     encode_clips,
     finish_encoder,
+    first_trained_layer,
     model_fingerprint,
 )
 from whisper_sv.train.guard_scores import make_run_guards
@@ -117,8 +118,8 @@ class Trainer:
         self.cache_root = Path(cfg.cache_dir) if cfg.cache_dir else run.path / "cache"
         # The first trained encoder layer (encoder_top_layers): cached hidden states enter it,
         # and every forward pass runs the encoder from there. None: the encoder is frozen.
-        layers = len(accelerator.unwrap_model(model).get_encoder().layers)
-        self.encoder_cut = layers - cfg.encoder_top_layers if cfg.encoder_top_layers else None
+        encoder = accelerator.unwrap_model(model).get_encoder()
+        self.encoder_cut = first_trained_layer(encoder, cfg.encoder_top_layers)
         self.train_enc: Encoded | None = None
         self._make_parts(has_val)
         self.objective = Objective(cfg, accelerator.unwrap_model(model))
