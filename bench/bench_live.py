@@ -110,7 +110,9 @@ def measure(model: str, joined: LongFile, args) -> tuple[LiveResult, list[tuple[
     audio = load_audio(joined.path)
     offline = Transcriber(model, device="cpu").transcribe(audio, word_timestamps=True)
     offline_words = [w for s in offline.segments for w in s.words]
-    options = StreamingOptions(model=model, device="cpu", chunk_s=args.chunk_s)
+    options = StreamingOptions(
+        model=model, device="cpu", chunk_s=args.chunk_s, cpu_threads=args.threads
+    )
     live = StreamingTranscriber(options)
     confirmed, at, cpu_s, backlog = stream(live, audio, args.speed)
     reference = normalize(joined.reference).split()
@@ -178,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=180.0, help="length of the joined file")
     parser.add_argument("--speed", type=float, default=1.0, help="times real time (0: max)")
     parser.add_argument("--chunk-s", type=float, default=StreamingOptions.chunk_s)
+    parser.add_argument(
+        "--threads", type=int, default=StreamingOptions.cpu_threads, help="CTranslate2 threads"
+    )
     parser.add_argument("--quiet-seconds", type=float, default=60.0, help="silence/noise length")
     parser.add_argument("--out", type=Path, default=Path("out/bench-live"), help="results folder")
     args = parser.parse_args(argv)

@@ -641,6 +641,8 @@ def test_a_stopped_app_leaves_no_file_of_a_transcription(tiny_ct2_dir, clips, tm
         except subprocess.TimeoutExpired:
             proc.kill()
             raise AssertionError(f"the app did not stop: {log.read_text()[-3000:]}") from None
+    # The exit statuses the CLI documents: 130 Ctrl+C, 143 SIGTERM.
+    assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143}[stop], log.read_text()[-3000:]
     # onnxruntime (faster-whisper's VAD) keeps `.ses` in $TMPDIR: a time and a random id.
     left = [str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name != ".ses"]
     assert left == [], left

@@ -504,3 +504,11 @@ def test_ray_address_without_ray_engine_and_bad_heartbeat_are_one_line_errors(ca
     tune = ["tune", "--features", out, "--space", "s.yaml", "--out", str(tmp_path / "study")]
     assert cli.main([*tune, "--heartbeat", "0"]) == 2
     assert "heartbeat_s must be >= 1 (got 0)" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("fmt", ["txt", "json"])
+def test_highlighted_words_in_a_format_without_cues_is_refused(capsys, tmp_path, fmt):
+    clip = _wav(tmp_path / "a.wav")
+    assert cli.main(["transcribe", "--highlight-words", "--format", fmt, str(clip)]) == 2
+    line = _one_line_error(capsys)
+    assert f"--format {fmt} has none" in line and "--format srt or vtt" in line

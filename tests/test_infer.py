@@ -739,6 +739,28 @@ def test_cli_initial_prompt_reaches_the_decoder():
     assert long.returncode == 2 and "initial_prompt is 300 tokens" in err and "223" in err
 
 
+def test_word_timestamps_change_only_the_times_of_a_long_real_file(long_lexin):
+    from whisper_sv.infer.subtitles import cues
+
+    t = Transcriber("bundled:base", device="cpu")
+    for vad in (True, False):  # faster-whisper's windows cut two ways (VAD, sounding clips)
+        plain = t.transcribe(long_lexin.path, vad=vad)
+        timed = t.transcribe(long_lexin.path, vad=vad, word_timestamps=True)
+        assert [s.text for s in timed.segments] == [s.text for s in plain.segments]
+        for s in timed.segments:  # each segment's words spell its text, inside the file
+            assert "".join(w.text for w in s.words).split() == s.text.split()
+            assert all(0 <= w.start <= w.end <= timed.duration for w in s.words)
+        # Each word lies in the time its clip is heard (0.5 s slack: the alignment's 20 ms
+        # frames and the clips' own silence), so cues timed by them stay with the speech.
+        words = [w for s in timed.segments for w in s.words]
+        heard = [
+            w for w in words if any(a - 0.5 <= w.start <= b + 0.5 for a, b in long_lexin.spans)
+        ]
+        assert len(heard) >= 0.95 * len(words), (vad, len(heard), len(words))
+        shown = [w for c in cues(timed.segments, spans=timed.speech) for w in c.lines]
+        assert " ".join(shown).split() == " ".join(s.text for s in timed.segments).split()
+
+
 def test_cli_word_timestamps_and_highlighted_words_on_real_speech(long_lexin, tmp_path):
     import json
     import re

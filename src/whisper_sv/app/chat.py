@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# How often the serving thread wakes while it waits for Ctrl+C or SIGTERM (seconds).
+SERVE_POLL_S = 0.5
 
 
 class ChatApp:
@@ -295,7 +299,14 @@ def serve(options: AppOptions | None = None, **launch_kwargs) -> None:
     app = ChatApp(options)
     with private_gradio_folder() as folder:
         log.info("uploads and transcripts are kept in %s until the app stops", folder)
+        demo = None
         try:
-            app.launch(**launch_kwargs)
+            demo = app.launch(prevent_thread_lock=True, **launch_kwargs)
+            # Gradio's own wait (Blocks.block_thread) swallows Ctrl+C and returns normally;
+            # this one lets it reach the CLI, which exits 130 as documented.
+            while True:
+                time.sleep(SERVE_POLL_S)
         finally:
+            if demo is not None:
+                demo.close()
             app.close()

@@ -166,9 +166,18 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
         max_lines=args.max_lines,
         highlight_words=args.highlight_words,
     )
-    if layout.highlight_words:  # words underlined as said: their times, not estimates
-        options = dataclasses.replace(options, word_timestamps=True)
     formats = FORMATS if args.format == "all" else (args.format,)
+    # Subtitle cues are timed by the words' own times (a segment too long for one cue is
+    # split where its words were said; highlighted words are underlined as said). The
+    # words are aligned after decoding: the text is the same either way.
+    cued = {"srt", "vtt"} & set(formats) and args.backend == "ct2"
+    if layout.highlight_words or cued:
+        options = dataclasses.replace(options, word_timestamps=True)
+    if layout.highlight_words and not {"srt", "vtt"} & set(formats):
+        raise UserError(
+            f"--highlight-words underlines words in subtitle cues; --format {args.format} "
+            "has none: use --format srt or vtt"
+        )
     if args.format == "all" and not args.out:
         raise UserError("--format all writes one file per format; give --out DIR")
     # Everything the user can get wrong is checked before the model loads (seconds to minutes).

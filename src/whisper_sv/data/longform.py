@@ -32,6 +32,7 @@ class LongFile:
     reference: str  # the clips' sentences, in order, joined by spaces
     spans: tuple[tuple[float, float], ...]  # (start, end) seconds of each clip in the file
     duration: float  # seconds, trailing silence included
+    sentences: tuple[str, ...] = ()  # each clip's text, in the order of ``spans``
 
     @property
     def speech_seconds(self) -> float:
@@ -93,4 +94,4 @@ def join_clips(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(out, audio, SAMPLE_RATE, subtype="PCM_16")
-    return LongFile(out, " ".join(texts), tuple(spans), len(audio) / SAMPLE_RATE)
+    return LongFile(out, " ".join(texts), tuple(spans), len(audio) / SAMPLE_RATE, tuple(texts))

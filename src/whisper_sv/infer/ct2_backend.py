@@ -24,6 +24,7 @@ from whisper_sv.infer.backends import (
     max_length_for,
     new_token_limit,
     punctuation_joined,
+    sentence_edges_clamped,
     sounding_spans,
     tokens_to_segments,
     words_into,
@@ -168,6 +169,10 @@ class Ct2Backend(DecoderBackend):
         import ctranslate2
 
         long = len(samples) > N_SAMPLES
+        # Without VAD, stretches of digital silence are skipped, not decoded: Whisper
+        # writes its last sentence again and again over trailing silence.
+        # ("0": the whole audio; only then does faster-whisper apply its VAD.)
+        clips = sounding_spans(samples) if long and not opts.vad else "0"
         temps = opts.temperatures()
         ctranslate2.set_random_seed(SAMPLING_SEED)
         pieces, _info = self.model.transcribe(
@@ -180,30 +185,97 @@ class Ct2Backend(DecoderBackend):
             compression_ratio_threshold=COMPRESSION_RATIO_THRESHOLD if len(temps) > 1 else None,
             condition_on_previous_text=opts.condition_on_previous_text,
             initial_prompt=opts.initial_prompt,
-            word_timestamps=opts.word_timestamps,
+            # Word times are aligned after decoding (_aligned): faster-whisper's own word
+            # timestamps also move its windows (they seek to the last word), which changed
+            # 29-86 words of 3-minute files (bench/bench_subtitles.py).
+            word_timestamps=False,
             vad_filter=opts.vad and long,
             without_timestamps=False,
             no_speech_threshold=opts.no_speech_threshold,
             # Also the fallback's threshold: the guard's own value applies after decoding.
             log_prob_threshold=LOG_PROB_THRESHOLD,
             max_new_tokens=new_token_limit(opts, min(len(samples) / SAMPLE_RATE, CHUNK_LENGTH)),
-            # Without VAD, stretches of digital silence are skipped, not decoded: Whisper
-            # writes its last sentence again and again over trailing silence.
-            clip_timestamps=sounding_spans(samples) if long and not opts.vad else "0",
+            clip_timestamps=clips,
         )
+        if opts.word_timestamps:
+            yield from self._aligned(samples, opts, pieces, clips, vad=opts.vad and long)
+            return
         for piece in pieces:  # a generator: each window is decoded when asked for
-            words = tuple(
-                Word(start=w.start, end=w.end, text=w.word, probability=w.probability)
-                for w in (piece.words or ())
-            )
-            yield Segment(
-                start=piece.start,
-                end=piece.end,
-                text=piece.text.strip(),
-                words=words,
-                avg_logprob=piece.avg_logprob,
-                no_speech_prob=piece.no_speech_prob,
-            )
+            yield _segment_of(piece)
+
+    def _aligned(
+        self, samples: np.ndarray, opts: TranscribeOptions, pieces, clips, *, vad: bool
+    ) -> Iterator[Segment]:
+        """The segments of faster-whisper's long-form ``pieces``, each window's given their
+        words' times by aligning its decoded tokens on the same window's encoder output.
+
+        The windows are rebuilt as faster-whisper cut them: its log-mel of the whole audio
+        (with VAD, of the speech it kept, joined) sliced at each window's ``seek``; the
+        encoder output is then usually the one decoding left in the window cache. A window
+        ends where faster-whisper's ended: at the end of its clip (``clips``: start, end,
+        ... seconds, as passed as clip_timestamps) or of the audio, whichever comes first.
+        """
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.vad import SpeechTimestampsMap, VadOptions, collect_chunks
+        from faster_whisper.vad import get_speech_timestamps as speech_timestamps
+
+        tokenizer = Tokenizer(
+            self.model.hf_tokenizer,
+            self.model.model.is_multilingual,
+            task=opts.task,
+            language=opts.language,
+        )
+        audio, timeline = samples, None
+        if vad:
+            chunks = speech_timestamps(samples, VadOptions())
+            if chunks:
+                audio = np.concatenate(collect_chunks(samples, chunks)[0])
+                timeline = SpeechTimestampsMap(chunks, SAMPLE_RATE)
+        features = self.model.feature_extractor(audio)
+        window = N_SAMPLES // HOP_LENGTH
+        content = features.shape[-1] - 1  # faster-whisper drops the last frame too
+        starts_ends = [0.0] if clips == "0" else clips
+        points = [round(t * 100) for t in starts_ends]
+        points += [content] if len(points) % 2 else []
+        ends = sorted(min(end, content) for end in points[1::2])
+
+        def aligned(group: list) -> list[Segment]:
+            seek = group[0].seek
+            clip_end = next((end for end in ends if end > seek), content)
+            size = min(window, content - seek, clip_end - seek)
+            frames = features[:, seek : seek + size]
+            frames = np.pad(frames, ((0, 0), (0, window - frames.shape[-1])))
+            segments = [_segment_of(p) for p in group]
+            tokens = [t for p in group for t in p.tokens if t < tokenizer.eot]
+            if not tokens:
+                return segments
+            encoded = self._encode(frames[None].astype(np.float32))
+            (found,) = self.model.find_alignment(tokenizer, [tokens], encoded, [size])
+            words = []
+            for w in sentence_edges_clamped(found):
+                start, end = seek / 100 + float(w["start"]), seek / 100 + float(w["end"])
+                if timeline is not None:  # back from the joined speech to the file's time
+                    chunk = timeline.get_chunk_index((start + end) / 2)
+                    start = timeline.get_original_time(start, chunk)
+                    end = timeline.get_original_time(end, chunk)
+                words.append(
+                    Word(
+                        start=round(start, 3),
+                        end=round(end, 3),
+                        text=w["word"],
+                        probability=round(float(w["probability"]), 4),
+                    )
+                )
+            return words_into(segments, punctuation_joined(words))
+
+        group: list = []
+        for piece in pieces:  # each window is decoded when asked for
+            if group and piece.seek != group[0].seek:
+                yield from aligned(group)
+                group = []
+            group.append(piece)
+        if group:
+            yield from aligned(group)
 
     def log_mel(self, window: np.ndarray) -> np.ndarray:
         """Log-mel of ``window`` padded with silence to 30 s first, as OpenAI's Whisper does.
@@ -305,7 +377,7 @@ class Ct2Backend(DecoderBackend):
                     text=w["word"],
                     probability=round(float(w["probability"]), 4),
                 )
-                for w in words
+                for w in sentence_edges_clamped(words)
             ]
             out[i] = words_into(out[i], punctuation_joined(found))
         return out
@@ -365,3 +437,14 @@ class Ct2Backend(DecoderBackend):
                 Attempt(tokens, avg_logprob, result.no_speech_prob, compression_ratio(text))
             )
         return attempts
+
+
+def _segment_of(piece) -> Segment:
+    """A faster-whisper segment as ours (no words: they are aligned apart)."""
+    return Segment(
+        start=piece.start,
+        end=piece.end,
+        text=piece.text.strip(),
+        avg_logprob=piece.avg_logprob,
+        no_speech_prob=piece.no_speech_prob,
+    )

@@ -69,6 +69,11 @@ class StreamingOptions:
     # seconds of new audio between two decodings of the buffer (1.0: 0.94 CPU s per audio s,
     # p50 latency 2.8 s; 0.5: 1.1 CPU s on 2 cores, p50 2.1 s; bench/bench_live.py)
     chunk_s: float = 0.5
+    # Seconds of waiting audio one decoding takes in when more than chunk_s is there (a file
+    # at --speed 0, a fast pipe, a CPU that fell behind): decodings then follow the audio,
+    # not the calls, so a backlog costs ~1/backlog_step_s decodings per audio second instead
+    # of 1/chunk_s (bench/bench_live.py).
+    backlog_step_s: float = 4.0
     agreement: int = 2  # consecutive decodings that must agree on a word (LocalAgreement-n)
     trim_s: float = 8.0  # past this length the buffer is cut at a confirmed segment end
     max_buffer_s: float = 20.0  # the buffer never holds more (cut at the last confirmed word)
@@ -86,17 +91,30 @@ class StreamingOptions:
         TranscribeOptions(language=self.language, beam_size=self.beam_size)  # same checks
         if not 0.1 <= self.chunk_s <= 10:
             raise ValueError(f"chunk_s must be between 0.1 and 10 seconds, not {self.chunk_s!r}")
-        if not isinstance(self.agreement, int) or self.agreement < 2:
-            raise ValueError(f"agreement must be an integer >= 2, not {self.agreement!r}")
         if not 0 < self.trim_s < self.max_buffer_s <= CHUNK_LENGTH:
             raise ValueError(
                 f"need 0 < trim_s < max_buffer_s <= {CHUNK_LENGTH} (one Whisper window), not "
                 f"trim_s={self.trim_s!r}, max_buffer_s={self.max_buffer_s!r}"
             )
+        if not 0 < self.backlog_step_s <= self.trim_s:
+            raise ValueError(
+                f"backlog_step_s must be > 0 and <= trim_s ({self.trim_s}) seconds, not "
+                f"{self.backlog_step_s!r}"
+            )
+        if self.max_buffer_s + self.step_s > CHUNK_LENGTH:
+            raise ValueError(
+                f"max_buffer_s + backlog_step_s (or chunk_s, the larger) must fit one Whisper "
+                f"window ({CHUNK_LENGTH} s), not {self.max_buffer_s} + {self.step_s}"
+            )
         if self.prompt_chars < 0 or self.cpu_threads < 0:
             raise ValueError("prompt_chars and cpu_threads must be >= 0")
         if self.line_pause_s <= 0 or self.max_line_chars < 1:
             raise ValueError("line_pause_s must be > 0 seconds and max_line_chars >= 1")
+
+    @property
+    def step_s(self) -> float:
+        """The most new audio one decoding takes in (backlog_step_s, at least chunk_s)."""
+        return max(self.chunk_s, self.backlog_step_s)
 
     def decoding(self) -> TranscribeOptions:
         """The TranscribeOptions every decoding of the buffer uses (guards at their defaults)."""
@@ -181,16 +199,30 @@ class StreamingTranscriber:
         return self._agreement.tentative
 
     def feed(self, samples: np.ndarray) -> LiveUpdate:
-        """Append ``samples``; decode the buffer when ``chunk_s`` of new audio is there."""
+        """Append ``samples``; decode the buffer when ``chunk_s`` of new audio is there.
+
+        More new audio than ``chunk_s`` is taken in decodings of up to ``backlog_step_s``
+        each, all of it before this returns.
+        """
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         self._audio = np.concatenate([self._audio, samples])
-        if self.received_s - self._decoded_to < self.options.chunk_s:
-            return self._update([], [])
-        return self.step()
+        confirmed: list[Word] = []
+        lines: list[LiveLine] = []
+        while self.received_s - self._decoded_to >= self.options.chunk_s:
+            update = self.step()
+            confirmed += update.confirmed
+            lines += update.lines
+        return self._update(confirmed, lines)
 
     def step(self) -> LiveUpdate:
-        """Decode the buffer now, whatever has arrived."""
+        """Decode the buffer now, up to ``backlog_step_s`` of the audio not yet decoded.
+
+        Not decoded when nothing could change: the new audio holds no speech and every word
+        of the last decoding is confirmed (a pause after a sentence costs a VAD pass only).
+        """
         words = self._hypothesis()
+        if words is None:
+            return self._update([], self._trim())
         confirmed = self._agreement.insert(words)
         lines = self._take(confirmed)
         lines += self._trim()
@@ -198,26 +230,31 @@ class StreamingTranscriber:
 
     def finish(self) -> LiveUpdate:
         """The stream has ended: decode what is left, confirm it and close the last line."""
-        update = self.step() if self.received_s > self._decoded_to else None
+        confirmed: list[Word] = []
+        lines: list[LiveLine] = []
+        while self.received_s > self._decoded_to + 1e-6:
+            update = self.step()
+            confirmed += update.confirmed
+            lines += update.lines
         last = self._agreement.flush()
-        lines = self._take(last) + self._close()
-        if update is not None:
-            last = list(update.confirmed) + last
-            lines = list(update.lines) + lines
-        return self._update(last, lines)
+        lines += self._take(last) + self._close()
+        return self._update(confirmed + last, lines)
 
     # ------------------------------------------------------------------ decoding
 
-    def _hypothesis(self) -> list[Word]:
-        """The kept words of one decoding of the buffer, in stream times."""
+    def _hypothesis(self) -> list[Word] | None:
+        """The kept words of one decoding of the buffer, in stream times; None when it is
+        not decoded because nothing could change (see ``step``)."""
         start = int(round((self._buffer_at - self._audio_at) * SAMPLE_RATE))
-        buffer = self._audio[start:]
-        self._decoded_to = self.received_s
+        before = self._decoded_to
+        self._decoded_to = min(self.received_s, self._decoded_to + self.options.step_s)
+        end = int(round((self._decoded_to - self._audio_at) * SAMPLE_RATE))
+        buffer = self._audio[start:end]
+        spans = () if is_silent(buffer) else tuple(speech_spans(buffer))
+        new_speech = any(b > before - self._buffer_at for _, b in spans)
+        if spans and not new_speech and not self._agreement.tentative and self._segment_ends:
+            return None  # a pause after confirmed words: the decoding would repeat itself
         self._segment_ends = ()
-        self._heard_speech = False
-        if is_silent(buffer):
-            return []
-        spans = tuple(speech_spans(buffer))
         self._heard_speech = bool(spans)
         if not spans:
             return []  # nothing silero VAD calls speech: not decoded (silence, noise)
@@ -239,18 +276,19 @@ class StreamingTranscriber:
     def _trim(self) -> list[LiveLine]:
         """Cut the buffer at a confirmed segment end (or at max_buffer_s); lines it closes."""
         o = self.options
-        length = self.received_s - self._buffer_at
+        decoded = self._decoded_to
+        length = decoded - self._buffer_at
         confirmed_end = self._agreement.confirmed_end
         cut = None
         if not self._heard_speech and not self._agreement.tentative:
             # No speech in the buffer: drop the silence, keep the last second (a word may be
             # starting that silero VAD cannot tell from noise yet).
-            cut = max(self._buffer_at, self.received_s - SILENCE_KEPT_S)
+            cut = max(self._buffer_at, decoded - SILENCE_KEPT_S)
         elif length > o.trim_s:
             done = [end for end in self._segment_ends[:-1] if end <= confirmed_end + 1e-3]
             cut = done[-1] if done else None
         if cut is None and length > o.max_buffer_s:
-            cut = max(confirmed_end, self.received_s - o.max_buffer_s)
+            cut = max(confirmed_end, decoded - o.max_buffer_s)
         if cut is None or cut <= self._buffer_at:
             return []
         self._buffer_at = cut

@@ -5,13 +5,15 @@ included, so a segment's cue stays on screen through the silence after it. Two s
 
 1. ``fit_to_speech`` moves each segment's start and end onto the speech inside it: its word
    times when it has them, else the speech spans silero VAD finds (``speech_spans``);
-2. ``cues`` lays the words of all segments out into cues anew, following Swedish broadcast
-   practice: at most ``max_cue_s`` (7 s) and ``max_lines`` lines of ``max_line_chars``
-   characters (two of 42), at least ``min_cue_s`` (0.8 s) on screen and no faster than
-   ``max_chars_per_s`` (17) where the pause after a cue allows; breaks at sentence ends,
-   pauses and clause ends rather than between any two words, and never a lone word of the
-   next sentence (Whisper's segments often end with one). The layout is the one of least
-   cost over all break positions (``_groups``); cues follow each other without overlap.
+2. ``cues`` makes cues of each segment's words, following Swedish broadcast practice: at
+   most ``max_cue_s`` (7 s) and ``max_lines`` lines of ``max_line_chars`` characters (two
+   of 42), at least ``min_cue_s`` (0.8 s) on screen and no faster than ``max_chars_per_s``
+   (17) where the pause after a cue allows. A cue never holds words of two segments: a
+   segment that fits one cue is one cue, and a longer one is split at its sentence ends,
+   pauses and clause ends rather than between any two words, by the layout of least cost
+   over its break positions (``_groups``), each part timed by its own words. Moving a word
+   into the next cue showed it seconds after it was said (a sentence's last word at the
+   start of the next sentence's cue); cues follow each other without overlap.
 
 ``rule_breaks`` counts the cues breaking each rule (bench/bench_subtitles.py). Works the same
 for Swedish and English (translated) segments.
@@ -36,6 +38,7 @@ __all__ = [
     "SubtitleOptions",
     "cues",
     "fit_to_speech",
+    "fits_one_cue",
     "highlighted",
     "render",
     "rule_breaks",
@@ -204,7 +207,13 @@ def _timed_words(s: Segment, spans: Sequence[Span]) -> list[_Timed]:
     if not words:
         return []
     if len(s.words) == len(words):
-        return [_Timed(w, t.start, t.end) for w, t in zip(words, s.words, strict=True)]
+        # Kept inside the segment: the alignment gives a pause before a segment to its
+        # first word, or after it to its last, which showed them seconds early or late.
+        timed = []
+        for w, t in zip(words, s.words, strict=True):
+            start = min(max(t.start, s.start), s.end)
+            timed.append(_Timed(w, start, min(max(t.end, start), s.end)))
+        return timed
     n_chars = sum(len(w) + 1 for w in words)
     # Nobody speaks slower than 2 characters a second: a segment that lasts longer (Whisper's
     # times run over pauses and silence) is cut to that when no speech spans say otherwise.
@@ -288,6 +297,18 @@ def _layout(texts: Sequence[str], opts: SubtitleOptions) -> list[str] | None:
     return lines if len(lines) <= opts.max_lines else None
 
 
+def fits_one_cue(segment: Segment, options: SubtitleOptions | None = None) -> bool:
+    """Whether ``segment``'s text fits one cue's lines and its speech one cue's time."""
+    opts = options or SubtitleOptions()
+    words = segment.text.split()
+    if not words or _layout(words, opts) is None:
+        return False
+    start, end = segment.start, segment.end
+    if segment.words:
+        start, end = segment.words[0].start, segment.words[-1].end
+    return end - start <= opts.max_cue_s
+
+
 def _break_cost(words: Sequence[_Timed], j: int, opts: SubtitleOptions) -> float:
     """The cost of a cue ending after ``words[j - 1]``."""
     if j == len(words):
@@ -364,25 +385,38 @@ def cues(
 ) -> list[Cue]:
     """Cues of ``segments`` (``spans``: speech spans, seconds, to time words inside a segment).
 
-    The words of all segments are laid out into cues anew (``_groups``): breaks at sentence
-    ends, pauses and clause ends, never a lone word of the next sentence. Cues are in time
-    order, never overlap, last at least ``min_cue_s`` and as long as reading
-    ``max_chars_per_s`` needs where the pause after them allows (taken from that pause, or
-    pushing the next cue on for min_cue_s), and at most ``max_cue_s``.
+    Each cue holds words of one segment only, so a sentence is never split by the layout: a
+    segment that fits one cue (``fits_one_cue``) is one cue; a longer one is laid out into
+    cues (``_groups``) with breaks at its sentence ends, pauses and clause ends, each cue
+    timed by its own words. Cues are in time order, never overlap, last at least
+    ``min_cue_s`` and as long as reading ``max_chars_per_s`` needs where the pause after them
+    allows (taken from that pause, or pushing the next cue on for min_cue_s), and at most
+    ``max_cue_s``.
     """
     opts = options or SubtitleOptions()
     words: list[_Timed] = []
+    groups: list[tuple[int, int]] = []
     for s in segments:
-        for w in _timed_words(s, spans):
+        timed = _timed_words(s, spans)
+        if not timed:
+            continue
+        first = len(words)
+        for w in timed:
             start = max(w.start, words[-1].start if words else 0.0)
             words.append(_Timed(w.text, start, max(w.end, start)))
+        if fits_one_cue(s, opts):
+            groups.append((first, len(words)))
+        else:
+            groups += [(first + i, first + j) for i, j in _groups(words[first:], opts)]
     out: list[Cue] = []
-    for i, j in _groups(words, opts):
+    for i, j in groups:
         lines = _layout([w.text for w in words[i:j]], opts) or _wrap(
             [w.text for w in words[i:j]], opts.max_line_chars
         )
         start = max(words[i].start, out[-1].end if out else 0.0)
-        end = max(start + _shown(words, i, j, opts), start + opts.min_cue_s)
+        # The end follows the words, not the start: a cue the one before pushed on ends
+        # when its own words allow, so one long cue does not push every later one.
+        end = max(words[i].start + _shown(words, i, j, opts), start + opts.min_cue_s)
         end = round(min(end, start + opts.max_cue_s), 3)
         times = tuple((w.start, w.end) for w in words[i:j])
         out.append(Cue(round(start, 3), end, tuple(lines), times))
