@@ -18,7 +18,9 @@ The target: ``default`` within 1 WER point of ``faster-whisper`` at <= 0.6x its 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_decoding.py`` (about 6 minutes on 2
 idle CPU cores with the default 40 clips a set). ``--padding --sets sv-words`` measures the
 ct2/transformers gap instead: log-mel zero padding against audio padding, with and without
-timestamp tokens (the time column is then against the first of them).
+timestamp tokens (the time column is then against the first of them). ``--beams --sets
+cv-dev,lexin-phrases,sv-words,long:cv-dev,long:lexin-phrases --clips 60`` measures the file
+default: today's decoding at beam 1 against beam 5, on short clips and on 3-minute files.
 """
 
 from __future__ import annotations
@@ -80,6 +82,28 @@ def decoders(transcriber: Transcriber) -> dict[str, Callable[[np.ndarray], str]]
         "default": lambda audio: transcriber.transcribe(audio).text,
         "faster-whisper": fw,
     }
+
+
+def beam_variants(transcriber: Transcriber) -> dict[str, Callable[[np.ndarray], str]]:
+    """Today's defaults at beam 1 (greedy, bad windows re-decoded with beam 5) and beam 5."""
+    return {
+        f"beam {b}": (lambda audio, b=b: transcriber.transcribe(audio, beam_size=b).text)
+        for b in (1, 5)
+    }
+
+
+def long_set(name: str, seconds: float) -> tuple[list[np.ndarray], list[str]]:
+    """One file of ``seconds`` joined from a shared set's clips (longform.join_clips)."""
+    import tempfile
+
+    from whisper_sv.data.longform import join_clips
+
+    pause = (0.3, 1.0) if name == "cv-dev" else (0.6, 1.5)
+    with tempfile.TemporaryDirectory() as tmp:
+        joined = join_clips(
+            DATA / name / "manifest.tsv", Path(tmp) / "long.wav", seconds=seconds, pause=pause
+        )
+        return [load_audio(joined.path)], [joined.reference]
 
 
 def padding_variants(transcriber: Transcriber) -> dict[str, Callable[[np.ndarray], str]]:
@@ -149,25 +173,39 @@ def main() -> None:
         action="store_true",
         help="measure the backend gap instead (slow: transformers)",
     )
+    parser.add_argument(
+        "--beams",
+        action="store_true",
+        help="beam 1 against beam 5 with today's defaults instead (sets may be long:NAME, "
+        "one 3-minute file joined from NAME's clips)",
+    )
     args = parser.parse_args()
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
 
     transcriber = Transcriber("bundled:base", backend="ct2", device="cpu")
-    decode = padding_variants(transcriber) if args.padding else decoders(transcriber)
+    if args.padding:
+        decode = padding_variants(transcriber)
+    elif args.beams:
+        decode = beam_variants(transcriber)
+    else:
+        decode = decoders(transcriber)
     results = []
     for name in args.sets.split(","):
-        clips, refs = (
-            synthetic_set(args.clips) if name == "synthetic" else real_set(name, args.clips)
-        )
+        if name.startswith("long:"):
+            clips, refs = long_set(name.removeprefix("long:"), 180.0)
+        elif name == "synthetic":
+            clips, refs = synthetic_set(args.clips)
+        else:
+            clips, refs = real_set(name, args.clips)
         results += run_set(name, clips, refs, decode)
 
+    base = "ct2 log-mel padded" if args.padding else "beam 1" if args.beams else "faster-whisper"
     print(
-        "\n| set | decoder | WER (kblab_swedish) | WER (normalised) | seconds | x fw time "
-        "| longest hypothesis | over 3x |"
+        "\n| set | decoder | WER (kblab_swedish) | WER (normalised) | seconds "
+        f"| x {base}'s time | longest hypothesis | over 3x |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        base = "ct2 log-mel padded" if args.padding else "faster-whisper"
         fw = next(x for x in results if x["set"] == r["set"] and x["decoder"] == base)
         print(
             f"| {r['set']} | {r['decoder']} | {r['wer_kblab']:.1f} | {r['wer']:.1f} | "

@@ -55,6 +55,7 @@ class LiveResult:
     live_wer: float  # % WER of the confirmed live transcript vs the reference
     offline_wer: float  # % WER of the offline transcript vs the reference
     cpu_per_audio_s: float  # process CPU seconds per second of audio while streaming
+    wall_per_audio_s: float  # wall seconds per second of audio (< 1 at speed 0: faster)
     backlog_s: float  # audio received but not yet decoded when the stream ended
     quiet_words: int  # words confirmed on the silence and the noise (target 0)
 
@@ -75,7 +76,7 @@ def words_of(words) -> list[str]:
 
 
 def stream(live: StreamingTranscriber, audio: np.ndarray, speed: float):
-    """(confirmed words, stream time of each confirmation, CPU s, backlog s)."""
+    """(confirmed words, stream time of each confirmation, CPU s, backlog s, wall s)."""
     live.reset()
     confirmed, at = [], []
     cpu, wall = time.process_time(), time.monotonic()
@@ -92,7 +93,7 @@ def stream(live: StreamingTranscriber, audio: np.ndarray, speed: float):
     now = (time.monotonic() - wall) * speed if speed else last.received_s
     confirmed += last.confirmed
     at += [now] * len(last.confirmed)
-    return confirmed, at, time.process_time() - cpu, backlog
+    return confirmed, at, time.process_time() - cpu, backlog, time.monotonic() - wall
 
 
 def quiet_words(live: StreamingTranscriber, seconds: float) -> int:
@@ -114,7 +115,7 @@ def measure(model: str, joined: LongFile, args) -> tuple[LiveResult, list[tuple[
         model=model, device="cpu", chunk_s=args.chunk_s, cpu_threads=args.threads
     )
     live = StreamingTranscriber(options)
-    confirmed, at, cpu_s, backlog = stream(live, audio, args.speed)
+    confirmed, at, cpu_s, backlog, wall_s = stream(live, audio, args.speed)
     reference = normalize(joined.reference).split()
     timed = aligned(reference, words_of(offline_words))
     seen = aligned(reference, words_of(confirmed))
@@ -136,6 +137,7 @@ def measure(model: str, joined: LongFile, args) -> tuple[LiveResult, list[tuple[
         live_wer=round(wer([joined.reference], [live_text]), 1),
         offline_wer=round(wer([joined.reference], [offline.text]), 1),
         cpu_per_audio_s=round(cpu_s / (len(audio) / SAMPLE_RATE), 2),
+        wall_per_audio_s=round(wall_s / (len(audio) / SAMPLE_RATE), 2),
         backlog_s=round(backlog, 2),
         quiet_words=quiet_words(live, args.quiet_seconds),
     )

@@ -1070,3 +1070,13 @@ def test_cli_translate_with_an_unchecked_run_uses_its_start_model(
     assert main(args) == 0
     err = capsys.readouterr().err
     assert f"note: English by {tiny_ct2_dir}" in err and "not checked on translation" in err
+
+
+def test_cli_app_says_when_its_runs_folders_hold_no_run(tiny_ct2_dir, capsys, tmp_path):
+    empty = tmp_path / "runs"
+    empty.mkdir()
+    out = tmp_path / "space"
+    args = ["app", "--model", str(tiny_ct2_dir), "--runs", str(empty), "--export-space", str(out)]
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    assert f"no run found in {empty.resolve()}" in err and "--runs DIR" in err

@@ -54,6 +54,18 @@ def test_a_word_is_confirmed_when_two_decodings_agree():
     assert agree.tentative == ()
 
 
+def test_a_full_buffer_confirms_the_words_before_its_cut_as_they_stand():
+    agree = LocalAgreement(2)
+    agree.insert(words("ett två"))
+    agree.insert(words("ett tre fyra fem"))  # "ett" agreed; the rest still moving
+    assert [w.text for w in agree.confirm_until(1.0)] == [" tre"]  # ends at 1.0 s
+    assert [w.text for w in agree.confirmed] == [" ett", " tre"]
+    assert [w.text for w in agree.tentative] == [" fyra", " fem"]
+    assert agree.confirm_until(0.9) == []
+    # The next hypothesis agrees with what is left, not with the words taken.
+    assert [w.text for w in agree.insert(words("ett tre fyra fem sex"))] == [" fyra", " fem"]
+
+
 def test_punctuation_does_not_hold_a_word_back():
     agree = LocalAgreement(2)
     agree.insert(words("hej"))
@@ -114,6 +126,33 @@ def test_silence_and_noise_give_no_words(tiny_live, kind):
     # The buffer does not grow over silence: what is kept is its last second and a chunk.
     assert tiny_live.received_s == pytest.approx(seconds)
     assert tiny_live.buffer_s <= 2.0 + 1e-6
+
+
+def test_a_backlog_is_decoded_in_pairs_of_steps_not_once_a_chunk(tiny_ct2_dir, tmp_path):
+    """Audio that waits (a file at --speed 0, a fast pipe) costs two decodings per
+    backlog_step_s, each pair chunk_s apart so that they can agree, and nothing is lost."""
+    speech = load_audio(joined_lexin(tmp_path, seconds=16, seed=4).path)
+    counts = {}
+    for label, pieces in [("at once", [speech]), ("0.5 s pieces", None)]:
+        live = StreamingTranscriber(StreamingOptions(model=str(tiny_ct2_dir), device="cpu"))
+        decode, calls = live.backend.decode_windows, []
+
+        def counted(windows, opts, decode=decode, calls=calls):
+            calls.append(len(windows[0]) / SAMPLE_RATE)
+            return decode(windows, opts)
+
+        live.backend.decode_windows = counted  # the real decoder, counted
+        if pieces is None:
+            feed(live, speech, chunk_s=0.5)
+        else:
+            live.feed(speech)
+            live.finish()
+        counts[label] = len(calls)
+        assert live.received_s == pytest.approx(len(speech) / SAMPLE_RATE)
+        assert all(seconds <= live.options.max_buffer_s + live.options.step_s for seconds in calls)
+    steps = len(speech) / SAMPLE_RATE / StreamingOptions().step_s
+    assert counts["at once"] <= 2 * int(np.ceil(steps)) + 1, counts
+    assert counts["0.5 s pieces"] > 2 * counts["at once"], counts
 
 
 # ------------------------------------------------------------------ real speech (slow)

@@ -442,6 +442,17 @@ def _cmd_app(args: argparse.Namespace) -> int:
         missing = [d for d in options.run_folders() if not Path(d).is_dir()]
         if missing:
             raise UserError(f"--runs {missing[0]}: no such folder; give a folder of runs or a run")
+    # Resolved now, so the picker does not depend on where the server's threads look later,
+    # and said when it will offer nothing but the bundled model.
+    folders = tuple(str(Path(d).resolve()) for d in options.run_folders())
+    options = dataclasses.replace(options, runs_dir=folders or None)
+    if folders and not any(app.find_runs(d) for d in folders):
+        print(
+            f"whisper-sv app: no run found in {', '.join(folders)} (a run is a folder with "
+            "config.yaml and best/): the model picker lists the bundled and hub models only; "
+            "give --runs DIR to list yours",
+            file=sys.stderr,
+        )
     if args.export_space:
         out = app.export_space(args.export_space, options, progress=print)
         print(f"Space written to {out}")

@@ -68,6 +68,18 @@ class LocalAgreement:
         self.tentative = tuple(rest)
         return confirmed
 
+    def confirm_until(self, t: float) -> list[Word]:
+        """Confirm the tentative words that end by ``t`` (s) as they stand: the audio before
+        ``t`` leaves the buffer, and no later hypothesis will hold them again."""
+        taken = [w for w in self.tentative if w.end <= t + 1e-3]
+        if not taken:
+            return []
+        k = len(taken)
+        self.confirmed += list(self.tentative[:k])
+        self.tentative = self.tentative[k:]
+        self._previous = [_unconfirmed_part(h, taken) for h in self._previous]
+        return list(taken)
+
     def flush(self) -> list[Word]:
         """Confirm the tentative words (the stream has ended): the last hypothesis is final."""
         out = list(self.tentative)

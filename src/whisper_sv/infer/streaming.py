@@ -180,6 +180,7 @@ class StreamingTranscriber:
         self.dropped: list[Dropped] = []  # what the speech guard left out (stream times)
         self._segment_ends: tuple[float, ...] = ()  # ends of the latest decoding's segments
         self._heard_speech = False  # whether silero VAD found speech in the latest buffer
+        self._pair_open = False  # a backlog step's first decoding is done, its second is due
 
     @property
     def received_s(self) -> float:
@@ -247,7 +248,7 @@ class StreamingTranscriber:
         not decoded because nothing could change (see ``step``)."""
         start = int(round((self._buffer_at - self._audio_at) * SAMPLE_RATE))
         before = self._decoded_to
-        self._decoded_to = min(self.received_s, self._decoded_to + self.options.step_s)
+        self._decoded_to = min(self.received_s, before + self._advance())
         end = int(round((self._decoded_to - self._audio_at) * SAMPLE_RATE))
         buffer = self._audio[start:end]
         spans = () if is_silent(buffer) else tuple(speech_spans(buffer))
@@ -266,6 +267,25 @@ class StreamingTranscriber:
         self.dropped += [dataclasses.replace(d, segment=_shifted(d.segment, at)) for d in dropped]
         self._segment_ends = tuple(s.end + at for s in kept)
         return [_word_at(w, at) for s in kept for w in s.words]
+
+    def _advance(self) -> float:
+        """Seconds of new audio the next decoding takes in.
+
+        Without a backlog, all that has arrived. With one, a step of backlog_step_s is taken
+        as a pair: a decoding chunk_s short of the step, then one chunk_s more, so that two
+        consecutive decodings differ by chunk_s of audio, as at real time, and agree on
+        their words (LocalAgreement); steps of a whole backlog_step_s each agreed so rarely
+        that most words reached the buffer's limit unconfirmed.
+        """
+        o = self.options
+        waiting = self.received_s - self._decoded_to
+        if self._pair_open:
+            self._pair_open = False
+            return o.chunk_s
+        if waiting < 2 * o.chunk_s or o.step_s < 2 * o.chunk_s:
+            return min(waiting, o.step_s)
+        self._pair_open = True
+        return min(waiting, o.step_s) - o.chunk_s
 
     def _prompt(self) -> str:
         """The confirmed text said before the buffer, at most ``prompt_chars`` of it."""
@@ -287,14 +307,19 @@ class StreamingTranscriber:
         elif length > o.trim_s:
             done = [end for end in self._segment_ends[:-1] if end <= confirmed_end + 1e-3]
             cut = done[-1] if done else None
+        lines: list[LiveLine] = []
         if cut is None and length > o.max_buffer_s:
             cut = max(confirmed_end, decoded - o.max_buffer_s)
+            # The buffer is full: its words before the cut are taken as they stand rather
+            # than lost with the audio under them.
+            lines += self._take(self._agreement.confirm_until(cut))
         if cut is None or cut <= self._buffer_at:
-            return []
+            return lines
         self._buffer_at = cut
         keep_from = min(cut, self._open[0].start if self._open else cut) - HISTORY_S
         self._drop_audio_before(max(keep_from, self._audio_at))
-        return self._close() if self._open and self._open[-1].end <= cut + 1e-3 else []
+        closed = self._close() if self._open and self._open[-1].end <= cut + 1e-3 else []
+        return lines + closed
 
     def _drop_audio_before(self, t: float) -> None:
         k = int(round((t - self._audio_at) * SAMPLE_RATE))
