@@ -75,7 +75,7 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     from whisper_sv.infer.subtitles import SubtitleOptions
     from whisper_sv.infer.transcriber import DECODER_BACKENDS, DEVICES
     from whisper_sv.infer.transcriber import TranscribeOptions as T
-    from whisper_sv.infer.types import LoadOptions
+    from whisper_sv.infer.types import FILE_BEAM_SIZE, LoadOptions
     from whisper_sv.models.references import DEFAULT_MODEL
 
     p.add_argument(
@@ -102,7 +102,7 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write NAME.FORMAT files into DIR (not given: print to standard output)",
     )
-    option_flag(p, T, "beam_size")
+    option_flag(p, T, "beam_size", default=FILE_BEAM_SIZE)  # files: long-form gains most
     option_flag(p, T, "temperature")
     option_flag(p, T, "temperature_fallback")
     option_flag(p, T, "batch_size")

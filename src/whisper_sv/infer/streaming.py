@@ -271,8 +271,8 @@ class StreamingTranscriber:
     def _advance(self) -> float:
         """Seconds of new audio the next decoding takes in.
 
-        Without a backlog, all that has arrived. With one, a step of backlog_step_s is taken
-        as a pair: a decoding chunk_s short of the step, then one chunk_s more, so that two
+        Less than backlog_step_s waiting: all of it. More (a file at --speed 0, a fast pipe):
+        a step of backlog_step_s is taken as a pair: a decoding chunk_s short of the step, then one chunk_s more, so that two
         consecutive decodings differ by chunk_s of audio, as at real time, and agree on
         their words (LocalAgreement); steps of a whole backlog_step_s each agreed so rarely
         that most words reached the buffer's limit unconfirmed.
@@ -282,10 +282,10 @@ class StreamingTranscriber:
         if self._pair_open:
             self._pair_open = False
             return o.chunk_s
-        if waiting < 2 * o.chunk_s or o.step_s < 2 * o.chunk_s:
-            return min(waiting, o.step_s)
+        if waiting < o.step_s or o.step_s < 2 * o.chunk_s:
+            return waiting  # at real time, or a CPU a little behind: all that came
         self._pair_open = True
-        return min(waiting, o.step_s) - o.chunk_s
+        return o.step_s - o.chunk_s
 
     def _prompt(self) -> str:
         """The confirmed text said before the buffer, at most ``prompt_chars`` of it."""

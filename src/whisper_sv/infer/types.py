@@ -25,6 +25,12 @@ AUTO = "auto"  # TranscribeOptions.language: detect the spoken language
 FALLBACK_STEP = 0.2
 
 
+# `whisper-sv transcribe`'s beam (files): on two real 3-minute files beam 5 was 3.7 and 5.9
+# WER points better than greedy for 9-20 % more time, equal on short clips
+# (docs/benchmarks.md, "Beam 1 or beam 5 for files"); OpenAI's and faster-whisper's CLIs use 5.
+FILE_BEAM_SIZE = 5
+
+
 @dataclass(frozen=True)
 class TranscribeOptions:
     """How to decode; every field has a safe default for Swedish."""
