@@ -8,14 +8,12 @@ Stop button gives SRT/VTT downloads; the page is saved as docs/live.png.
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 from test_app_browser import CHROMIUM, CHROMIUM_ARGS, DOCS
 from test_live import joined_lexin
 
 from whisper_sv.app.chat import AppOptions, ChatApp
-from whisper_sv.app.pipeline import upload_folder
 from whisper_sv.core.text import normalize
 
 pytestmark = [
@@ -64,7 +62,6 @@ def test_live_captions_from_a_fake_microphone(driver, tmp_path):
         record = page.locator("#live-mic .record-button")
         record.wait_for(state="visible")
         page.wait_for_timeout(1_000)  # the microphone list is read when the panel opens
-        recording_from = time.time()
         record.click()
         # Confirmed Swedish lines appear while the microphone still records.
         page.wait_for_function(
@@ -77,13 +74,6 @@ def test_live_captions_from_a_fake_microphone(driver, tmp_path):
         page.locator("#live-downloads").wait_for(state="visible", timeout=CONFIRM_TIMEOUT_MS)
         downloads = page.locator("#live-downloads").inner_text().replace("\n", "")
         assert ".srt" in downloads and ".vtt" in downloads
-        # Each 0.5 s piece was read into memory and its file removed (not one file a piece).
-        pieces = [
-            p
-            for p in upload_folder().rglob("*")
-            if p.is_file() and p.suffix in (".wav", ".webm") and p.stat().st_mtime >= recording_from
-        ]
-        assert pieces == [], pieces[:5]
         # The English of each line follows it.
         assert page.locator("#live-captions .live-en").count() >= 1
         DOCS.mkdir(exist_ok=True)

@@ -10,10 +10,8 @@ as .en.srt/.en.vtt).
 
 from __future__ import annotations
 
-import contextlib
 import html
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,7 +26,7 @@ from whisper_sv.infer.streaming import (
 if TYPE_CHECKING:
     from whisper_sv.app.chat import ChatApp
 
-__all__ = ["LiveCaptions", "LiveSession", "build_live", "taken_piece"]
+__all__ = ["LiveCaptions", "LiveSession", "build_live"]
 
 SAMPLE_RATE = 16_000  # what the streaming transcriber takes
 STREAM_EVERY_S = 0.5  # how often the browser sends the microphone's audio
@@ -106,16 +104,13 @@ class LiveCaptions:
             self._backends[model] = live.backend
         return LiveSession(live)
 
-    def chunk(self, audio: str | None, session: LiveSession | None, model: str | None):
-        """One piece of the microphone (the file Gradio wrote it to): (captions HTML,
-        session). The piece is read into the session's memory and its file removed at once:
-        kept, a recording left a file and a folder every 0.5 s (~310 MB an hour) until
-        Gradio's cache was purged."""
+    def chunk(self, audio, session: LiveSession | None, model: str | None):
+        """One piece of the microphone: (captions HTML, session)."""
         if audio is None:
             return _render(session), session
         if session is None:
             session = self._session(model or self.app.options.model)
-        rate, samples = taken_piece(audio)
+        rate, samples = audio
         session.push(as_16k(rate, samples))
         return _render(session), session
 
@@ -144,25 +139,6 @@ class LiveCaptions:
                 path.write_text(subtitles(line_segments(lines, english), fmt), encoding="utf-8")
                 out.append(str(path))
         return out
-
-
-def taken_piece(path: str) -> tuple[int, np.ndarray]:
-    """(rate, samples) of a streamed microphone piece, its file and (now empty) folder removed.
-
-    Only a file inside Gradio's upload folder is removed: the path comes from Gradio's own
-    handling of the stream, and nothing else is ever deleted.
-    """
-    import soundfile
-
-    from whisper_sv.app.pipeline import upload_folder
-
-    file = Path(path).resolve()
-    samples, rate = soundfile.read(file, dtype="float32", always_2d=False)
-    if file.is_relative_to(upload_folder()):
-        file.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # not empty: another file is still in it
-            file.parent.rmdir()
-    return int(rate), samples
 
 
 def as_16k(rate: int, samples: np.ndarray) -> np.ndarray:
@@ -213,7 +189,7 @@ def build_live(app: ChatApp, model) -> None:
         mic = gr.Audio(
             sources=["microphone"],
             streaming=True,
-            type="filepath",  # each piece read and its file removed (taken_piece)
+            type="numpy",
             label="Microphone: Record starts live captions, Stop ends them",
             elem_id="live-mic",
         )

@@ -218,12 +218,12 @@ class StreamingTranscriber:
     def step(self) -> LiveUpdate:
         """Decode the buffer now, up to ``backlog_step_s`` of the audio not yet decoded.
 
-        Not decoded when nothing could change: the new audio holds no speech and every word
-        of the last decoding is confirmed (a pause after a sentence costs a VAD pass only).
+        (Every step decodes, pauses included: skipping the decodings of a pause after
+        confirmed words saved 25 % of them and cost 5.2 WER points on 90 s of lexin phrases
+        fed 0.5 s at a time, 34.5 -> 39.7; consecutive decodings over the pause are what
+        settle the words before it.)
         """
         words = self._hypothesis()
-        if words is None:
-            return self._update([], self._trim())
         confirmed = self._agreement.insert(words)
         lines = self._take(confirmed)
         lines += self._trim()
@@ -243,18 +243,13 @@ class StreamingTranscriber:
 
     # ------------------------------------------------------------------ decoding
 
-    def _hypothesis(self) -> list[Word] | None:
-        """The kept words of one decoding of the buffer, in stream times; None when it is
-        not decoded because nothing could change (see ``step``)."""
+    def _hypothesis(self) -> list[Word]:
+        """The kept words of one decoding of the buffer, in stream times."""
         start = int(round((self._buffer_at - self._audio_at) * SAMPLE_RATE))
-        before = self._decoded_to
-        self._decoded_to = min(self.received_s, before + self._advance())
+        self._decoded_to = min(self.received_s, self._decoded_to + self._advance())
         end = int(round((self._decoded_to - self._audio_at) * SAMPLE_RATE))
         buffer = self._audio[start:end]
         spans = () if is_silent(buffer) else tuple(speech_spans(buffer))
-        new_speech = any(b > before - self._buffer_at for _, b in spans)
-        if spans and not new_speech and not self._agreement.tentative and self._segment_ends:
-            return None  # a pause after confirmed words: the decoding would repeat itself
         self._segment_ends = ()
         self._heard_speech = bool(spans)
         if not spans:
