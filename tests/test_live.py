@@ -100,6 +100,12 @@ def test_options_name_the_fix():
         StreamingOptions(language="xx")
     with pytest.raises(ValueError, match="chunk_s"):
         StreamingOptions(chunk_s=0)
+    with pytest.raises(ValueError, match="agreement"):
+        StreamingOptions(agreement=1)
+    with pytest.raises(ValueError, match="backlog_step_s"):
+        StreamingOptions(backlog_step_s=9.0)  # over trim_s
+    with pytest.raises(ValueError, match="one Whisper window"):
+        StreamingOptions(max_buffer_s=28.0, backlog_step_s=4.0)
 
 
 # ------------------------------------------------------------------ silence and noise

@@ -69,10 +69,9 @@ class StreamingOptions:
     # seconds of new audio between two decodings of the buffer (1.0: 0.94 CPU s per audio s,
     # p50 latency 2.8 s; 0.5: 1.1 CPU s on 2 cores, p50 2.1 s; bench/bench_live.py)
     chunk_s: float = 0.5
-    # Seconds of waiting audio one decoding takes in when more than chunk_s is there (a file
-    # at --speed 0, a fast pipe, a CPU that fell behind): decodings then follow the audio,
-    # not the calls, so a backlog costs ~1/backlog_step_s decodings per audio second instead
-    # of 1/chunk_s (bench/bench_live.py).
+    # Seconds of audio one step takes in when at least this much waits (a file at
+    # --speed 0, a fast pipe): two decodings a step, chunk_s apart, instead of one decoding
+    # per chunk_s (docs/live.md).
     backlog_step_s: float = 4.0
     agreement: int = 2  # consecutive decodings that must agree on a word (LocalAgreement-n)
     trim_s: float = 8.0  # past this length the buffer is cut at a confirmed segment end
@@ -91,6 +90,8 @@ class StreamingOptions:
         TranscribeOptions(language=self.language, beam_size=self.beam_size)  # same checks
         if not 0.1 <= self.chunk_s <= 10:
             raise ValueError(f"chunk_s must be between 0.1 and 10 seconds, not {self.chunk_s!r}")
+        if not isinstance(self.agreement, int) or self.agreement < 2:
+            raise ValueError(f"agreement must be an integer >= 2, not {self.agreement!r}")
         if not 0 < self.trim_s < self.max_buffer_s <= CHUNK_LENGTH:
             raise ValueError(
                 f"need 0 < trim_s < max_buffer_s <= {CHUNK_LENGTH} (one Whisper window), not "
@@ -266,11 +267,12 @@ class StreamingTranscriber:
     def _advance(self) -> float:
         """Seconds of new audio the next decoding takes in.
 
-        Less than backlog_step_s waiting: all of it. More (a file at --speed 0, a fast pipe):
-        a step of backlog_step_s is taken as a pair: a decoding chunk_s short of the step, then one chunk_s more, so that two
-        consecutive decodings differ by chunk_s of audio, as at real time, and agree on
-        their words (LocalAgreement); steps of a whole backlog_step_s each agreed so rarely
-        that most words reached the buffer's limit unconfirmed.
+        Less than backlog_step_s waiting: all of it. More (a file at --speed 0, a fast
+        pipe): a step of backlog_step_s taken as a pair, a decoding chunk_s short of the
+        step and then one chunk_s more, so that two consecutive decodings differ by chunk_s
+        of audio, as at real time, and agree on their words (LocalAgreement); steps of a
+        whole backlog_step_s each agreed so rarely that most words reached the buffer's
+        limit unconfirmed.
         """
         o = self.options
         waiting = self.received_s - self._decoded_to
