@@ -27,8 +27,8 @@ PACE_S = 0.05
 
 def paced(audio: np.ndarray, speed: float, piece_s: float = 4.0) -> Iterator[np.ndarray]:
     """``audio`` as it would arrive playing at ``speed`` (0: all of it at once, handed over
-    in pieces of ``piece_s``: one decoding each at StreamingOptions.backlog_step_s, where
-    0.5 s pieces cost one decoding of the whole buffer per 0.5 s of audio)."""
+    in pieces of ``piece_s``; pieces of StreamingOptions.backlog_step_s cost two decodings
+    each, where 0.5 s pieces cost one decoding of the whole buffer per 0.5 s of audio)."""
     if speed == 0:
         step = max(1, int(piece_s * SAMPLE_RATE))
         yield from (audio[i : i + step] for i in range(0, len(audio), step))
