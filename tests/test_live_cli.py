@@ -102,17 +102,21 @@ def test_bad_input_is_a_one_line_error(tmp_path):
 def started(*args: str) -> tuple[subprocess.Popen, list[str]]:
     """A live process reading standard input, once it has said it is captioning; its
     standard-error lines (a thread reads them all, ``proc.drained`` when done)."""
+    import signal
     import threading
 
     from whisper_sv.cli.live import READY
 
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    # Ctrl+C as a terminal sends it: a test run started in the background of a script (CI)
+    # inherits SIGINT ignored, and Python then never turns it into KeyboardInterrupt.
     proc = subprocess.Popen(
         [sys.executable, "-m", "whisper_sv", "live", "-", *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     err: list[str] = []
     ready = threading.Event()
