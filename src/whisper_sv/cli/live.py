@@ -103,12 +103,10 @@ def run_live(args: argparse.Namespace) -> int:
         stopped = 143
     backlog = live.received_s - decoded_s  # audio not yet decoded when the stream ended
     _show(live.finish())
+    how = {130: " (stopped by Ctrl+C)", 143: " (stopped by SIGTERM)"}.get(stopped, "")
     print(
         f"{live.received_s:.1f} s heard, {len(live.confirmed)} words confirmed, "
-        f"{len(live.lines)} lines, backlog {backlog:.1f} s"
-        + (
-            " (stopped by Ctrl+C)" if stopped == 130 else " (stopped by SIGTERM)" if stopped else ""
-        ),
+        f"{len(live.lines)} lines, backlog {backlog:.1f} s{how}",
         file=sys.stderr,
     )
     if args.srt:

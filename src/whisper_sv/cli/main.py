@@ -167,13 +167,13 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
         highlight_words=args.highlight_words,
     )
     formats = FORMATS if args.format == "all" else (args.format,)
+    cued = bool({"srt", "vtt"} & set(formats))
     # Subtitle cues are timed by the words' own times (a segment too long for one cue is
     # split where its words were said; highlighted words are underlined as said). The
     # words are aligned after decoding: the text is the same either way.
-    cued = {"srt", "vtt"} & set(formats) and args.backend == "ct2"
-    if layout.highlight_words or cued:
+    if layout.highlight_words or (cued and args.backend == "ct2"):
         options = dataclasses.replace(options, word_timestamps=True)
-    if layout.highlight_words and not {"srt", "vtt"} & set(formats):
+    if layout.highlight_words and not cued:
         raise UserError(
             f"--highlight-words underlines words in subtitle cues; --format {args.format} "
             "has none: use --format srt or vtt"

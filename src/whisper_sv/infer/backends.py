@@ -105,6 +105,26 @@ def sentence_edges_clamped(alignment: list[dict]) -> list[dict]:
     return out
 
 
+def aligned_words(
+    alignment: list[dict], place: Callable[[float, float], tuple[float, float]]
+) -> list[Word]:
+    """The Words of faster-whisper's alignment of one window: its sentence-edge rule applied
+    (``sentence_edges_clamped``), each (start, end) put on the audio's time by ``place``,
+    punctuation joined to the word before (``punctuation_joined``)."""
+    words = []
+    for w in sentence_edges_clamped(alignment):
+        start, end = place(float(w["start"]), float(w["end"]))
+        words.append(
+            Word(
+                start=round(start, 3),
+                end=round(end, 3),
+                text=w["word"],
+                probability=round(float(w["probability"]), 4),
+            )
+        )
+    return punctuation_joined(words)
+
+
 def punctuation_joined(words: list[Word]) -> list[Word]:
     """Punctuation the alignment gives as words of its own ("!") joined to the word before,
     as faster-whisper's own word timestamps do."""

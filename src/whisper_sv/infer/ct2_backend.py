@@ -18,13 +18,12 @@ from whisper_sv.infer.backends import (
     TIME_PRECISION_S,
     Attempt,
     DecoderBackend,
+    aligned_words,
     best_attempt,
     check_prompt_length,
     fallback_ladder,
     max_length_for,
     new_token_limit,
-    punctuation_joined,
-    sentence_edges_clamped,
     sounding_spans,
     tokens_to_segments,
     words_into,
@@ -34,7 +33,7 @@ from whisper_sv.infer.repetition import (
     COMPRESSION_RATIO_THRESHOLD,
     compression_ratio,
 )
-from whisper_sv.infer.types import Segment, TranscribeOptions, Word
+from whisper_sv.infer.types import Segment, TranscribeOptions
 from whisper_sv.models.references import ct2_dir
 
 log = logging.getLogger(__name__)
@@ -251,22 +250,18 @@ class Ct2Backend(DecoderBackend):
                 return segments
             encoded = self._encode(frames[None].astype(np.float32))
             (found,) = self.model.find_alignment(tokenizer, [tokens], encoded, [size])
-            words = []
-            for w in sentence_edges_clamped(found):
-                start, end = seek / 100 + float(w["start"]), seek / 100 + float(w["end"])
-                if timeline is not None:  # back from the joined speech to the file's time
-                    chunk = timeline.get_chunk_index((start + end) / 2)
-                    start = timeline.get_original_time(start, chunk)
-                    end = timeline.get_original_time(end, chunk)
-                words.append(
-                    Word(
-                        start=round(start, 3),
-                        end=round(end, 3),
-                        text=w["word"],
-                        probability=round(float(w["probability"]), 4),
-                    )
+
+            def place(start: float, end: float) -> tuple[float, float]:
+                start, end = seek / 100 + start, seek / 100 + end
+                if timeline is None:
+                    return start, end
+                # Back from the joined speech to the file's time, both ends in one chunk.
+                chunk = timeline.get_chunk_index((start + end) / 2)
+                return timeline.get_original_time(start, chunk), timeline.get_original_time(
+                    end, chunk
                 )
-            return words_into(segments, punctuation_joined(words))
+
+            return words_into(segments, aligned_words(found, place))
 
         group: list = []
         for piece in pieces:  # each window is decoded when asked for
@@ -370,16 +365,8 @@ class Ct2Backend(DecoderBackend):
         )
         for i, words in zip(todo, aligned, strict=True):
             duration = len(windows[i]) / SAMPLE_RATE
-            found = [
-                Word(
-                    start=round(min(float(w["start"]), duration), 3),
-                    end=round(min(float(w["end"]), duration), 3),
-                    text=w["word"],
-                    probability=round(float(w["probability"]), 4),
-                )
-                for w in sentence_edges_clamped(words)
-            ]
-            out[i] = words_into(out[i], punctuation_joined(found))
+            found = aligned_words(words, lambda a, b, d=duration: (min(a, d), min(b, d)))
+            out[i] = words_into(out[i], found)
         return out
 
     def _encode(self, features: np.ndarray):

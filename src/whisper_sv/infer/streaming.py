@@ -208,13 +208,7 @@ class StreamingTranscriber:
         """
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         self._audio = np.concatenate([self._audio, samples])
-        confirmed: list[Word] = []
-        lines: list[LiveLine] = []
-        while self.received_s - self._decoded_to >= self.options.chunk_s:
-            update = self.step()
-            confirmed += update.confirmed
-            lines += update.lines
-        return self._update(confirmed, lines)
+        return self._update(*self._steps(self.options.chunk_s))
 
     def step(self) -> LiveUpdate:
         """Decode the buffer now, up to ``backlog_step_s`` of the audio not yet decoded.
@@ -232,15 +226,21 @@ class StreamingTranscriber:
 
     def finish(self) -> LiveUpdate:
         """The stream has ended: decode what is left, confirm it and close the last line."""
-        confirmed: list[Word] = []
-        lines: list[LiveLine] = []
-        while self.received_s > self._decoded_to + 1e-6:
-            update = self.step()
-            confirmed += update.confirmed
-            lines += update.lines
+        confirmed, lines = self._steps(1e-6)
         last = self._agreement.flush()
         lines += self._take(last) + self._close()
         return self._update(confirmed + last, lines)
+
+    def _steps(self, least_s: float) -> tuple[list[Word], list[LiveLine]]:
+        """Step while at least ``least_s`` of audio is not decoded; what the steps confirmed
+        and the lines they closed."""
+        confirmed: list[Word] = []
+        lines: list[LiveLine] = []
+        while self.received_s - self._decoded_to >= least_s:
+            update = self.step()
+            confirmed += update.confirmed
+            lines += update.lines
+        return confirmed, lines
 
     # ------------------------------------------------------------------ decoding
 
